@@ -1,0 +1,93 @@
+"""Speed and memory of SGDMLPClassifier against sklearn's MLPClassifier(solver="sgd").
+
+Both estimators are timed in the same process, alternately, on MNIST 60k in float32 with
+the same architecture, batch size, epochs, learning rate and momentum; the script prints
+seconds per epoch and the ratio sklearn / skmlp (higher is better for skmlp). Peak memory
+of a fit is measured with tracemalloc and compared with the size of the training set.
+
+Run:  SKMLP_MNIST_DIR=../shared/data/mnist python benchmarks/bench_fit.py
+"""
+
+import argparse
+import time
+import tracemalloc
+import warnings
+
+import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.neural_network import MLPClassifier
+from threadpoolctl import threadpool_info
+
+from skmlp import SGDMLPClassifier
+from skmlp.datasets import load_mnist
+
+CASES = [((16, 16), 100), ((512, 512), 128)][: int(__import__("os").environ.get("BENCH_CASES", 2))]
+
+
+def common_params(hidden, batch_size, epochs):
+    return dict(
+        hidden_layer_sizes=hidden,
+        activation="relu",
+        alpha=1e-4,
+        batch_size=batch_size,
+        learning_rate_init=0.01,
+        momentum=0.9,
+        max_iter=epochs,
+        tol=0.0,
+        n_iter_no_change=10**6,
+        random_state=0,
+    )
+
+
+def seconds_per_epoch(estimator, X, y, epochs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        start = time.perf_counter()
+        estimator.fit(X, y)
+    return (time.perf_counter() - start) / epochs
+
+
+def peak_extra_bytes(estimator, X, y):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        tracemalloc.start()
+        estimator.fit(X, y)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    return peak
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    data = load_mnist()
+    X, y = data.X_train, data.y_train
+    print(f"MNIST train {X.shape} {X.dtype}, {X.nbytes / 2**20:.0f} MiB; BLAS: "
+          + ", ".join(f"{i['internal_api']} {i['num_threads']} threads"
+                      for i in threadpool_info()))
+    print(f"{'network':<16} {'batch':>5} {'skmlp s/epoch':>14} "
+          f"{'sklearn s/epoch':>16} {'speed-up':>9}")
+    for hidden, batch in CASES:
+        params = common_params(hidden, batch, args.epochs)
+        ours, theirs = [], []
+        for _ in range(args.repeats):  # alternate, so drift hits both alike
+            ours.append(seconds_per_epoch(SGDMLPClassifier(**params), X, y, args.epochs))
+            theirs.append(seconds_per_epoch(
+                MLPClassifier(solver="sgd", **params), X, y, args.epochs))
+        ours_s, theirs_s = min(ours), min(theirs)
+        name = "784-" + "-".join(map(str, hidden)) + "-10"
+        print(f"{name:<16} {batch:>5} {ours_s:>14.3f} {theirs_s:>16.3f} "
+              f"{theirs_s / ours_s:>8.2f}x")
+    for hidden, batch in CASES:
+        params = common_params(hidden, batch, 1)
+        peak = peak_extra_bytes(SGDMLPClassifier(**params), X, y)
+        ref = peak_extra_bytes(MLPClassifier(solver="sgd", **params), X, y)
+        print(f"peak extra memory of one fit, {hidden} batch {batch}: skmlp "
+              f"{peak / 2**20:.1f} MiB = {peak / X.nbytes:.2f} x training set; "
+              f"sklearn {ref / 2**20:.1f} MiB = {ref / X.nbytes:.2f} x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,806 @@
+"""SGDMLPClassifier: validation, initialisation and the epoch loop.
+
+The math lives in ``_backprop.py`` (pure functions); this module only turns scikit-learn
+inputs into arrays, owns the training state and runs epochs of mini-batch SGD.
+"""
+
+import math
+import time
+import warnings
+from numbers import Integral, Real
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
+from sklearn.callback import CallbackSupportMixin
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import train_test_split
+from sklearn.utils import check_random_state
+from sklearn.utils._array_api import (
+    _convert_to_numpy,
+    _is_numpy_namespace,
+    check_same_namespace,
+    get_namespace_and_device,
+    move_to,
+)
+from sklearn.utils._param_validation import Interval, Options, StrOptions
+from sklearn.utils.multiclass import check_classification_targets, type_of_target
+from sklearn.utils.validation import (
+    _check_sample_weight,
+    check_is_fitted,
+    validate_data,
+)
+
+from skmlp._backprop import backprop, forward_pass
+from skmlp._losses import LOSSES
+from skmlp._optimizers import SGDOptimizer
+
+
+class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
+    """Multilayer perceptron classifier trained by mini-batch SGD and backpropagation.
+
+    The forward pass and the backpropagation are skmlp's own, written against the
+    array API: NumPy by default, and with ``sklearn.set_config(array_api_dispatch=True)``
+    torch or CuPy arrays train on their own device. Parameter and attribute names are
+    those of :class:`sklearn.neural_network.MLPClassifier` wherever the meaning is the
+    same.
+
+    Parameters
+    ----------
+    hidden_layer_sizes : array-like of int, default=(100,)
+        Number of units of each hidden layer; ``()`` gives no hidden layer.
+    activation : {"identity", "logistic", "tanh", "relu"}, default="relu"
+        Activation of the hidden layers.
+    loss : {"log_loss", "squared_error"}, default="log_loss"
+        Cost function. ``"log_loss"``: softmax outputs (one logistic output for binary
+        problems) and cross-entropy. ``"squared_error"``: sigmoid outputs and the
+        quadratic cost, squared differences to the one-hot target summed over the outputs
+        and averaged over the samples (the cost of 3Blue1Brown's series).
+    alpha : float, default=1e-4
+        Strength of the L2 penalty ``alpha / (2 n) * sum ||W||^2`` (as in MLPClassifier).
+    batch_size : int or "auto", default="auto"
+        Mini-batch size; ``"auto"`` is ``min(200, n_samples)``.
+    learning_rate : {"constant", "invscaling", "adaptive"}, default="constant"
+        Step-size schedule. ``"invscaling"``: ``learning_rate_init / (t + 1) ** power_t``
+        with ``t`` the number of samples seen; ``"adaptive"``: divided by 5 each time the
+        loss stalls for ``n_iter_no_change`` epochs.
+    learning_rate_init : float, default=0.01
+        Initial step size.
+    power_t : float, default=0.5
+        Exponent of the ``"invscaling"`` schedule.
+    momentum : float, default=0.9
+        Momentum of the gradient-descent updates, in [0, 1].
+    nesterovs_momentum : bool, default=True
+        Whether to use Nesterov's momentum.
+    max_iter : int, default=200
+        Number of epochs (passes over the training data) of ``fit``.
+    shuffle : bool, default=True
+        Whether to shuffle the samples at every epoch.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the weight initialisation, the shuffling and the validation split. The
+        generator is created once, at initialisation, so that ``fit`` with
+        ``max_iter=k`` and ``k`` calls of ``partial_fit`` give the same weights.
+    tol : float, default=1e-4
+        Improvement of the loss (or validation score) below which an epoch counts as no
+        improvement.
+    n_iter_no_change : int or inf, default=10
+        Number of epochs without improvement after which training stops (or the
+        adaptive schedule lowers the step size).
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` of the training data, stop on its accuracy and
+        keep the weights of the best epoch.
+    validation_fraction : float, default=0.1
+        Fraction of the training data held out for early stopping, in (0, 1).
+    warm_start : bool, default=False
+        Continue from the current weights and optimizer state on the next ``fit``.
+    verbose : bool, default=False
+        Print the loss of each epoch.
+    dtype : {"float32", "float64"} or None, default=None
+        Precision of the weights and of the training arithmetic. None keeps float32
+        input in float32 and uses float64 otherwise.
+
+    Attributes
+    ----------
+    classes_ : array of shape (n_classes,)
+        Class labels.
+    coefs_ : list of arrays
+        ``coefs_[i]`` is the weight matrix from layer ``i`` to layer ``i + 1``.
+    intercepts_ : list of arrays
+        ``intercepts_[i]`` is the bias vector of layer ``i + 1``.
+    n_features_in_ : int
+        Number of features seen during fit.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of the features, when ``X`` has string column names.
+    n_layers_ : int
+        Number of layers, input and output included.
+    n_outputs_ : int
+        Number of output units (1 for binary problems).
+    out_activation_ : str
+        Output activation, ``"softmax"`` or ``"logistic"``.
+    n_iter_ : int
+        Number of epochs run.
+    t_ : int
+        Number of training samples seen.
+    loss_ : float
+        Mean cost of the last epoch (L2 term included).
+    loss_curve_ : list of float
+        Mean cost of each epoch.
+    best_loss_ : float or None
+        Lowest epoch cost (None with early stopping).
+    validation_scores_ : list of float or None
+        Validation accuracy of each epoch (None without early stopping).
+    best_validation_score_ : float or None
+        Best validation accuracy (None without early stopping).
+    history_ : pandas.DataFrame
+        One row per epoch: ``epoch``, ``loss``, ``learning_rate``, ``seconds`` and, with
+        early stopping, ``validation_score``.
+
+    Notes
+    -----
+    For one mini-batch of ``n`` samples, the output delta is ``(A - Y) / n`` for the
+    cross-entropy and ``2 (A - Y) A (1 - A) / n`` for the quadratic cost; each layer then
+    gets ``dC/dW = a_prev^T delta`` and passes back ``delta W^T * f'(a_prev)``, the chain
+    rule dC/dw = a^(L-1) f'(z^(L)) dC/da^(L) of the series, vectorised over the batch.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_digits
+    >>> from skmlp import SGDMLPClassifier
+    >>> X, y = load_digits(return_X_y=True)
+    >>> clf = SGDMLPClassifier(hidden_layer_sizes=(32,), max_iter=30, random_state=0)
+    >>> clf.fit(X / 16, y).score(X / 16, y) > 0.95
+    True
+    """
+
+    _parameter_constraints: dict = {
+        "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
+        "activation": [StrOptions({"identity", "logistic", "tanh", "relu"})],
+        "loss": [StrOptions(set(LOSSES))],
+        "alpha": [Interval(Real, 0, None, closed="left")],
+        "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
+        "learning_rate": [StrOptions({"constant", "invscaling", "adaptive"})],
+        "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
+        "power_t": [Interval(Real, 0, None, closed="left")],
+        "momentum": [Interval(Real, 0, 1, closed="both")],
+        "nesterovs_momentum": ["boolean"],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "shuffle": ["boolean"],
+        "random_state": ["random_state"],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "n_iter_no_change": [
+            Interval(Integral, 1, None, closed="left"),
+            Options(Real, {np.inf}),
+        ],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "warm_start": ["boolean"],
+        "verbose": ["verbose"],
+        "dtype": [StrOptions({"float32", "float64"}), None],
+    }
+
+    def __init__(
+        self,
+        hidden_layer_sizes=(100,),
+        activation="relu",
+        *,
+        loss="log_loss",
+        alpha=1e-4,
+        batch_size="auto",
+        learning_rate="constant",
+        learning_rate_init=0.01,
+        power_t=0.5,
+        momentum=0.9,
+        nesterovs_momentum=True,
+        max_iter=200,
+        shuffle=True,
+        random_state=None,
+        tol=1e-4,
+        n_iter_no_change=10,
+        early_stopping=False,
+        validation_fraction=0.1,
+        warm_start=False,
+        verbose=False,
+        dtype=None,
+    ):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.loss = loss
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.learning_rate_init = learning_rate_init
+        self.power_t = power_t
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.max_iter = max_iter
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.tol = tol
+        self.n_iter_no_change = n_iter_no_change
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.warm_start = warm_start
+        self.verbose = verbose
+        self.dtype = dtype
+
+    # ------------------------------------------------------------------ public API
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y, sample_weight=None):
+        """Train for ``max_iter`` epochs, or until the stopping criterion is met.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Training data.
+        y : array-like of shape (n_samples,)
+            Class labels.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Weight of each sample in the cost.
+
+        Returns
+        -------
+        self : SGDMLPClassifier
+            The fitted estimator.
+        """
+        return self._fit(X, y, sample_weight, incremental=False)
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def partial_fit(self, X, y, classes=None, sample_weight=None):
+        """Train for one epoch over ``(X, y)``.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Training data.
+        y : array-like of shape (n_samples,)
+            Class labels, all of them in ``classes``.
+        classes : array-like of shape (n_classes,), default=None
+            Every class of the problem. Required on the first call, optional later
+            (it must then be the same).
+        sample_weight : array-like of shape (n_samples,), default=None
+            Weight of each sample in the cost.
+
+        Returns
+        -------
+        self : SGDMLPClassifier
+            The estimator, trained one more epoch.
+        """
+        return self._fit(X, y, sample_weight, incremental=True, classes=classes)
+
+    def predict_proba(self, X):
+        """Probability of each class.
+
+        With ``loss="squared_error"`` the sigmoid outputs are normalised to sum to one.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Input data.
+
+        Returns
+        -------
+        proba : array of shape (n_samples, n_classes)
+            Class probabilities, columns in the order of ``classes_``.
+        """
+        return self._proba(X, "predict_proba")
+
+    def predict_log_proba(self, X):
+        """Logarithm of :meth:`predict_proba`.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Input data.
+
+        Returns
+        -------
+        log_proba : array of shape (n_samples, n_classes)
+            Log of the class probabilities.
+        """
+        proba = self._proba(X, "predict_log_proba")
+        xp, _ = _namespace(proba)
+        return xp.log(proba)
+
+    def predict(self, X):
+        """Predict the class of each sample.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Input data.
+
+        Returns
+        -------
+        y : array of shape (n_samples,)
+            Predicted labels.
+        """
+        output, xp = self._output(X, "predict")
+        if self.n_outputs_ == 1:
+            indices = xp.astype(output[:, 0] > 0.5, xp.int64)
+        else:
+            indices = xp.argmax(output, axis=1)
+        return self._decode(indices, xp)
+
+    @property
+    def history_(self):
+        """One row per epoch: epoch, loss, learning_rate, seconds[, validation_score].
+
+        Returns
+        -------
+        history : pandas.DataFrame
+            Built from the per-epoch records, so it is never out of date, even after an
+            interrupted fit.
+        """
+        if not hasattr(self, "_history"):
+            raise AttributeError("history_ is only available once the model is fitted.")
+        columns = ["epoch", "loss", "learning_rate", "seconds"]
+        if self.validation_scores_ is not None:
+            columns.append("validation_score")
+        return pd.DataFrame(self._history, columns=columns)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        tags.array_api_support = True
+        tags.classifier_tags.multi_label = False
+        return tags
+
+    # ---------------------------------------------------------- validation helpers
+
+    def _layer_sizes(self):
+        sizes = self.hidden_layer_sizes
+        sizes = list(sizes) if hasattr(sizes, "__iter__") else [sizes]
+        if any(not isinstance(s, Integral) or s < 1 for s in sizes):
+            raise ValueError(
+                f"hidden_layer_sizes must contain positive integers, got {sizes}."
+            )
+        return [int(s) for s in sizes]
+
+    def _validate_training_data(self, X, y, sample_weight, first_call):
+        # "Everything follows X": labels and weights move to X's namespace and device.
+        xp_raw, _, device = get_namespace_and_device(X)
+        if not _is_numpy_namespace(xp_raw):
+            y, sample_weight = move_to(y, sample_weight, xp=xp_raw, device=device)
+        xp, _ = _namespace(X)
+        if first_call:
+            dtype = [xp.float64, xp.float32] if self.dtype is None else self.dtype
+            dtype = getattr(xp, dtype) if isinstance(dtype, str) else dtype
+        else:
+            dtype = self.coefs_[0].dtype
+        X, y = validate_data(
+            self, X, y, reset=first_call, accept_sparse="csr", dtype=dtype
+        )
+        check_classification_targets(y)
+        if type_of_target(y) not in ("binary", "multiclass"):
+            raise ValueError(f"Expected binary or multiclass labels, got {y!r}.")
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(sample_weight, X, dtype=X.dtype)
+        return X, y, sample_weight
+
+    def _set_classes(self, y, classes, incremental, first_call, xp, device):
+        if incremental and first_call and classes is None:
+            raise ValueError("classes must be passed on the first call to partial_fit.")
+        if not first_call:
+            if classes is not None and not _same_labels(classes, self.classes_):
+                raise ValueError(
+                    f"classes={np.asarray(classes)!r} is not the same as on the first "
+                    f"call to partial_fit, which was {self.classes_!r}."
+                )
+            return
+        self.classes_ = _sorted_unique(y if classes is None else classes, xp, device)
+        if self.classes_.shape[0] < 2:
+            raise ValueError(
+                "The training data must contain samples of at least 2 classes; got "
+                f"only 1 class: {self.classes_!r}."
+            )
+
+    def _encode(self, y, xp):
+        """Indices of ``y`` in ``classes_``; error for labels that are not classes."""
+        if _is_numpy_namespace(xp):
+            y, classes = np.asarray(y), np.asarray(self.classes_)
+            indices = np.clip(np.searchsorted(classes, y), 0, classes.shape[0] - 1)
+            unknown = classes[indices] != y
+        else:
+            n_classes = self.classes_.shape[0]
+            indices = xp.clip(xp.searchsorted(self.classes_, y), max=n_classes - 1)
+            unknown = xp.take(self.classes_, indices) != y
+        if bool(xp.any(xp.asarray(unknown))):
+            bad = np.unique(_convert_to_numpy(y, xp)[_convert_to_numpy(unknown, xp)])
+            raise ValueError(
+                f"y contains labels {bad!r} that are not in classes {self.classes_!r}."
+            )
+        return indices
+
+    def _decode(self, indices, xp):
+        if _is_numpy_namespace(xp):
+            return self.classes_[indices]
+        return xp.take(self.classes_, indices)
+
+    def _targets(self, y_indices, dtype, xp, device):
+        """Output-layer encoding of the labels: one-hot, or a 0/1 column if binary."""
+        n_classes = self.classes_.shape[0]
+        y_indices = xp.asarray(y_indices, device=device)
+        if n_classes == 2:
+            return xp.astype(y_indices[:, None] == 1, dtype)
+        columns = xp.arange(n_classes, device=device)
+        return xp.astype(y_indices[:, None] == columns, dtype)
+
+    def _proba(self, X, method):
+        output, xp = self._output(X, method)
+        if self.n_outputs_ == 1:
+            return xp.concat([1.0 - output, output], axis=1)
+        if self.out_activation_ == "softmax":
+            return output
+        output = xp.clip(output, min=xp.finfo(output.dtype).eps)
+        return output / xp.sum(output, axis=1, keepdims=True)
+
+    @property
+    def _first_coef(self):
+        # The array that check_same_namespace compares predict's input with.
+        return self.coefs_[0]
+
+    def _output(self, X, method):
+        check_is_fitted(self)
+        check_same_namespace(X, self, attribute="_first_coef", method=method)
+        X = validate_data(
+            self, X, reset=False, accept_sparse="csr", dtype=self.coefs_[0].dtype
+        )
+        xp, _ = _namespace(X)
+        activations = forward_pass(
+            X,
+            self.coefs_,
+            self.intercepts_,
+            activation=self.activation,
+            out_activation=self.out_activation_,
+            xp=xp,
+        )
+        return activations[-1], xp
+
+    # ------------------------------------------------------------- initialisation
+
+    def _initialize(self, n_features, dtype, xp, device):
+        """Create the random generator, the weights and the optimizer state."""
+        self._random_state = check_random_state(self.random_state)
+        n_classes = self.classes_.shape[0]
+        self.n_outputs_ = 1 if n_classes == 2 else n_classes
+        layer_units = [n_features, *self._layer_sizes(), self.n_outputs_]
+        self.n_layers_ = len(layer_units)
+        self.out_activation_ = "logistic" if n_classes == 2 else LOSSES[self.loss][2]
+        self.coefs_, self.intercepts_ = [], []
+        for fan_in, fan_out in zip(layer_units[:-1], layer_units[1:]):
+            coef, intercept = self._init_layer(fan_in, fan_out)
+            self.coefs_.append(xp.asarray(coef, dtype=dtype, device=device))
+            self.intercepts_.append(xp.asarray(intercept, dtype=dtype, device=device))
+        self._optimizer = SGDOptimizer(
+            self.coefs_ + self.intercepts_,
+            learning_rate_init=self.learning_rate_init,
+            lr_schedule=self.learning_rate,
+            momentum=self.momentum,
+            nesterov=self.nesterovs_momentum,
+            power_t=self.power_t,
+            xp=xp,
+        )
+        self.n_iter_, self.t_ = 0, 0
+        self.loss_curve_, self._history = [], []
+        self._no_improvement_count = 0
+        self.best_loss_ = None if self.early_stopping else np.inf
+        self.validation_scores_ = [] if self.early_stopping else None
+        self.best_validation_score_ = -np.inf if self.early_stopping else None
+
+    def _init_layer(self, fan_in, fan_out):
+        """Glorot-uniform weights and biases, drawn exactly as MLPClassifier does."""
+        factor = 2.0 if self.activation == "logistic" else 6.0
+        bound = math.sqrt(factor / (fan_in + fan_out))
+        coef = self._random_state.uniform(-bound, bound, (fan_in, fan_out))
+        intercept = self._random_state.uniform(-bound, bound, fan_out)
+        return coef, intercept
+
+    # ----------------------------------------------------------------- training
+
+    def _fit(self, X, y, sample_weight, *, incremental, classes=None):
+        first_call = not ((incremental or self.warm_start) and hasattr(self, "coefs_"))
+        if incremental and self.early_stopping:
+            raise ValueError("partial_fit does not support early_stopping=True.")
+        X, y, sample_weight = self._validate_training_data(X, y, sample_weight, first_call)
+        xp, device = _namespace(X)
+        self._set_classes(y, classes, incremental, first_call, xp, device)
+        y_indices = self._encode(y, xp)
+        if first_call:
+            self._initialize(X.shape[1], X.dtype, xp, device)
+        data = self._split(X, y_indices, sample_weight, xp, device)
+        epochs = 1 if incremental else self.max_iter
+        metadata = {} if sample_weight is None else {"sample_weight": sample_weight}
+        context = self._init_callback_context(max_subtasks=epochs)
+        context.call_on_fit_task_begin(estimator=self, X=X, y=y, metadata=metadata)
+        converged = False
+        for _ in range(epochs):
+            epoch_context = context.subcontext(task_name="epoch")
+            epoch_context.call_on_fit_task_begin(
+                estimator=self, X=X, y=y, metadata=metadata
+            )
+            converged = self._run_epoch(data, xp)
+            stop = epoch_context.call_on_fit_task_end(
+                estimator=self,
+                X=X,
+                y=y,
+                metadata=metadata,
+                reconstruction_attributes=self._reconstruction_attributes,
+            )
+            if converged or stop:
+                break
+        else:
+            if not incremental:
+                warnings.warn(
+                    f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached "
+                    "and the optimization hasn't converged yet.",
+                    ConvergenceWarning,
+                )
+        self._finish()
+        context.call_on_fit_task_end(
+            estimator=self, X=X, y=y, metadata=metadata, reconstruction_attributes={}
+        )
+        return self
+
+    def _split(self, X, y_indices, sample_weight, xp, device):
+        """Training arrays (and validation arrays with early stopping) for the epochs."""
+        data = {"X": X, "sample_weight": sample_weight, "X_val": None}
+        if self.early_stopping:
+            train, val = train_test_split(
+                np.arange(X.shape[0]),
+                test_size=self.validation_fraction,
+                stratify=_convert_to_numpy(y_indices, xp),
+                random_state=self._random_state,
+            )
+            if val.shape[0] < 2:
+                raise ValueError(
+                    "The validation set is too small. Increase 'validation_fraction' "
+                    "or the size of your dataset."
+                )
+            train, val = (xp.asarray(i, device=device) for i in (train, val))
+            data["X"] = _take_rows(X, train, xp)
+            data["X_val"] = _take_rows(X, val, xp)
+            data["y_val"] = xp.take(xp.asarray(y_indices, device=device), val, axis=0)
+            data["sample_weight_val"] = _take(sample_weight, val, xp)
+            data["sample_weight"] = _take(sample_weight, train, xp)
+            y_indices = xp.take(xp.asarray(y_indices, device=device), train, axis=0)
+        data["Y"] = self._targets(y_indices, X.dtype, xp, device)
+        return data
+
+    def _batch_size(self, n_samples):
+        if self.batch_size == "auto":
+            return min(200, n_samples)
+        if self.batch_size > n_samples:
+            warnings.warn(
+                f"Got batch_size={self.batch_size} larger than the number of samples "
+                f"({n_samples}); using batches of {n_samples}."
+            )
+        return min(self.batch_size, n_samples)
+
+    def _run_epoch(self, data, xp):
+        """Run one epoch; return True when training should stop.
+
+        If the epoch diverges (non-finite loss or weights) or is interrupted
+        (KeyboardInterrupt, e.g. Ctrl-C), the estimator is put back exactly as it was
+        after the previous epoch: weights, optimizer, random generator and records.
+        """
+        start = time.perf_counter()
+        snapshot = self._snapshot()
+        try:
+            loss = self._sgd_pass(data, xp)
+            if not (math.isfinite(loss) and self._params_finite(xp)):
+                self._restore(snapshot)
+                warnings.warn(
+                    f"Training diverged in epoch {self.n_iter_ + 1}: the loss became "
+                    f"{loss}. The weights of epoch {self.n_iter_} were kept and "
+                    "training stopped; lower learning_rate_init (now "
+                    f"{self.learning_rate_init}).",
+                    ConvergenceWarning,
+                )
+                return True
+            self._record_epoch(loss, data, time.perf_counter() - start)
+            return self._check_stopping()
+        except KeyboardInterrupt:
+            self._restore(snapshot)
+            raise
+
+    def _sgd_pass(self, data, xp):
+        """One pass of mini-batch SGD over the training data; returns the mean cost."""
+        X, Y, sample_weight = data["X"], data["Y"], data["sample_weight"]
+        n_samples = X.shape[0]
+        batch_size = self._batch_size(n_samples)
+        order = None
+        if self.shuffle:
+            order = self._random_state.permutation(n_samples)
+            if not sp.issparse(X):
+                order = xp.asarray(order, device=Y.device if hasattr(Y, "device") else None)
+        params = self.coefs_ + self.intercepts_
+        total_cost = 0.0
+        for begin in range(0, n_samples, batch_size):
+            rows = slice(begin, begin + batch_size)
+            if order is not None:
+                rows = order[rows]
+            X_batch = _take_rows(X, rows, xp)
+            cost, coef_grads, intercept_grads = backprop(
+                X_batch,
+                _take_rows(Y, rows, xp),
+                self.coefs_,
+                self.intercepts_,
+                activation=self.activation,
+                out_activation=self.out_activation_,
+                loss=self.loss,
+                alpha=self.alpha,
+                sample_weight=_take(sample_weight, rows, xp),
+                xp=xp,
+            )
+            self._optimizer.update_params(params, coef_grads + intercept_grads)
+            total_cost = total_cost + cost * X_batch.shape[0]
+        self.t_ += n_samples
+        return float(total_cost) / n_samples
+
+    def _record_epoch(self, loss, data, seconds):
+        self.n_iter_ += 1
+        self.loss_ = loss
+        self.loss_curve_.append(loss)
+        record = {
+            "epoch": self.n_iter_,
+            "loss": loss,
+            "learning_rate": self._optimizer.learning_rate,
+            "seconds": seconds,
+        }
+        if self.early_stopping:
+            score = self._validation_score(data)
+            self.validation_scores_.append(score)
+            record["validation_score"] = score
+        self._history.append(record)
+        if self.verbose:
+            extra = f", validation score = {record['validation_score']:.6f}" if (
+                self.early_stopping
+            ) else ""
+            print(f"Epoch {self.n_iter_}, loss = {loss:.8f}{extra}")
+
+    def _validation_score(self, data):
+        xp, _ = _namespace(data["X_val"])
+        output = forward_pass(
+            data["X_val"],
+            self.coefs_,
+            self.intercepts_,
+            activation=self.activation,
+            out_activation=self.out_activation_,
+            xp=xp,
+        )[-1]
+        if self.n_outputs_ == 1:
+            predicted = xp.astype(output[:, 0] > 0.5, data["y_val"].dtype)
+        else:
+            predicted = xp.astype(xp.argmax(output, axis=1), data["y_val"].dtype)
+        correct = xp.astype(predicted == data["y_val"], output.dtype)
+        weight = data["sample_weight_val"]
+        if weight is None:
+            return float(xp.mean(correct))
+        return float(xp.sum(correct * weight) / xp.sum(weight))
+
+    def _check_stopping(self):
+        """Update the no-improvement count; True when training should stop."""
+        if self.early_stopping:
+            score = self.validation_scores_[-1]
+            improved = score >= self.best_validation_score_ + self.tol
+            if score > self.best_validation_score_:
+                self.best_validation_score_ = score
+                self._best_params = [
+                    _copy(p) for p in self.coefs_ + self.intercepts_
+                ]
+        else:
+            improved = self.loss_ <= self.best_loss_ - self.tol
+            self.best_loss_ = min(self.best_loss_, self.loss_)
+        self._no_improvement_count = 0 if improved else self._no_improvement_count + 1
+        self._optimizer.iteration_ends(self.t_)
+        if self._no_improvement_count <= self.n_iter_no_change:
+            return False
+        if self._optimizer.trigger_stopping():
+            if self.verbose:
+                print(f"No improvement of more than tol={self.tol} for "
+                      f"{self.n_iter_no_change} consecutive epochs. Stopping.")
+            return True
+        self._no_improvement_count = 0
+        return False
+
+    def _finish(self):
+        if self.early_stopping and hasattr(self, "_best_params"):
+            n_layers = len(self.coefs_)
+            self.coefs_ = self._best_params[:n_layers]
+            self.intercepts_ = self._best_params[n_layers:]
+            del self._best_params
+
+    def _reconstruction_attributes(self):
+        """Copies of the state a callback's ``fitted_estimator`` needs to predict."""
+        return {
+            "coefs_": [_copy(c) for c in self.coefs_],
+            "intercepts_": [_copy(b) for b in self.intercepts_],
+            "n_iter_": self.n_iter_,
+            "loss_": self.loss_curve_[-1] if self.loss_curve_ else None,
+            "loss_curve_": list(self.loss_curve_),
+        }
+
+    # ---------------------------------------------------------- rollback support
+
+    def _snapshot(self):
+        """Everything an epoch changes, to undo a diverged or interrupted epoch."""
+        return {
+            "params": [_copy(p) for p in self.coefs_ + self.intercepts_],
+            "velocities": [_copy(v) for v in self._optimizer.velocities],
+            "learning_rate": self._optimizer.learning_rate,
+            "random_state": self._random_state.get_state(),
+            "scalars": {
+                name: getattr(self, name)
+                for name in ("n_iter_", "t_", "best_loss_", "best_validation_score_",
+                             "_no_improvement_count", "_best_params")
+                if hasattr(self, name)
+            },
+            "n_records": len(self._history),
+        }
+
+    def _restore(self, snapshot):
+        n_layers = len(self.coefs_)
+        self.coefs_ = snapshot["params"][:n_layers]
+        self.intercepts_ = snapshot["params"][n_layers:]
+        self._optimizer.velocities = snapshot["velocities"]
+        self._optimizer.learning_rate = snapshot["learning_rate"]
+        self._random_state.set_state(snapshot["random_state"])
+        for name, value in snapshot["scalars"].items():
+            setattr(self, name, value)
+        n_records = snapshot["n_records"]
+        del self._history[n_records:], self.loss_curve_[n_records:]
+        if self.validation_scores_ is not None:
+            del self.validation_scores_[n_records:]
+        self.loss_ = self.loss_curve_[-1] if self.loss_curve_ else None
+
+    def _params_finite(self, xp):
+        return all(bool(xp.all(xp.isfinite(p))) for p in self.coefs_ + self.intercepts_)
+
+
+# ------------------------------------------------------------------ module helpers
+
+
+def _namespace(*arrays):
+    """The array namespace of ``arrays`` and their device.
+
+    For NumPy arrays this is NumPy itself: NumPy >= 2.1 implements the standard, and
+    the compatibility wrapper sklearn returns costs microseconds per call, which adds
+    up over thousands of mini-batches.
+    """
+    xp, _, device = get_namespace_and_device(*arrays)
+    return (np if _is_numpy_namespace(xp) else xp), device
+
+
+def _copy(array):
+    xp, _ = _namespace(array)
+    return xp.asarray(array, copy=True)
+
+
+def _take_rows(X, rows, xp):
+    """Rows of ``X`` (an array or a sparse matrix) at a slice or an index array."""
+    if isinstance(rows, slice) or sp.issparse(X):
+        return X[rows]
+    return xp.take(X, rows, axis=0)
+
+
+def _take(values, rows, xp):
+    return None if values is None else _take_rows(values, rows, xp)
+
+
+def _sorted_unique(labels, xp, device):
+    if _is_numpy_namespace(xp):
+        return np.unique(np.asarray(labels))  # any label type, strings included
+    return xp.sort(xp.unique_values(xp.asarray(labels, device=device)))
+
+
+def _same_labels(classes, classes_):
+    classes = np.unique(_to_numpy(classes))
+    known = _to_numpy(classes_)
+    return classes.shape == known.shape and bool(np.all(classes == known))
+
+
+def _to_numpy(values):
+    xp, _ = _namespace(values)
+    return np.asarray(values) if xp is np else _convert_to_numpy(values, xp)

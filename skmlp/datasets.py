@@ -1,0 +1,270 @@
+"""Data sets: MNIST and Fashion-MNIST from their IDX files, and sklearn's 8x8 digits.
+
+Where the files are looked for, in order: the ``data_dir`` argument, the data set's
+environment variable (``SKMLP_MNIST_DIR``, ``SKMLP_FASHION_MNIST_DIR``), then the cache
+directory (``SKMLP_CACHE_DIR``, default ``~/.cache/skmlp/<name>``). Files missing from all
+of them are downloaded into the cache, trying each mirror in turn, written atomically
+and checked against the known checksums before they are kept.
+"""
+
+import gzip
+import hashlib
+import os
+import shutil
+import struct
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.utils import Bunch
+
+
+class DataError(OSError):
+    """A data file is missing, unreadable, truncated or fails its checksum."""
+
+
+@dataclass(frozen=True)
+class _IdxFile:
+    name: str
+    shape: tuple  # expected shape, first dimension included
+    raw_md5: str | None = None  # md5 of the decompressed bytes
+    gz_md5: str | None = None  # md5 of the published .gz file
+
+
+@dataclass(frozen=True)
+class _Dataset:
+    name: str
+    env_var: str
+    mirrors: tuple
+    files: dict  # split -> (images, labels)
+
+
+MNIST = _Dataset(
+    name="mnist",
+    env_var="SKMLP_MNIST_DIR",
+    mirrors=(
+        "https://ossci-datasets.s3.amazonaws.com/mnist/",
+        "https://storage.googleapis.com/cvdf-datasets/mnist/",
+        "http://yann.lecun.com/exdb/mnist/",
+    ),
+    files={
+        "train": (
+            _IdxFile("train-images-idx3-ubyte.gz", (60000, 28, 28),
+                     raw_md5="6bbc9ace898e44ae57da46a324031adb"),
+            _IdxFile("train-labels-idx1-ubyte.gz", (60000,),
+                     raw_md5="a25bea736e30d166cdddb491f175f624"),
+        ),
+        "test": (
+            _IdxFile("t10k-images-idx3-ubyte.gz", (10000, 28, 28),
+                     raw_md5="2646ac647ad5339dbf082846283269ea"),
+            _IdxFile("t10k-labels-idx1-ubyte.gz", (10000,),
+                     raw_md5="27ae3e4e09519cfbb04c329615203637"),
+        ),
+    },
+)
+
+# Fashion-MNIST publishes the md5 of its .gz files (README of zalandoresearch/fashion-mnist).
+FASHION_MNIST = _Dataset(
+    name="fashion-mnist",
+    env_var="SKMLP_FASHION_MNIST_DIR",
+    mirrors=(
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+        "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+    ),
+    files={
+        "train": (
+            _IdxFile("train-images-idx3-ubyte.gz", (60000, 28, 28),
+                     gz_md5="8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
+            _IdxFile("train-labels-idx1-ubyte.gz", (60000,),
+                     gz_md5="25c81989df183df01b3e8a0aad5dffbe"),
+        ),
+        "test": (
+            _IdxFile("t10k-images-idx3-ubyte.gz", (10000, 28, 28),
+                     gz_md5="bef4ecab320f06d8554ea6380940ec79"),
+            _IdxFile("t10k-labels-idx1-ubyte.gz", (10000,),
+                     gz_md5="bb300cfdad3c16e7a12a480ee83cd310"),
+        ),
+    },
+)
+
+_IDX_DTYPE = 0x08  # unsigned byte, the only type these files use
+
+
+def cache_dir(name):
+    """Directory where downloaded files of data set ``name`` are kept."""
+    root = os.environ.get("SKMLP_CACHE_DIR") or Path.home() / ".cache" / "skmlp"
+    return Path(root) / name
+
+
+def parse_idx(raw, spec):
+    """Parse the bytes of an uncompressed IDX file into a uint8 array.
+
+    Parameters
+    ----------
+    raw : bytes
+        Decompressed file content.
+    spec : _IdxFile
+        Expected name and shape.
+
+    Returns
+    -------
+    array : ndarray of dtype uint8 and shape ``spec.shape``
+    """
+    n_dims = len(spec.shape)
+    if len(raw) < 4 + 4 * n_dims:
+        raise DataError(f"{spec.name}: truncated header ({len(raw)} bytes).")
+    zero, dtype, dims = struct.unpack(">HBB", raw[:4])
+    if zero != 0 or dtype != _IDX_DTYPE or dims != n_dims:
+        raise DataError(
+            f"{spec.name}: bad magic number {raw[:4].hex()} (expected an IDX file of "
+            f"unsigned bytes with {n_dims} dimensions)."
+        )
+    shape = struct.unpack(f">{n_dims}I", raw[4 : 4 + 4 * n_dims])
+    if shape != spec.shape:
+        raise DataError(f"{spec.name}: shape {shape}, expected {spec.shape}.")
+    body = raw[4 + 4 * n_dims :]
+    if len(body) != int(np.prod(shape)):
+        raise DataError(
+            f"{spec.name}: {len(body)} bytes of data, expected {int(np.prod(shape))} "
+            "(the file is truncated or has trailing bytes)."
+        )
+    return np.frombuffer(body, dtype=np.uint8).reshape(shape)
+
+
+def _read_verified(path, spec):
+    """Read, checksum and parse one .gz IDX file; DataError if anything is wrong."""
+    try:
+        packed = path.read_bytes()
+        raw = gzip.decompress(packed)
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise DataError(f"{path}: cannot read or decompress ({exc}).") from exc
+    if spec.raw_md5 and hashlib.md5(raw).hexdigest() != spec.raw_md5:
+        raise DataError(f"{path}: checksum mismatch, the file is corrupt.")
+    if spec.gz_md5 and hashlib.md5(packed).hexdigest() != spec.gz_md5:
+        raise DataError(f"{path}: checksum mismatch, the file is corrupt.")
+    return parse_idx(raw, spec)
+
+
+def _download(dataset, spec, directory):
+    """Fetch ``spec`` from the first mirror that serves a valid copy; return its path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    target, errors = directory / spec.name, []
+    for mirror in dataset.mirrors:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{spec.name}.", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(
+                mirror + spec.name, timeout=30
+            ) as response:
+                shutil.copyfileobj(response, out)
+            _read_verified(Path(tmp), spec)
+            os.replace(tmp, target)  # atomic: readers never see a partial file
+            return target
+        except (OSError, urllib.error.URLError) as exc:
+            errors.append(f"{mirror}: {exc}")
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    raise DataError("\n  ".join([f"could not download {spec.name}:", *errors]))
+
+
+def _locate(dataset, spec, data_dir):
+    """Path of a verified copy of ``spec``, downloading it into the cache if needed."""
+    given = [Path(d) for d in (data_dir, os.environ.get(dataset.env_var)) if d]
+    for directory in given:
+        if (directory / spec.name).exists():
+            return directory / spec.name  # the user's file: verified, never deleted
+    cached = cache_dir(dataset.name) / spec.name
+    if cached.exists():
+        try:
+            _read_verified(cached, spec)
+            return cached
+        except DataError:
+            cached.unlink()  # a corrupt cached copy is removed and fetched again
+    try:
+        return _download(dataset, spec, cached.parent)
+    except DataError as exc:
+        looked = ", ".join(str(d) for d in [*given, cached.parent])
+        raise DataError(
+            f"{dataset.name} file {spec.name} not found (looked in: {looked}) and "
+            f"could not be downloaded. Put the four IDX files in a directory and pass "
+            f"data_dir=... or set {dataset.env_var}.\n{exc}"
+        ) from None
+
+
+def _load_idx_dataset(dataset, data_dir, as_frame, dtype):
+    bunch = Bunch()
+    for split, (images_spec, labels_spec) in dataset.files.items():
+        images = _read_verified(_locate(dataset, images_spec, data_dir), images_spec)
+        labels = _read_verified(_locate(dataset, labels_spec, data_dir), labels_spec)
+        X = images.reshape(images.shape[0], -1).astype(dtype) / dtype(255)
+        y = labels.astype(np.int64)
+        if as_frame:
+            import pandas as pd
+
+            columns = [f"pixel{i}" for i in range(X.shape[1])]
+            X, y = pd.DataFrame(X, columns=columns), pd.Series(y, name="label")
+        bunch[f"X_{split}"], bunch[f"y_{split}"] = X, y
+    bunch.image_shape = (28, 28)
+    bunch.checksums = {
+        spec.name: spec.raw_md5 or spec.gz_md5
+        for pair in dataset.files.values()
+        for spec in pair
+    }
+    return bunch
+
+
+def load_mnist(data_dir=None, *, as_frame=False, dtype=np.float32):
+    """Load MNIST: 60,000 training and 10,000 test images of handwritten digits.
+
+    Parameters
+    ----------
+    data_dir : str or Path, default=None
+        Directory holding the four ``*-ubyte.gz`` files. Defaults to
+        ``$SKMLP_MNIST_DIR``, then the cache directory (downloading if needed).
+    as_frame : bool, default=False
+        Return pandas DataFrames (``pixel0`` ... ``pixel783``) and Series.
+    dtype : numpy float type, default=np.float32
+        Type of the pixels, scaled to [0, 1].
+
+    Returns
+    -------
+    data : Bunch
+        ``X_train`` (60000, 784), ``y_train`` (60000,), ``X_test`` (10000, 784),
+        ``y_test`` (10000,), ``image_shape`` and the md5 ``checksums``.
+
+    Raises
+    ------
+    DataError
+        If a file is missing and cannot be downloaded, or is corrupt or truncated.
+    """
+    return _load_idx_dataset(MNIST, data_dir, as_frame, dtype)
+
+
+def load_fashion_mnist(data_dir=None, *, as_frame=False, dtype=np.float32):
+    """Load Fashion-MNIST (Zalando): same format and sizes as :func:`load_mnist`.
+
+    Looks in ``data_dir``, then ``$SKMLP_FASHION_MNIST_DIR``, then the cache.
+    """
+    return _load_idx_dataset(FASHION_MNIST, data_dir, as_frame, dtype)
+
+
+def load_digits_split(*, test_size=0.25, random_state=0, as_frame=False,
+                      dtype=np.float32):
+    """scikit-learn's 8x8 digits, scaled to [0, 1] and split like the IDX data sets.
+
+    Needs no download: the data ship with scikit-learn.
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits(as_frame=as_frame)
+    X = digits.data.astype(dtype) / dtype(16)
+    X_train, X_test, y_train, y_test = train_test_split(
+        X, digits.target, test_size=test_size, random_state=random_state,
+        stratify=digits.target,
+    )
+    return Bunch(X_train=X_train, y_train=y_train, X_test=X_test, y_test=y_test,
+                 image_shape=(8, 8), checksums={})
