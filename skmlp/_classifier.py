@@ -409,7 +409,8 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
         if bool(xp.any(xp.asarray(unknown))):
             bad = np.unique(_convert_to_numpy(y, xp)[_convert_to_numpy(unknown, xp)])
             raise ValueError(
-                f"y contains labels {bad!r} that are not in classes {self.classes_!r}."
+                f"y contains labels {bad.tolist()} that are not in classes "
+                f"{_to_numpy(self.classes_).tolist()}."
             )
         return indices
 
@@ -588,7 +589,9 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
         start = time.perf_counter()
         snapshot = self._snapshot()
         try:
-            loss = self._sgd_pass(data, xp)
+            # Overflow is detected below and reported as divergence, once, in words.
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                loss = self._sgd_pass(data, xp)
             if not (math.isfinite(loss) and self._params_finite(xp)):
                 self._restore(snapshot)
                 warnings.warn(
@@ -618,7 +621,7 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
         params = self.coefs_ + self.intercepts_
         total_cost = 0.0
         for begin in range(0, n_samples, batch_size):
-            rows = slice(begin, begin + batch_size)
+            rows = slice(begin, min(begin + batch_size, n_samples))
             if order is not None:
                 rows = order[rows]
             X_batch = _take_rows(X, rows, xp)

@@ -148,11 +148,11 @@ def _read_verified(path, spec):
     return parse_idx(raw, spec)
 
 
-def _download(dataset, spec, directory):
+def _download(spec, directory, mirrors):
     """Fetch ``spec`` from the first mirror that serves a valid copy; return its path."""
     directory.mkdir(parents=True, exist_ok=True)
     target, errors = directory / spec.name, []
-    for mirror in dataset.mirrors:
+    for mirror in mirrors:
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{spec.name}.", suffix=".part")
         try:
             with os.fdopen(fd, "wb") as out, urllib.request.urlopen(
@@ -170,7 +170,7 @@ def _download(dataset, spec, directory):
     raise DataError("\n  ".join([f"could not download {spec.name}:", *errors]))
 
 
-def _locate(dataset, spec, data_dir):
+def _locate(dataset, spec, data_dir, mirrors):
     """Path of a verified copy of ``spec``, downloading it into the cache if needed."""
     given = [Path(d) for d in (data_dir, os.environ.get(dataset.env_var)) if d]
     for directory in given:
@@ -184,7 +184,7 @@ def _locate(dataset, spec, data_dir):
         except DataError:
             cached.unlink()  # a corrupt cached copy is removed and fetched again
     try:
-        return _download(dataset, spec, cached.parent)
+        return _download(spec, cached.parent, mirrors or dataset.mirrors)
     except DataError as exc:
         looked = ", ".join(str(d) for d in [*given, cached.parent])
         raise DataError(
@@ -194,11 +194,13 @@ def _locate(dataset, spec, data_dir):
         ) from None
 
 
-def _load_idx_dataset(dataset, data_dir, as_frame, dtype):
+def _load_idx_dataset(dataset, data_dir, as_frame, dtype, mirrors):
     bunch = Bunch()
     for split, (images_spec, labels_spec) in dataset.files.items():
-        images = _read_verified(_locate(dataset, images_spec, data_dir), images_spec)
-        labels = _read_verified(_locate(dataset, labels_spec, data_dir), labels_spec)
+        images_path = _locate(dataset, images_spec, data_dir, mirrors)
+        labels_path = _locate(dataset, labels_spec, data_dir, mirrors)
+        images = _read_verified(images_path, images_spec)
+        labels = _read_verified(labels_path, labels_spec)
         X = images.reshape(images.shape[0], -1).astype(dtype) / dtype(255)
         y = labels.astype(np.int64)
         if as_frame:
@@ -216,7 +218,7 @@ def _load_idx_dataset(dataset, data_dir, as_frame, dtype):
     return bunch
 
 
-def load_mnist(data_dir=None, *, as_frame=False, dtype=np.float32):
+def load_mnist(data_dir=None, *, as_frame=False, dtype=np.float32, mirrors=None):
     """Load MNIST: 60,000 training and 10,000 test images of handwritten digits.
 
     Parameters
@@ -228,6 +230,8 @@ def load_mnist(data_dir=None, *, as_frame=False, dtype=np.float32):
         Return pandas DataFrames (``pixel0`` ... ``pixel783``) and Series.
     dtype : numpy float type, default=np.float32
         Type of the pixels, scaled to [0, 1].
+    mirrors : sequence of str, default=None
+        Base URLs to download from, in order; None uses the known public mirrors.
 
     Returns
     -------
@@ -240,15 +244,18 @@ def load_mnist(data_dir=None, *, as_frame=False, dtype=np.float32):
     DataError
         If a file is missing and cannot be downloaded, or is corrupt or truncated.
     """
-    return _load_idx_dataset(MNIST, data_dir, as_frame, dtype)
+    return _load_idx_dataset(MNIST, data_dir, as_frame, dtype, mirrors)
 
 
-def load_fashion_mnist(data_dir=None, *, as_frame=False, dtype=np.float32):
-    """Load Fashion-MNIST (Zalando): same format and sizes as :func:`load_mnist`.
+def load_fashion_mnist(data_dir=None, *, as_frame=False, dtype=np.float32,
+                       mirrors=None):
+    """Load Fashion-MNIST (Zalando): same format, sizes and options as
+    :func:`load_mnist`.
 
-    Looks in ``data_dir``, then ``$SKMLP_FASHION_MNIST_DIR``, then the cache.
+    Looks in ``data_dir``, then ``$SKMLP_FASHION_MNIST_DIR``, then the cache. Its files
+    are checked against the md5 sums Zalando publishes for the .gz files.
     """
-    return _load_idx_dataset(FASHION_MNIST, data_dir, as_frame, dtype)
+    return _load_idx_dataset(FASHION_MNIST, data_dir, as_frame, dtype, mirrors)
 
 
 def load_digits_split(*, test_size=0.25, random_state=0, as_frame=False,
