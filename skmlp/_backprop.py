@@ -126,7 +126,7 @@ def backprop(
     for layer in range(n_layers - 1, -1, -1):
         coef_grads[layer] = activations[layer].T @ delta  # dC/dW = a^(l-1)^T delta^(l)
         if alpha:
-            coef_grads[layer] = coef_grads[layer] + (alpha / total_weight) * coefs[layer]
+            coef_grads[layer] += (alpha / total_weight) * coefs[layer]
         intercept_grads[layer] = (ones @ delta)[0, :]  # dC/db = column sums of delta
         if layer > 0:  # delta^(l-1) = (delta^(l) W^(l)^T) * f'(z^(l-1))
             delta = delta @ coefs[layer].T

@@ -47,17 +47,23 @@ class SGDOptimizer:
     def update_params(self, params, grads):
         """Update ``params`` in place: ``v <- m v - lr g``, then ``p <- p + v``.
 
-        With Nesterov's momentum the step is ``m v - lr g`` with the new ``v``.
+        With Nesterov's momentum the step is ``m v - lr g`` with the new ``v``. The
+        gradients are consumed: they are scaled in place (callers pass fresh arrays),
+        which spares the large temporaries that dominate wide networks.
         """
         lr, momentum = self.learning_rate, self.momentum
         for param, velocity, grad in zip(params, self.velocities, grads):
-            step = lr * grad
-            if momentum:
-                velocity *= momentum
-                velocity -= step
-                param += momentum * velocity - step if self.nesterov else velocity
+            grad *= lr  # grad now holds the plain step lr * g
+            if not momentum:
+                param -= grad
+                continue
+            velocity *= momentum
+            velocity -= grad
+            if self.nesterov:
+                param -= grad
+                param += momentum * velocity
             else:
-                param -= step
+                param += velocity
 
     def iteration_ends(self, time_step):
         """Update the step size at the end of an epoch (``time_step``: samples seen)."""
