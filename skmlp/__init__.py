@@ -2,7 +2,14 @@
 
 from skmlp._classifier import SGDMLPClassifier
 from skmlp._gradient_check import GradientCheckResult, check_gradients
+from skmlp.inspection import noise_confidence
 
 __version__ = "0.1.0"
 
-__all__ = ["GradientCheckResult", "SGDMLPClassifier", "check_gradients", "__version__"]
+__all__ = [
+    "GradientCheckResult",
+    "SGDMLPClassifier",
+    "__version__",
+    "check_gradients",
+    "noise_confidence",
+]

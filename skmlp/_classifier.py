@@ -582,9 +582,10 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
     def _run_epoch(self, data, xp):
         """Run one epoch; return True when training should stop.
 
-        If the epoch diverges (non-finite loss or weights) or is interrupted
-        (KeyboardInterrupt, e.g. Ctrl-C), the estimator is put back exactly as it was
-        after the previous epoch: weights, optimizer, random generator and records.
+        If the epoch diverges (non-finite loss or weights) or is interrupted (an
+        exception, KeyboardInterrupt from Ctrl-C included), the estimator is put back
+        exactly as it was after the previous epoch: weights, optimizer, random
+        generator and records.
         """
         start = time.perf_counter()
         snapshot = self._snapshot()
@@ -604,7 +605,7 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
                 return True
             self._record_epoch(loss, data, time.perf_counter() - start)
             return self._check_stopping()
-        except KeyboardInterrupt:
+        except BaseException:  # Ctrl-C, SIGTERM turned into an exception, MemoryError...
             self._restore(snapshot)
             raise
 

@@ -1,0 +1,34 @@
+"""Load the configured data set and cut the subsets a run asks for."""
+
+import hydra
+from sklearn.model_selection import train_test_split
+from sklearn.utils import Bunch
+
+
+def load_data(cfg, seed):
+    """Train, validation and test arrays for ``cfg.data``.
+
+    ``n_train`` / ``n_test`` take stratified random subsets; ``validation_size``
+    (a count or a fraction) holds part of the training set out for validation.
+    """
+    data = hydra.utils.instantiate(cfg.loader)
+    X_train, y_train = _subset(data.X_train, data.y_train, cfg.n_train, seed)
+    X_test, y_test = _subset(data.X_test, data.y_test, cfg.n_test, seed)
+    X_val = y_val = None
+    if cfg.validation_size:
+        X_train, X_val, y_train, y_val = train_test_split(
+            X_train, y_train, test_size=cfg.validation_size, stratify=y_train,
+            random_state=seed,
+        )
+    return Bunch(
+        X_train=X_train, y_train=y_train, X_val=X_val, y_val=y_val,
+        X_test=X_test, y_test=y_test, checksums=data.checksums,
+        image_shape=tuple(data.image_shape),
+    )
+
+
+def _subset(X, y, n, seed):
+    if n is None or n >= len(y):
+        return X, y
+    X, _, y, _ = train_test_split(X, y, train_size=n, stratify=y, random_state=seed)
+    return X, y
