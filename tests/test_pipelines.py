@@ -1,0 +1,262 @@
+"""The real entry points, run as a user runs them (a subprocess), read back from MLflow."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+ROOT = Path(__file__).resolve().parents[1]
+# A few epochs on the digits (no download); no model logging unless a test wants it.
+QUICK = ["data=digits", "model.max_iter=3", "tracking.log_model=false"]
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A temporary MLflow store: (tracking URI, environment for the subprocess)."""
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONUNBUFFERED": "1"}
+    env.pop(PARENT_ENV, None)
+    return uri, env
+
+
+PARENT_ENV = "SKMLP_PARENT_RUN_ID"
+
+
+def run_entry_point(module, args, env, cwd, timeout=600):
+    result = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def runs_of(uri, experiment):
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None, f"no experiment {experiment!r}"
+    return client, client.search_runs([found.experiment_id])
+
+
+def test_train_logs_params_curves_metrics_artifacts_and_model(store, tmp_path):
+    uri, env = store
+    run_entry_point("pipelines.train",
+                    ["data=digits", "model.max_iter=4", "model.tol=0",
+                     "tracking.experiment_name=one-run"], env, tmp_path)
+    client, runs = runs_of(uri, "one-run")
+    (run,) = runs
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["model.hidden_layer_sizes"] == "[16, 16]"
+    assert params["model.activation"] == "relu" and params["data.name"] == "digits"
+    for key in ("loss", "train_accuracy", "test_accuracy", "seconds"):
+        history = client.get_metric_history(run.info.run_id, key)
+        assert [m.step for m in history] == [1, 2, 3, 4], key
+    metrics = run.data.metrics
+    assert 0.5 < metrics["final_test_accuracy"] <= 1.0
+    assert {"final_train_accuracy", "final_test_log_loss", "noise_confidence",
+            "test_confidence"} <= set(metrics)
+    assert run.data.tags["skmlp.dataset"] == "digits"
+    assert len(run.data.tags["skmlp.git_commit"]) >= 7
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "learning_curves.png", "confusion_matrix.png",
+            "first_layer_weights.png"} <= artifacts
+
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    from skmlp.datasets import load_digits_split
+
+    X_test = load_digits_split().X_test
+    assert model.predict(X_test[:20]).shape == (20,)
+
+
+def test_cfg_job_shows_the_resolved_config(store, tmp_path):
+    _, env = store
+    result = run_entry_point("pipelines.train",
+                             ["experiment=3b1b", "model.alpha=0.5", "--cfg", "job"],
+                             env, tmp_path)
+    assert "loss: squared_error" in result.stdout
+    assert "activation: logistic" in result.stdout
+    assert "alpha: 0.5" in result.stdout
+
+
+def test_multirun_is_one_parent_with_a_child_per_job(store, tmp_path):
+    uri, env = store
+    run_entry_point(
+        "pipelines.train",
+        ["-m", *QUICK, "model.hidden_layer_sizes=[16,16],[64]",
+         "model.activation=relu,logistic", "tracking.experiment_name=grid"],
+        env, tmp_path,
+    )
+    _, runs = runs_of(uri, "grid")
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 4
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {
+        parents[0].info.run_id
+    }
+    assert {(r.data.params["model.hidden_layer_sizes"], r.data.params["model.activation"])
+            for r in children} == {("[16, 16]", "relu"), ("[16, 16]", "logistic"),
+                                   ("[64]", "relu"), ("[64]", "logistic")}
+    assert all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_joblib_launcher_runs_two_jobs_at_once(store, tmp_path):
+    uri, env = store
+    run_entry_point(
+        "pipelines.train",
+        ["-m", "hydra/launcher=parallel", *QUICK, "model.max_iter=40", "model.tol=0",
+         "model.hidden_layer_sizes=[128]", "model.activation=relu,tanh",
+         "tracking.experiment_name=parallel"],
+        env, tmp_path,
+    )
+    _, runs = runs_of(uri, "parallel")
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 2
+    first, second = sorted(children, key=lambda r: r.info.start_time)
+    assert second.info.start_time < first.info.end_time  # they overlapped
+    assert {r.data.params["blas_threads"] for r in children} == {"auto"}
+
+
+def test_sweep_preset_runs_without_dash_m(store, tmp_path):
+    uri, env = store
+    run_entry_point("pipelines.train",
+                    ["sweep=sizes", *QUICK, "tracking.experiment_name=preset"],
+                    env, tmp_path)
+    _, runs = runs_of(uri, "preset")
+    assert len([r for r in runs if "mlflow.parentRunId" in r.data.tags]) == 8
+
+
+def test_optuna_sweeper(store, tmp_path):
+    uri, env = store
+    run_entry_point("pipelines.train",
+                    ["sweep=optuna", *QUICK, "hydra.sweeper.n_trials=3",
+                     "tracking.experiment_name=optuna"], env, tmp_path)
+    _, runs = runs_of(uri, "optuna")
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 3
+    assert len({r.data.params["model.learning_rate_init"] for r in children}) == 3
+
+
+def test_submitit_local_launcher(store, tmp_path):
+    """The cluster path (submitit), exercised with its local executor."""
+    uri, env = store
+    run_entry_point(
+        "pipelines.train",
+        ["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
+         *QUICK, "model.activation=relu,tanh", "tracking.experiment_name=submitit"],
+        env, tmp_path,
+    )
+    _, runs = runs_of(uri, "submitit")
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 2 and all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_grid_search_logs_a_child_per_candidate(store, tmp_path):
+    uri, env = store
+    run_entry_point("pipelines.grid_search",
+                    ["data=digits", "model.max_iter=3", "search.cv=2",
+                     "tracking.experiment_name=gs"], env, tmp_path)
+    client, runs = runs_of(uri, "gs")
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 8
+    assert "best_cv_accuracy" in parents[0].data.metrics
+    assert "final_test_accuracy" in parents[0].data.metrics
+    assert all("mean_cv_accuracy" in r.data.metrics for r in children)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_run_ends_killed_not_running(store, tmp_path, sig):
+    uri, env = store
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.train", "data=digits", "model.max_iter=100000",
+         "model.tol=0", "model.n_iter_no_change=1000000", "model.batch_size=8",
+         "tracking.experiment_name=interrupted"],
+        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        client = MlflowClient(uri)
+        deadline = time.monotonic() + 120
+        run = None
+        while time.monotonic() < deadline:  # wait for a few epochs to be logged
+            experiment = _experiment_or_none(client, "interrupted")
+            runs = client.search_runs([experiment.experiment_id]) if experiment else []
+            if runs and len(client.get_metric_history(runs[0].info.run_id, "loss")) >= 3:
+                run = runs[0]
+                break
+            time.sleep(0.5)
+        assert run is not None, "training never started"
+        process.send_signal(sig)
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode != 0
+    status = client.get_run(run.info.run_id).info.status
+    assert status in ("KILLED", "FAILED")
+
+
+def _experiment_or_none(client, name):
+    try:
+        return client.get_experiment_by_name(name)
+    except Exception:  # the store's tables may not exist yet
+        return None
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_mlflow_server_serves_the_runs(store, tmp_path):
+    uri, env = store
+    run_entry_point("pipelines.train", [*QUICK, "tracking.experiment_name=served"],
+                    env, tmp_path)
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(0.5)
+        with urllib.request.urlopen(
+            f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=served",
+            timeout=10,
+        ) as response:
+            experiment_id = json.load(response)["experiment"]["experiment_id"]
+        request = urllib.request.Request(
+            f"{base}/api/2.0/mlflow/runs/search",
+            data=json.dumps({"experiment_ids": [experiment_id]}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            runs = json.load(response)["runs"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert len(runs) == 1
+    metrics = {m["key"]: m["value"] for m in runs[0]["data"]["metrics"]}
+    assert metrics["final_test_accuracy"] > 0.5
