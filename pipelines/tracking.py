@@ -109,11 +109,15 @@ class MLflowEpochLogger:
     preprocess : callable
         Maps raw inputs to what the classifier sees (the fitted preprocessing
         steps of the Pipeline); called once per set, on the first epoch.
+    stop_at : tuple (metric, threshold) or None, default=None
+        Stop training once a logged metric reaches the threshold, e.g.
+        ``("train_accuracy", 0.999)``.
     """
 
-    def __init__(self, eval_sets, preprocess):
+    def __init__(self, eval_sets, preprocess, stop_at=None):
         self.eval_sets = eval_sets
         self.preprocess = preprocess
+        self.stop_at = stop_at
         self._transformed = None
         self._last_epoch = 0
         self.records = []  # the metrics of every epoch, for the learning-curve figure
@@ -149,6 +153,9 @@ class MLflowEpochLogger:
             )
         mlflow.log_metrics(metrics, step=self._last_epoch)
         self.records.append({"epoch": self._last_epoch, **metrics})
+        if self.stop_at is not None:
+            metric, threshold = self.stop_at
+            return metrics[metric] >= threshold
         return False
 
 

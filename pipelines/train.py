@@ -123,20 +123,28 @@ def log_artifacts(pipeline, data, cfg, curves):
         )
 
 
-def train(cfg, data):
+def default_eval_sets(cfg, data):
+    """Per-epoch evaluation sets: a fixed training sample, the test set, validation."""
+    n_sample = min(cfg.eval.train_accuracy_samples, len(data.y_train))
+    sample = np.random.default_rng(cfg.seed).choice(
+        len(data.y_train), size=n_sample, replace=False
+    )
+    eval_sets = {"train": (data.X_train[sample], data.y_train[sample]),
+                 "test": (data.X_test, data.y_test)}
+    if data.X_val is not None:
+        eval_sets["val"] = (data.X_val, data.y_val)
+    return eval_sets
+
+
+def train(cfg, data, eval_sets, stop_at=None):
     """Fit the pipeline with per-epoch MLflow logging.
 
     Returns the fitted pipeline, its fit time and the per-epoch metrics (DataFrame).
     """
     pipeline = build_pipeline(cfg)
-    n_sample = min(cfg.eval.train_accuracy_samples, len(data.y_train))
-    rng = np.random.default_rng(cfg.seed)
-    sample = rng.choice(len(data.y_train), size=n_sample, replace=False)
-    eval_sets = {"train": (data.X_train[sample], data.y_train[sample]),
-                 "test": (data.X_test, data.y_test)}
-    if data.X_val is not None:
-        eval_sets["val"] = (data.X_val, data.y_val)
-    logger = MLflowEpochLogger(eval_sets, preprocess=lambda X: preprocess(pipeline, X))
+    logger = MLflowEpochLogger(
+        eval_sets, preprocess=lambda X: preprocess(pipeline, X), stop_at=stop_at
+    )
     pipeline[-1].set_callbacks(logger)
     start = time.perf_counter()
     with warnings.catch_warnings():
@@ -145,34 +153,47 @@ def train(cfg, data):
     return pipeline, time.perf_counter() - start, pd.DataFrame(logger.records)
 
 
-def run(cfg: DictConfig) -> float:
-    """One tracked training run; returns the score a sweeper maximises."""
-    raise_on_sigterm()
-    data = load_data(cfg.data, cfg.seed)
-    uri = tracking_uri(cfg.tracking.uri)
-    experiment_id = setup_experiment(uri, cfg.tracking.experiment_name)
-    parent = os.environ.get(PARENT_RUN_ENV)
+def tracked_run(cfg, data, eval_sets, *, name, tags=None, stop_at=None,
+                extra_metrics=None):
+    """One MLflow run (a child when a sweep's parent is set): parameters, tags, the
+    per-epoch curves, final metrics and artifacts. Returns the metrics and curves.
+
+    ``extra_metrics(curves) -> dict`` adds metrics derived from the per-epoch curves.
+    """
+    experiment_id = setup_experiment(tracking_uri(cfg.tracking.uri),
+                                     cfg.tracking.experiment_name)
     with mlflow.start_run(
-        experiment_id=experiment_id, run_name=run_name(cfg), parent_run_id=parent,
-        log_system_metrics=False,
+        experiment_id=experiment_id, run_name=name,
+        parent_run_id=os.environ.get(PARENT_RUN_ENV), log_system_metrics=False,
     ) as active:
         mlflow.set_tags({
             "skmlp.git_commit": git_commit(),
             "skmlp.dataset": cfg.data.name,
             "skmlp.dataset_checksum": dataset_checksum(data.checksums),
+            **(tags or {}),
         })
         mlflow.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
         try:
-            pipeline, seconds, curves = train(cfg, data)
+            pipeline, seconds, curves = train(cfg, data, eval_sets, stop_at=stop_at)
         except KeyboardInterrupt:
             mlflow.end_run("KILLED")
             raise
         metrics = evaluate(pipeline, data, seconds, cfg)
+        if extra_metrics is not None:
+            metrics.update(extra_metrics(curves))
         mlflow.log_metrics(metrics)
         log_artifacts(pipeline, data, cfg, curves)
         print(f"run {active.info.run_id}: test accuracy "
               f"{metrics['final_test_accuracy']:.4f} after {metrics['n_epochs']} epochs "
               f"({seconds:.1f} s)")
+    return metrics, curves
+
+
+def run(cfg: DictConfig) -> float:
+    """One tracked training run; returns the score a sweeper maximises."""
+    raise_on_sigterm()
+    data = load_data(cfg.data, cfg.seed)
+    metrics, _ = tracked_run(cfg, data, default_eval_sets(cfg, data), name=run_name(cfg))
     # The sweepers' objective: validation accuracy when a validation set is held out.
     return metrics["final_val_accuracy" if data.X_val is not None
                    else "final_test_accuracy"]

@@ -81,3 +81,59 @@ def plot_first_layer_weights(coef, image_shape=(28, 28), n_units=16):
             ax.imshow(weights, cmap=RED_GREEN, vmin=-bound, vmax=bound)
             ax.set_title(f"unit {unit}", fontsize=8)
     return fig
+
+
+def plot_memorization_summary(table, curves):
+    """Figures of the memorization sweep, after Zhang et al. (2017), Figure 1.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        One row per run: ``run_id``, ``p``, ``hidden_layer_sizes``, ``n_parameters``,
+        ``time_to_fit``, ``final_train_accuracy``, ``final_test_accuracy``.
+    curves : pandas.DataFrame
+        Long format: ``run_id``, ``metric``, ``epoch``, ``value``.
+
+    Returns
+    -------
+    figures : dict of name -> matplotlib.figure.Figure
+        ``a_learning_curves`` (largest network: training loss and accuracy against
+        epochs, one line per corruption level), ``b_time_to_fit`` and
+        ``c_test_accuracy`` (against p, one line per network) and ``capacity`` (final
+        training accuracy at the highest p against the number of parameters).
+    """
+    figures = {}
+    largest = table.loc[table["n_parameters"].idxmax(), "hidden_layer_sizes"]
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for metric, ax in zip(("loss", "train_accuracy"), axes):
+        for _, run in table[table["hidden_layer_sizes"] == largest].iterrows():
+            points = curves[(curves["run_id"] == run["run_id"])
+                            & (curves["metric"] == metric)].sort_values("epoch")
+            ax.plot(points["epoch"], points["value"], label=f"p = {run['p']:g}")
+        ax.set(xlabel="epoch", ylabel=metric.replace("_", " "),
+               title=f"784-{largest.strip('[]').replace(', ', '-')}-10")
+    axes[1].legend()
+    figures["a_learning_curves"] = fig
+    for name, column, ylabel in (
+        ("b_time_to_fit", "time_to_fit", "epochs to fit the training labels"),
+        ("c_test_accuracy", "final_test_accuracy", "test accuracy (true labels)"),
+    ):
+        fig = Figure(figsize=(5, 4), layout="constrained")
+        ax = fig.subplots()
+        for sizes, group in table.groupby("hidden_layer_sizes"):
+            ax.plot(group["p"], group[column], marker="o", label=sizes)
+        ax.set(xlabel="label corruption p", ylabel=ylabel)
+        ax.legend(title="hidden layers")
+        figures[name] = fig
+    top = table[table["p"] == table["p"].max()].sort_values("n_parameters")
+    fig = Figure(figsize=(5, 4), layout="constrained")
+    ax = fig.subplots()
+    ax.plot(top["n_parameters"], top["final_train_accuracy"], marker="o")
+    for _, run in top.iterrows():
+        ax.annotate(run["hidden_layer_sizes"], (run["n_parameters"],
+                                                 run["final_train_accuracy"]))
+    ax.set(xscale="log", xlabel="number of parameters",
+           ylabel=f"training accuracy at p = {top['p'].iloc[0]:g}")
+    figures["capacity"] = fig
+    return figures
