@@ -1,0 +1,72 @@
+"""The memorization experiment, end to end through Hydra into a temporary MLflow store."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+from sklearn.utils import Bunch
+
+from pipelines.memorization import corrupt, time_to_fit
+
+
+def test_time_to_fit_is_the_first_epoch_over_the_threshold():
+    curves = pd.DataFrame({"epoch": [1, 2, 3, 4], "train_accuracy": [0.5, 0.99, 0.98, 1]})
+    assert time_to_fit(curves, 0.99) == 2
+    assert np.isnan(time_to_fit(curves, 1.01))
+
+
+@pytest.mark.parametrize("kind", ["shuffle", "corrupt", "shuffled_pixels",
+                                  "random_pixels", "gaussian", "none"])
+def test_corrupt_touches_training_data_only(rng, kind):
+    data = Bunch(X_train=rng.random((100, 8)), y_train=np.arange(100) % 10,
+                 X_test=rng.random((10, 8)), y_test=np.arange(10))
+    result = corrupt(data, OmegaConf.create({"kind": kind, "p": 1.0}), seed=0)
+    assert result.X_test is data.X_test and result.y_test is data.y_test
+    changed = (not np.array_equal(result.X_train, data.X_train)
+               or not np.array_equal(result.y_train, data.y_train))
+    assert changed == (kind != "none")
+
+
+def test_unknown_corruption_is_refused(rng):
+    data = Bunch(X_train=rng.random((10, 2)), y_train=np.arange(10))
+    with pytest.raises(ValueError, match="Unknown corruption.kind 'blur'"):
+        corrupt(data, OmegaConf.create({"kind": "blur", "p": 1.0}), seed=0)
+
+
+@pytest.mark.slow
+def test_quick_configuration_end_to_end(tmp_path, mnist):  # noqa: ARG001 - needs MNIST
+    """The quick configuration, smaller still: 500 images, p in {0, 1}, two networks."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    env.pop("SKMLP_PARENT_RUN_ID", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.memorization", "experiment=memorization_quick",
+         "data.n_train=500", "model.max_iter=40", "corruption.p=0.0,1.0",
+         "model.hidden_layer_sizes=[16,16],[512]"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("memorization")
+    runs = client.search_runs([experiment.experiment_id])
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 4 and parent.info.status == "FINISHED"
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"summary.csv", "a_learning_curves.png", "b_time_to_fit.png",
+            "c_test_accuracy.png", "capacity.png"} <= artifacts
+
+    table = pd.read_csv(client.download_artifacts(parent.info.run_id, "summary.csv"))
+    assert len(table) == 4
+    wide_random = table[(table.p == 1.0) & (table.hidden_layer_sizes == "[512]")].iloc[0]
+    assert wide_random.final_train_accuracy > 0.5   # far above chance (0.1)
+    assert wide_random.final_test_accuracy < 0.2    # near chance on the true labels
+    wide_true = table[(table.p == 0.0) & (table.hidden_layer_sizes == "[512]")].iloc[0]
+    assert wide_true.final_test_accuracy > 0.75
+    history = client.get_metric_history(wide_random.run_id, "train_accuracy")
+    assert len(history) == wide_random.epochs
