@@ -13,7 +13,6 @@ import time
 import tracemalloc
 import warnings
 
-import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 from threadpoolctl import threadpool_info
@@ -21,7 +20,9 @@ from threadpoolctl import threadpool_info
 from skmlp import SGDMLPClassifier
 from skmlp.datasets import load_mnist
 
-CASES = [((16, 16), 100), ((512, 512), 128)][: int(__import__("os").environ.get("BENCH_CASES", 2))]
+CASES = [((16, 16), 100), ((512, 512), 128)][
+    : int(__import__("os").environ.get("BENCH_CASES", 2))
+]
 
 
 def common_params(hidden, batch_size, epochs):
@@ -64,29 +65,43 @@ def main():
     args = parser.parse_args()
     data = load_mnist()
     X, y = data.X_train, data.y_train
-    print(f"MNIST train {X.shape} {X.dtype}, {X.nbytes / 2**20:.0f} MiB; BLAS: "
-          + ", ".join(f"{i['internal_api']} {i['num_threads']} threads"
-                      for i in threadpool_info()))
-    print(f"{'network':<16} {'batch':>5} {'skmlp s/epoch':>14} "
-          f"{'sklearn s/epoch':>16} {'speed-up':>9}")
+    print(
+        f"MNIST train {X.shape} {X.dtype}, {X.nbytes / 2**20:.0f} MiB; BLAS: "
+        + ", ".join(
+            f"{i['internal_api']} {i['num_threads']} threads" for i in threadpool_info()
+        )
+    )
+    print(
+        f"{'network':<16} {'batch':>5} {'skmlp s/epoch':>14} "
+        f"{'sklearn s/epoch':>16} {'speed-up':>9}"
+    )
     for hidden, batch in CASES:
         params = common_params(hidden, batch, args.epochs)
         ours, theirs = [], []
         for _ in range(args.repeats):  # alternate, so drift hits both alike
-            ours.append(seconds_per_epoch(SGDMLPClassifier(**params), X, y, args.epochs))
-            theirs.append(seconds_per_epoch(
-                MLPClassifier(solver="sgd", **params), X, y, args.epochs))
+            ours.append(
+                seconds_per_epoch(SGDMLPClassifier(**params), X, y, args.epochs)
+            )
+            theirs.append(
+                seconds_per_epoch(
+                    MLPClassifier(solver="sgd", **params), X, y, args.epochs
+                )
+            )
         ours_s, theirs_s = min(ours), min(theirs)
         name = "784-" + "-".join(map(str, hidden)) + "-10"
-        print(f"{name:<16} {batch:>5} {ours_s:>14.3f} {theirs_s:>16.3f} "
-              f"{theirs_s / ours_s:>8.2f}x")
+        print(
+            f"{name:<16} {batch:>5} {ours_s:>14.3f} {theirs_s:>16.3f} "
+            f"{theirs_s / ours_s:>8.2f}x"
+        )
     for hidden, batch in CASES:
         params = common_params(hidden, batch, 1)
         peak = peak_extra_bytes(SGDMLPClassifier(**params), X, y)
         ref = peak_extra_bytes(MLPClassifier(solver="sgd", **params), X, y)
-        print(f"peak extra memory of one fit, {hidden} batch {batch}: skmlp "
-              f"{peak / 2**20:.1f} MiB = {peak / X.nbytes:.2f} x training set; "
-              f"sklearn {ref / 2**20:.1f} MiB = {ref / X.nbytes:.2f} x")
+        print(
+            f"peak extra memory of one fit, {hidden} batch {batch}: skmlp "
+            f"{peak / 2**20:.1f} MiB = {peak / X.nbytes:.2f} x training set; "
+            f"sklearn {ref / 2**20:.1f} MiB = {ref / X.nbytes:.2f} x"
+        )
 
 
 if __name__ == "__main__":

@@ -17,12 +17,20 @@ def load_data(cfg, seed):
     X_val = y_val = None
     if cfg.validation_size:
         X_train, X_val, y_train, y_val = train_test_split(
-            X_train, y_train, test_size=cfg.validation_size, stratify=y_train,
+            X_train,
+            y_train,
+            test_size=cfg.validation_size,
+            stratify=y_train,
             random_state=seed,
         )
     return Bunch(
-        X_train=X_train, y_train=y_train, X_val=X_val, y_val=y_val,
-        X_test=X_test, y_test=y_test, checksums=data.checksums,
+        X_train=X_train,
+        y_train=y_train,
+        X_val=X_val,
+        y_val=y_val,
+        X_test=X_test,
+        y_test=y_test,
+        checksums=data.checksums,
         image_shape=tuple(data.image_shape),
     )
 

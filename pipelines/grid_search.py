@@ -34,15 +34,18 @@ from pipelines.train import build_pipeline
 def log_candidates(results, experiment_id):
     """One child run per candidate of ``cv_results_`` under the active run."""
     for i, params in enumerate(results["params"]):
-        with mlflow.start_run(experiment_id=experiment_id, nested=True,
-                              run_name=f"candidate-{i}"):
+        with mlflow.start_run(
+            experiment_id=experiment_id, nested=True, run_name=f"candidate-{i}"
+        ):
             mlflow.log_params(params)
-            mlflow.log_metrics({
-                "mean_cv_accuracy": float(results["mean_test_score"][i]),
-                "std_cv_accuracy": float(results["std_test_score"][i]),
-                "rank": int(results["rank_test_score"][i]),
-                "mean_fit_seconds": float(results["mean_fit_time"][i]),
-            })
+            mlflow.log_metrics(
+                {
+                    "mean_cv_accuracy": float(results["mean_test_score"][i]),
+                    "std_cv_accuracy": float(results["std_test_score"][i]),
+                    "rank": int(results["rank_test_score"][i]),
+                    "mean_fit_seconds": float(results["mean_fit_time"][i]),
+                }
+            )
 
 
 def search(cfg, data):
@@ -65,12 +68,17 @@ def main(cfg: DictConfig) -> float:
     """Hydra entry point (console script ``skmlp-grid-search``)."""
     raise_on_sigterm()
     data = load_data(cfg.data, cfg.seed)
-    experiment_id = setup_experiment(tracking_uri(cfg.tracking.uri),
-                                     cfg.tracking.experiment_name)
+    experiment_id = setup_experiment(
+        tracking_uri(cfg.tracking.uri), cfg.tracking.experiment_name
+    )
     with mlflow.start_run(experiment_id=experiment_id, run_name="grid-search"):
-        mlflow.set_tags({"skmlp.git_commit": git_commit(),
-                         "skmlp.dataset": cfg.data.name,
-                         "skmlp.dataset_checksum": dataset_checksum(data.checksums)})
+        mlflow.set_tags(
+            {
+                "skmlp.git_commit": git_commit(),
+                "skmlp.dataset": cfg.data.name,
+                "skmlp.dataset_checksum": dataset_checksum(data.checksums),
+            }
+        )
         mlflow.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
         start = time.perf_counter()
         try:
@@ -82,13 +90,19 @@ def main(cfg: DictConfig) -> float:
         log_candidates(grid.cv_results_, experiment_id)
         test_accuracy = float(grid.score(data.X_test, data.y_test))
         mlflow.log_params({f"best.{k}": v for k, v in grid.best_params_.items()})
-        mlflow.log_metrics({"best_cv_accuracy": float(grid.best_score_),
-                            "final_test_accuracy": test_accuracy,
-                            "search_seconds": time.perf_counter() - start})
+        mlflow.log_metrics(
+            {
+                "best_cv_accuracy": float(grid.best_score_),
+                "final_test_accuracy": test_accuracy,
+                "search_seconds": time.perf_counter() - start,
+            }
+        )
         table = pd.DataFrame(grid.cv_results_).drop(columns="params").astype(str)
         mlflow.log_table(table, "cv_results.json")
-        print(f"best {grid.best_params_}: cv accuracy {grid.best_score_:.4f}, "
-              f"test accuracy {test_accuracy:.4f}")
+        print(
+            f"best {grid.best_params_}: cv accuracy {grid.best_score_:.4f}, "
+            f"test accuracy {test_accuracy:.4f}"
+        )
     return test_accuracy
 
 

@@ -38,7 +38,9 @@ def corrupt(data, corruption, seed):
         X = INPUT_CORRUPTIONS[corruption.kind](X, random_state=seed)
     elif corruption.kind != "none":
         known = ["none", *LABEL_CORRUPTIONS, *INPUT_CORRUPTIONS]
-        raise ValueError(f"Unknown corruption.kind {corruption.kind!r}; one of {known}.")
+        raise ValueError(
+            f"Unknown corruption.kind {corruption.kind!r}; one of {known}."
+        )
     return Bunch(**{**data, "X_train": X, "y_train": y})
 
 
@@ -51,14 +53,21 @@ def time_to_fit(curves, threshold):
 def run(cfg: DictConfig) -> float:
     raise_on_sigterm()
     data = corrupt(load_data(cfg.data, cfg.seed), cfg.corruption, cfg.seed)
-    eval_sets = {"train": (data.X_train, data.y_train), "test": (data.X_test, data.y_test)}
+    eval_sets = {
+        "train": (data.X_train, data.y_train),
+        "test": (data.X_test, data.y_test),
+    }
     sizes = "-".join(str(s) for s in cfg.model.hidden_layer_sizes)
     stop_at = ("train_accuracy", cfg.stop_at) if cfg.stop_at else None
     metrics, curves = tracked_run(
-        cfg, data, eval_sets,
+        cfg,
+        data,
+        eval_sets,
         name=f"{cfg.corruption.kind}-p{cfg.corruption.p}-{sizes}-{cfg.regularization.name}",
-        tags={"skmlp.corruption": cfg.corruption.kind,
-              "skmlp.regularization": cfg.regularization.name},
+        tags={
+            "skmlp.corruption": cfg.corruption.kind,
+            "skmlp.regularization": cfg.regularization.name,
+        },
         stop_at=stop_at,
         extra_metrics=lambda curves: {
             "time_to_fit": time_to_fit(curves, cfg.fit_threshold)
@@ -112,8 +121,14 @@ def collect(client, parent_id):
         rows.append(row)
         for key in ("loss", "train_accuracy", "test_accuracy"):
             for m in client.get_metric_history(child.info.run_id, key):
-                curves.append({"run_id": child.info.run_id, "metric": key,
-                               "epoch": m.step, "value": m.value})
+                curves.append(
+                    {
+                        "run_id": child.info.run_id,
+                        "metric": key,
+                        "epoch": m.step,
+                        "value": m.value,
+                    }
+                )
     table = pd.DataFrame(rows).sort_values(["hidden_layer_sizes", "p"])
     return table.reset_index(drop=True), pd.DataFrame(curves)
 

@@ -1,9 +1,9 @@
 """Train and evaluate one SGDMLPClassifier pipeline, tracked in MLflow.
 
-    python -m pipelines.train                       # the defaults (conf/train.yaml)
-    python -m pipelines.train experiment=3b1b       # the video's network
-    python -m pipelines.train -m model.activation=relu,logistic   # a sweep
-    python -m pipelines.train --cfg job             # show the resolved config
+python -m pipelines.train                       # the defaults (conf/train.yaml)
+python -m pipelines.train experiment=3b1b       # the video's network
+python -m pipelines.train -m model.activation=relu,logistic   # a sweep
+python -m pipelines.train --cfg job             # show the resolved config
 """
 
 import os
@@ -11,10 +11,10 @@ import time
 import warnings
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
 import mlflow
 import numpy as np
 import pandas as pd
+from hydra.core.hydra_config import HydraConfig
 from mlflow.models import infer_signature
 from omegaconf import DictConfig, OmegaConf
 from sklearn.exceptions import ConvergenceWarning
@@ -77,7 +77,9 @@ def evaluate(pipeline, data, fit_seconds, cfg):
             continue
         proba = pipeline.predict_proba(X)
         classes = pipeline.classes_
-        metrics[f"final_{name}_accuracy"] = float(np.mean(classes[proba.argmax(1)] == y))
+        metrics[f"final_{name}_accuracy"] = float(
+            np.mean(classes[proba.argmax(1)] == y)
+        )
         metrics[f"final_{name}_log_loss"] = float(log_loss(y, proba, labels=classes))
     confidence = noise_confidence(
         pipeline, data.X_test, n_samples=cfg.eval.noise_samples, random_state=cfg.seed
@@ -86,8 +88,9 @@ def evaluate(pipeline, data, fit_seconds, cfg):
     metrics["test_confidence"] = confidence["real"]
     model = pipeline[-1]
     metrics["n_epochs"] = model.n_iter_
-    metrics["n_parameters"] = sum(c.size + b.size for c, b in zip(model.coefs_,
-                                                                    model.intercepts_))
+    metrics["n_parameters"] = sum(
+        c.size + b.size for c, b in zip(model.coefs_, model.intercepts_, strict=False)
+    )
     return metrics
 
 
@@ -129,8 +132,10 @@ def default_eval_sets(cfg, data):
     sample = np.random.default_rng(cfg.seed).choice(
         len(data.y_train), size=n_sample, replace=False
     )
-    eval_sets = {"train": (data.X_train[sample], data.y_train[sample]),
-                 "test": (data.X_test, data.y_test)}
+    eval_sets = {
+        "train": (data.X_train[sample], data.y_train[sample]),
+        "test": (data.X_test, data.y_test),
+    }
     if data.X_val is not None:
         eval_sets["val"] = (data.X_val, data.y_val)
     return eval_sets
@@ -153,25 +158,31 @@ def train(cfg, data, eval_sets, stop_at=None):
     return pipeline, time.perf_counter() - start, pd.DataFrame(logger.records)
 
 
-def tracked_run(cfg, data, eval_sets, *, name, tags=None, stop_at=None,
-                extra_metrics=None):
+def tracked_run(
+    cfg, data, eval_sets, *, name, tags=None, stop_at=None, extra_metrics=None
+):
     """One MLflow run (a child when a sweep's parent is set): parameters, tags, the
     per-epoch curves, final metrics and artifacts. Returns the metrics and curves.
 
     ``extra_metrics(curves) -> dict`` adds metrics derived from the per-epoch curves.
     """
-    experiment_id = setup_experiment(tracking_uri(cfg.tracking.uri),
-                                     cfg.tracking.experiment_name)
+    experiment_id = setup_experiment(
+        tracking_uri(cfg.tracking.uri), cfg.tracking.experiment_name
+    )
     with mlflow.start_run(
-        experiment_id=experiment_id, run_name=name,
-        parent_run_id=os.environ.get(PARENT_RUN_ENV), log_system_metrics=False,
+        experiment_id=experiment_id,
+        run_name=name,
+        parent_run_id=os.environ.get(PARENT_RUN_ENV),
+        log_system_metrics=False,
     ) as active:
-        mlflow.set_tags({
-            "skmlp.git_commit": git_commit(),
-            "skmlp.dataset": cfg.data.name,
-            "skmlp.dataset_checksum": dataset_checksum(data.checksums),
-            **(tags or {}),
-        })
+        mlflow.set_tags(
+            {
+                "skmlp.git_commit": git_commit(),
+                "skmlp.dataset": cfg.data.name,
+                "skmlp.dataset_checksum": dataset_checksum(data.checksums),
+                **(tags or {}),
+            }
+        )
         mlflow.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
         try:
             pipeline, seconds, curves = train(cfg, data, eval_sets, stop_at=stop_at)
@@ -183,9 +194,11 @@ def tracked_run(cfg, data, eval_sets, *, name, tags=None, stop_at=None,
             metrics.update(extra_metrics(curves))
         mlflow.log_metrics(metrics)
         log_artifacts(pipeline, data, cfg, curves)
-        print(f"run {active.info.run_id}: test accuracy "
-              f"{metrics['final_test_accuracy']:.4f} after {metrics['n_epochs']} epochs "
-              f"({seconds:.1f} s)")
+        print(
+            f"run {active.info.run_id}: test accuracy "
+            f"{metrics['final_test_accuracy']:.4f} after {metrics['n_epochs']} epochs "
+            f"({seconds:.1f} s)"
+        )
     return metrics, curves
 
 
@@ -193,10 +206,13 @@ def run(cfg: DictConfig) -> float:
     """One tracked training run; returns the score a sweeper maximises."""
     raise_on_sigterm()
     data = load_data(cfg.data, cfg.seed)
-    metrics, _ = tracked_run(cfg, data, default_eval_sets(cfg, data), name=run_name(cfg))
+    metrics, _ = tracked_run(
+        cfg, data, default_eval_sets(cfg, data), name=run_name(cfg)
+    )
     # The sweepers' objective: validation accuracy when a validation set is held out.
-    return metrics["final_val_accuracy" if data.X_val is not None
-                   else "final_test_accuracy"]
+    return metrics[
+        "final_val_accuracy" if data.X_val is not None else "final_test_accuracy"
+    ]
 
 
 def blas_threads(setting):
@@ -208,7 +224,9 @@ def blas_threads(setting):
     if setting != "auto":
         return setting
     launcher = HydraConfig.get().launcher
-    n_jobs = launcher.get("n_jobs") if "joblib" in launcher.get("_target_", "") else None
+    n_jobs = (
+        launcher.get("n_jobs") if "joblib" in launcher.get("_target_", "") else None
+    )
     if not n_jobs or n_jobs == 1:
         return None
     n_jobs = os.cpu_count() if n_jobs < 0 else n_jobs

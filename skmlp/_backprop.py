@@ -37,7 +37,7 @@ def forward_pass(X, coefs, intercepts, *, activation, out_activation, xp):
     """
     activations = [X]
     last = len(coefs) - 1
-    for layer, (W, b) in enumerate(zip(coefs, intercepts)):
+    for layer, (W, b) in enumerate(zip(coefs, intercepts, strict=False)):
         f = ACTIVATIONS[out_activation if layer == last else activation]
         activations.append(f(activations[-1] @ W + b, xp))
     return activations
@@ -100,7 +100,12 @@ def backprop(
         dC/db for each layer.
     """
     activations = forward_pass(
-        X, coefs, intercepts, activation=activation, out_activation=out_activation, xp=xp
+        X,
+        coefs,
+        intercepts,
+        activation=activation,
+        out_activation=out_activation,
+        xp=xp,
     )
     loss_value, output_delta = LOSSES[loss][:2]
     # delta = dC/dz at the output; the 1/n of the mean is folded into it once, here.

@@ -154,11 +154,17 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
     """
 
     _parameter_constraints: dict = {
-        "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
+        "hidden_layer_sizes": [
+            "array-like",
+            Interval(Integral, 1, None, closed="left"),
+        ],
         "activation": [StrOptions({"identity", "logistic", "tanh", "relu"})],
         "loss": [StrOptions(set(LOSSES))],
         "alpha": [Interval(Real, 0, None, closed="left")],
-        "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
+        "batch_size": [
+            StrOptions({"auto"}),
+            Interval(Integral, 1, None, closed="left"),
+        ],
         "learning_rate": [StrOptions({"constant", "invscaling", "adaptive"})],
         "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
         "power_t": [Interval(Real, 0, None, closed="left")],
@@ -470,7 +476,7 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
         self.n_layers_ = len(layer_units)
         self.out_activation_ = "logistic" if n_classes == 2 else LOSSES[self.loss][2]
         self.coefs_, self.intercepts_ = [], []
-        for fan_in, fan_out in zip(layer_units[:-1], layer_units[1:]):
+        for fan_in, fan_out in zip(layer_units[:-1], layer_units[1:], strict=False):
             coef, intercept = self._init_layer(fan_in, fan_out)
             self.coefs_.append(xp.asarray(coef, dtype=dtype, device=device))
             self.intercepts_.append(xp.asarray(intercept, dtype=dtype, device=device))
@@ -504,7 +510,9 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
         first_call = not ((incremental or self.warm_start) and hasattr(self, "coefs_"))
         if incremental and self.early_stopping:
             raise ValueError("partial_fit does not support early_stopping=True.")
-        X, y, sample_weight = self._validate_training_data(X, y, sample_weight, first_call)
+        X, y, sample_weight = self._validate_training_data(
+            X, y, sample_weight, first_call
+        )
         xp, device = _namespace(X)
         self._set_classes(y, classes, incremental, first_call, xp, device)
         y_indices = self._encode(y, xp)
@@ -537,6 +545,7 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
                     f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached "
                     "and the optimization hasn't converged yet.",
                     ConvergenceWarning,
+                    stacklevel=2,
                 )
         self._finish()
         context.call_on_fit_task_end(
@@ -575,7 +584,8 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
         if self.batch_size > n_samples:
             warnings.warn(
                 f"Got batch_size={self.batch_size} larger than the number of samples "
-                f"({n_samples}); using batches of {n_samples}."
+                f"({n_samples}); using batches of {n_samples}.",
+                stacklevel=2,
             )
         return min(self.batch_size, n_samples)
 
@@ -601,11 +611,14 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
                     "training stopped; lower learning_rate_init (now "
                     f"{self.learning_rate_init}).",
                     ConvergenceWarning,
+                    stacklevel=2,
                 )
                 return True
             self._record_epoch(loss, data, time.perf_counter() - start)
             return self._check_stopping()
-        except BaseException:  # Ctrl-C, SIGTERM turned into an exception, MemoryError...
+        except (
+            BaseException
+        ):  # Ctrl-C, SIGTERM turned into an exception, MemoryError...
             self._restore(snapshot)
             raise
 
@@ -618,7 +631,9 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
         if self.shuffle:
             order = self._random_state.permutation(n_samples)
             if not sp.issparse(X):
-                order = xp.asarray(order, device=Y.device if hasattr(Y, "device") else None)
+                order = xp.asarray(
+                    order, device=Y.device if hasattr(Y, "device") else None
+                )
         params = self.coefs_ + self.intercepts_
         total_cost = 0.0
         for begin in range(0, n_samples, batch_size):
@@ -659,9 +674,11 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
             record["validation_score"] = score
         self._history.append(record)
         if self.verbose:
-            extra = f", validation score = {record['validation_score']:.6f}" if (
-                self.early_stopping
-            ) else ""
+            extra = (
+                f", validation score = {record['validation_score']:.6f}"
+                if (self.early_stopping)
+                else ""
+            )
             print(f"Epoch {self.n_iter_}, loss = {loss:.8f}{extra}")
 
     def _validation_score(self, data):
@@ -691,9 +708,7 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
             improved = score >= self.best_validation_score_ + self.tol
             if score > self.best_validation_score_:
                 self.best_validation_score_ = score
-                self._best_params = [
-                    _copy(p) for p in self.coefs_ + self.intercepts_
-                ]
+                self._best_params = [_copy(p) for p in self.coefs_ + self.intercepts_]
         else:
             improved = self.loss_ <= self.best_loss_ - self.tol
             self.best_loss_ = min(self.best_loss_, self.loss_)
@@ -703,8 +718,10 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
             return False
         if self._optimizer.trigger_stopping():
             if self.verbose:
-                print(f"No improvement of more than tol={self.tol} for "
-                      f"{self.n_iter_no_change} consecutive epochs. Stopping.")
+                print(
+                    f"No improvement of more than tol={self.tol} for "
+                    f"{self.n_iter_no_change} consecutive epochs. Stopping."
+                )
             return True
         self._no_improvement_count = 0
         return False
@@ -737,8 +754,14 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
             "random_state": self._random_state.get_state(),
             "scalars": {
                 name: getattr(self, name)
-                for name in ("n_iter_", "t_", "best_loss_", "best_validation_score_",
-                             "_no_improvement_count", "_best_params")
+                for name in (
+                    "n_iter_",
+                    "t_",
+                    "best_loss_",
+                    "best_validation_score_",
+                    "_no_improvement_count",
+                    "_best_params",
+                )
                 if hasattr(self, name)
             },
             "n_records": len(self._history),

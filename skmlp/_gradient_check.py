@@ -80,7 +80,7 @@ def check_gradients(
     # loss clips probabilities and finite differences would see a flat function.
     coefs = [
         rng.normal(size=(fan_in, fan_out)) / np.sqrt(fan_in)
-        for fan_in, fan_out in zip(layer_sizes[:-1], layer_sizes[1:])
+        for fan_in, fan_out in zip(layer_sizes[:-1], layer_sizes[1:], strict=False)
     ]
     intercepts = [rng.normal(size=size) for size in layer_sizes[1:]]
     X = rng.normal(size=(n_samples, layer_sizes[0]))
@@ -123,8 +123,10 @@ def check_gradients(
         scale = np.linalg.norm(grad) + np.linalg.norm(numeric)
         return float(np.linalg.norm(grad - numeric) / scale) if scale else 0.0
 
-    coef_errors = [error(c, g) for c, g in zip(coefs, coef_grads)]
-    intercept_errors = [error(b, g) for b, g in zip(intercepts, intercept_grads)]
+    coef_errors = [error(c, g) for c, g in zip(coefs, coef_grads, strict=False)]
+    intercept_errors = [
+        error(b, g) for b, g in zip(intercepts, intercept_grads, strict=False)
+    ]
     return GradientCheckResult(
         max(coef_errors + intercept_errors), coef_errors, intercept_errors
     )

@@ -52,7 +52,7 @@ class SGDOptimizer:
         which spares the large temporaries that dominate wide networks.
         """
         lr, momentum = self.learning_rate, self.momentum
-        for param, velocity, grad in zip(params, self.velocities, grads):
+        for param, velocity, grad in zip(params, self.velocities, grads, strict=False):
             grad *= lr  # grad now holds the plain step lr * g
             if not momentum:
                 param -= grad
@@ -68,7 +68,9 @@ class SGDOptimizer:
     def iteration_ends(self, time_step):
         """Update the step size at the end of an epoch (``time_step``: samples seen)."""
         if self.lr_schedule == "invscaling":
-            self.learning_rate = self.learning_rate_init / (time_step + 1) ** self.power_t
+            self.learning_rate = (
+                self.learning_rate_init / (time_step + 1) ** self.power_t
+            )
 
     def trigger_stopping(self):
         """Decide what to do when the loss stalls; returns True to stop training.

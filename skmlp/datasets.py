@@ -52,16 +52,28 @@ MNIST = _Dataset(
     ),
     files={
         "train": (
-            _IdxFile("train-images-idx3-ubyte.gz", (60000, 28, 28),
-                     raw_md5="6bbc9ace898e44ae57da46a324031adb"),
-            _IdxFile("train-labels-idx1-ubyte.gz", (60000,),
-                     raw_md5="a25bea736e30d166cdddb491f175f624"),
+            _IdxFile(
+                "train-images-idx3-ubyte.gz",
+                (60000, 28, 28),
+                raw_md5="6bbc9ace898e44ae57da46a324031adb",
+            ),
+            _IdxFile(
+                "train-labels-idx1-ubyte.gz",
+                (60000,),
+                raw_md5="a25bea736e30d166cdddb491f175f624",
+            ),
         ),
         "test": (
-            _IdxFile("t10k-images-idx3-ubyte.gz", (10000, 28, 28),
-                     raw_md5="2646ac647ad5339dbf082846283269ea"),
-            _IdxFile("t10k-labels-idx1-ubyte.gz", (10000,),
-                     raw_md5="27ae3e4e09519cfbb04c329615203637"),
+            _IdxFile(
+                "t10k-images-idx3-ubyte.gz",
+                (10000, 28, 28),
+                raw_md5="2646ac647ad5339dbf082846283269ea",
+            ),
+            _IdxFile(
+                "t10k-labels-idx1-ubyte.gz",
+                (10000,),
+                raw_md5="27ae3e4e09519cfbb04c329615203637",
+            ),
         ),
     },
 )
@@ -76,16 +88,28 @@ FASHION_MNIST = _Dataset(
     ),
     files={
         "train": (
-            _IdxFile("train-images-idx3-ubyte.gz", (60000, 28, 28),
-                     gz_md5="8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
-            _IdxFile("train-labels-idx1-ubyte.gz", (60000,),
-                     gz_md5="25c81989df183df01b3e8a0aad5dffbe"),
+            _IdxFile(
+                "train-images-idx3-ubyte.gz",
+                (60000, 28, 28),
+                gz_md5="8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+            ),
+            _IdxFile(
+                "train-labels-idx1-ubyte.gz",
+                (60000,),
+                gz_md5="25c81989df183df01b3e8a0aad5dffbe",
+            ),
         ),
         "test": (
-            _IdxFile("t10k-images-idx3-ubyte.gz", (10000, 28, 28),
-                     gz_md5="bef4ecab320f06d8554ea6380940ec79"),
-            _IdxFile("t10k-labels-idx1-ubyte.gz", (10000,),
-                     gz_md5="bb300cfdad3c16e7a12a480ee83cd310"),
+            _IdxFile(
+                "t10k-images-idx3-ubyte.gz",
+                (10000, 28, 28),
+                gz_md5="bef4ecab320f06d8554ea6380940ec79",
+            ),
+            _IdxFile(
+                "t10k-labels-idx1-ubyte.gz",
+                (10000,),
+                gz_md5="bb300cfdad3c16e7a12a480ee83cd310",
+            ),
         ),
     },
 )
@@ -153,11 +177,14 @@ def _download(spec, directory, mirrors):
     directory.mkdir(parents=True, exist_ok=True)
     target, errors = directory / spec.name, []
     for mirror in mirrors:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{spec.name}.", suffix=".part")
+        fd, tmp = tempfile.mkstemp(
+            dir=directory, prefix=f".{spec.name}.", suffix=".part"
+        )
         try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(
-                mirror + spec.name, timeout=30
-            ) as response:
+            with (
+                os.fdopen(fd, "wb") as out,
+                urllib.request.urlopen(mirror + spec.name, timeout=30) as response,
+            ):
                 shutil.copyfileobj(response, out)
             _read_verified(Path(tmp), spec)
             os.replace(tmp, target)  # atomic: readers never see a partial file
@@ -247,8 +274,9 @@ def load_mnist(data_dir=None, *, as_frame=False, dtype=np.float32, mirrors=None)
     return _load_idx_dataset(MNIST, data_dir, as_frame, dtype, mirrors)
 
 
-def load_fashion_mnist(data_dir=None, *, as_frame=False, dtype=np.float32,
-                       mirrors=None):
+def load_fashion_mnist(
+    data_dir=None, *, as_frame=False, dtype=np.float32, mirrors=None
+):
     """Load Fashion-MNIST (Zalando): same format, sizes and options as
     :func:`load_mnist`.
 
@@ -258,8 +286,9 @@ def load_fashion_mnist(data_dir=None, *, as_frame=False, dtype=np.float32,
     return _load_idx_dataset(FASHION_MNIST, data_dir, as_frame, dtype, mirrors)
 
 
-def load_digits_split(*, test_size=0.25, random_state=0, as_frame=False,
-                      dtype=np.float32):
+def load_digits_split(
+    *, test_size=0.25, random_state=0, as_frame=False, dtype=np.float32
+):
     """scikit-learn's 8x8 digits, scaled to [0, 1] and split like the IDX data sets.
 
     Needs no download: the data ship with scikit-learn.
@@ -270,8 +299,17 @@ def load_digits_split(*, test_size=0.25, random_state=0, as_frame=False,
     digits = load_digits(as_frame=as_frame)
     X = digits.data.astype(dtype) / dtype(16)
     X_train, X_test, y_train, y_test = train_test_split(
-        X, digits.target, test_size=test_size, random_state=random_state,
+        X,
+        digits.target,
+        test_size=test_size,
+        random_state=random_state,
         stratify=digits.target,
     )
-    return Bunch(X_train=X_train, y_train=y_train, X_test=X_test, y_test=y_test,
-                 image_shape=(8, 8), checksums={})
+    return Bunch(
+        X_train=X_train,
+        y_train=y_train,
+        X_test=X_test,
+        y_test=y_test,
+        image_shape=(8, 8),
+        checksums={},
+    )

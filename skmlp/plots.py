@@ -10,7 +10,9 @@ from matplotlib.figure import Figure
 from sklearn.metrics import ConfusionMatrixDisplay
 
 # 3Blue1Brown's colouring of weights: red negative, black zero, green positive.
-RED_GREEN = LinearSegmentedColormap.from_list("red_black_green", ["red", "black", "lime"])
+RED_GREEN = LinearSegmentedColormap.from_list(
+    "red_black_green", ["red", "black", "lime"]
+)
 
 
 def plot_learning_curves(history, metrics=("train_accuracy", "test_accuracy")):
@@ -106,13 +108,17 @@ def plot_memorization_summary(table, curves):
     largest = table.loc[table["n_parameters"].idxmax(), "hidden_layer_sizes"]
     fig = Figure(figsize=(10, 4), layout="constrained")
     axes = fig.subplots(1, 2)
-    for metric, ax in zip(("loss", "train_accuracy"), axes):
+    for metric, ax in zip(("loss", "train_accuracy"), axes, strict=False):
         for _, run in table[table["hidden_layer_sizes"] == largest].iterrows():
-            points = curves[(curves["run_id"] == run["run_id"])
-                            & (curves["metric"] == metric)].sort_values("epoch")
+            points = curves[
+                (curves["run_id"] == run["run_id"]) & (curves["metric"] == metric)
+            ].sort_values("epoch")
             ax.plot(points["epoch"], points["value"], label=f"p = {run['p']:g}")
-        ax.set(xlabel="epoch", ylabel=metric.replace("_", " "),
-               title=f"784-{largest.strip('[]').replace(', ', '-')}-10")
+        ax.set(
+            xlabel="epoch",
+            ylabel=metric.replace("_", " "),
+            title=f"784-{largest.strip('[]').replace(', ', '-')}-10",
+        )
     axes[1].legend()
     figures["a_learning_curves"] = fig
     for name, column, ylabel in (
@@ -131,9 +137,14 @@ def plot_memorization_summary(table, curves):
     ax = fig.subplots()
     ax.plot(top["n_parameters"], top["final_train_accuracy"], marker="o")
     for _, run in top.iterrows():
-        ax.annotate(run["hidden_layer_sizes"], (run["n_parameters"],
-                                                 run["final_train_accuracy"]))
-    ax.set(xscale="log", xlabel="number of parameters",
-           ylabel=f"training accuracy at p = {top['p'].iloc[0]:g}")
+        ax.annotate(
+            run["hidden_layer_sizes"],
+            (run["n_parameters"], run["final_train_accuracy"]),
+        )
+    ax.set(
+        xscale="log",
+        xlabel="number of parameters",
+        ylabel=f"training accuracy at p = {top['p'].iloc[0]:g}",
+    )
     figures["capacity"] = fig
     return figures

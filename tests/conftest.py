@@ -9,6 +9,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 
+
 @pytest.fixture(scope="session")
 def digits():
     """sklearn's 8x8 digits scaled to [0, 1] (read-only arrays: tests cannot alter them)."""

@@ -29,7 +29,9 @@ def _quiet_fit(estimator, *args, **kwargs):
 
 
 def _assert_same_weights(a, b, rtol=1e-7):
-    for left, right in zip(a.coefs_ + a.intercepts_, b.coefs_ + b.intercepts_):
+    for left, right in zip(
+        a.coefs_ + a.intercepts_, b.coefs_ + b.intercepts_, strict=False
+    ):
         assert_allclose(left, right, rtol=rtol, atol=1e-12)
 
 
@@ -38,10 +40,14 @@ def _assert_same_weights(a, b, rtol=1e-7):
 
 # Learning rates that suit each pair on the digits (sigmoid units need larger steps).
 LEARNING_RATES = {
-    ("log_loss", "identity"): 0.1, ("log_loss", "logistic"): 0.2,
-    ("log_loss", "tanh"): 0.1, ("log_loss", "relu"): 0.1,
-    ("squared_error", "identity"): 0.1, ("squared_error", "logistic"): 0.5,
-    ("squared_error", "tanh"): 0.2, ("squared_error", "relu"): 0.1,
+    ("log_loss", "identity"): 0.1,
+    ("log_loss", "logistic"): 0.2,
+    ("log_loss", "tanh"): 0.1,
+    ("log_loss", "relu"): 0.1,
+    ("squared_error", "identity"): 0.1,
+    ("squared_error", "logistic"): 0.5,
+    ("squared_error", "tanh"): 0.2,
+    ("squared_error", "relu"): 0.1,
 }
 
 
@@ -67,7 +73,9 @@ def test_learns_digits(digits, activation, loss):
 
 def test_no_hidden_layer_is_logistic_regression(digits):
     X, y = digits
-    clf = _quiet_fit(SGDMLPClassifier(hidden_layer_sizes=(), max_iter=20, random_state=0), X, y)
+    clf = _quiet_fit(
+        SGDMLPClassifier(hidden_layer_sizes=(), max_iter=20, random_state=0), X, y
+    )
     assert clf.n_layers_ == 2 and clf.coefs_[0].shape == (64, 10)
     assert clf.score(X, y) > 0.9
 
@@ -195,9 +203,24 @@ def test_training_trajectory_matches_sklearn_sgd(digits, n_classes, nesterov):
 def test_string_labels_and_pandas_input(digits):
     X, y = digits
     frame = pd.DataFrame(X, columns=[f"px{i}" for i in range(X.shape[1])])
-    labels = np.array(["zero", "one", "two", "three", "four", "five", "six",
-                       "seven", "eight", "nine"], dtype=object)[y]
-    clf = _quiet_fit(SGDMLPClassifier(**FAST, max_iter=10, random_state=0), frame, labels)
+    labels = np.array(
+        [
+            "zero",
+            "one",
+            "two",
+            "three",
+            "four",
+            "five",
+            "six",
+            "seven",
+            "eight",
+            "nine",
+        ],
+        dtype=object,
+    )[y]
+    clf = _quiet_fit(
+        SGDMLPClassifier(**FAST, max_iter=10, random_state=0), frame, labels
+    )
     assert_array_equal(clf.feature_names_in_, frame.columns)
     assert set(clf.predict(frame)) <= set(labels)
     assert clf.score(frame, labels) > 0.9
@@ -226,14 +249,19 @@ def test_sparse_input_gives_the_same_weights_as_dense(digits):
 
 @pytest.mark.parametrize(
     "dtype, X_dtype, expected",
-    [(None, np.float32, np.float32), (None, np.float64, np.float64),
-     ("float64", np.float32, np.float64), ("float32", np.float64, np.float32)],
+    [
+        (None, np.float32, np.float32),
+        (None, np.float64, np.float64),
+        ("float64", np.float32, np.float64),
+        ("float32", np.float64, np.float32),
+    ],
 )
 def test_dtype(digits, dtype, X_dtype, expected):
     X, y = digits
     clf = _quiet_fit(
         SGDMLPClassifier(**FAST, max_iter=2, random_state=0, dtype=dtype),
-        X.astype(X_dtype), y,
+        X.astype(X_dtype),
+        y,
     )
     assert all(c.dtype == expected for c in clf.coefs_ + clf.intercepts_)
     assert clf.predict_proba(X).dtype == expected
@@ -242,8 +270,17 @@ def test_dtype(digits, dtype, X_dtype, expected):
 def test_squared_error_probabilities_sum_to_one(digits):
     X, y = digits
     clf = _quiet_fit(
-        SGDMLPClassifier((16,), activation="logistic", loss="squared_error",
-                         learning_rate_init=0.5, max_iter=5, random_state=0), X, y)
+        SGDMLPClassifier(
+            (16,),
+            activation="logistic",
+            loss="squared_error",
+            learning_rate_init=0.5,
+            max_iter=5,
+            random_state=0,
+        ),
+        X,
+        y,
+    )
     proba = clf.predict_proba(X)
     assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-12)
     assert_array_equal(clf.classes_[proba.argmax(axis=1)], clf.predict(X))
@@ -256,8 +293,14 @@ def test_sample_weight_zero_equals_dropping_samples(digits):
     X, y = X[:300], y[:300]
     weight = np.ones(300)
     weight[::3] = 0
-    params = dict(hidden_layer_sizes=(8,), batch_size=300, shuffle=False, max_iter=5,
-                  random_state=0, alpha=0.0)
+    params = dict(
+        hidden_layer_sizes=(8,),
+        batch_size=300,
+        shuffle=False,
+        max_iter=5,
+        random_state=0,
+        alpha=0.0,
+    )
     weighted = _quiet_fit(SGDMLPClassifier(**params), X, y, sample_weight=weight)
     keep = weight > 0
     dropped = _quiet_fit(
@@ -272,8 +315,12 @@ def test_sample_weight_zero_equals_dropping_samples(digits):
 def test_early_stopping_keeps_the_best_validation_epoch(digits):
     X, y = digits
     clf = _quiet_fit(
-        SGDMLPClassifier(**FAST, max_iter=50, early_stopping=True, n_iter_no_change=3,
-                         random_state=0), X, y)
+        SGDMLPClassifier(
+            **FAST, max_iter=50, early_stopping=True, n_iter_no_change=3, random_state=0
+        ),
+        X,
+        y,
+    )
     assert clf.n_iter_ < 50
     assert len(clf.validation_scores_) == clf.n_iter_
     assert clf.best_validation_score_ == max(clf.validation_scores_)
@@ -283,8 +330,9 @@ def test_early_stopping_keeps_the_best_validation_epoch(digits):
 
 def test_training_stops_when_the_loss_stalls(digits):
     X, y = digits
-    clf = SGDMLPClassifier(**FAST, max_iter=500, tol=10.0, n_iter_no_change=2,
-                           random_state=0).fit(X, y)
+    clf = SGDMLPClassifier(
+        **FAST, max_iter=500, tol=10.0, n_iter_no_change=2, random_state=0
+    ).fit(X, y)
     # the first epoch improves on inf; then n_iter_no_change + 1 epochs without
     # improvement (the same rule as MLPClassifier)
     assert clf.n_iter_ == 4
@@ -293,9 +341,17 @@ def test_training_stops_when_the_loss_stalls(digits):
 def test_adaptive_schedule_divides_the_learning_rate_by_5(digits):
     X, y = digits
     clf = _quiet_fit(
-        SGDMLPClassifier(**{**FAST, "learning_rate_init": 0.1}, learning_rate="adaptive",
-                         tol=10.0, n_iter_no_change=1, max_iter=6, random_state=0),
-        X, y)
+        SGDMLPClassifier(
+            **{**FAST, "learning_rate_init": 0.1},
+            learning_rate="adaptive",
+            tol=10.0,
+            n_iter_no_change=1,
+            max_iter=6,
+            random_state=0,
+        ),
+        X,
+        y,
+    )
     rates = clf.history_.learning_rate.to_numpy()
     assert rates[0] == 0.1 and rates.min() < 0.1
     assert_allclose(sorted(set(rates), reverse=True)[:2], [0.1, 0.02])
@@ -303,16 +359,25 @@ def test_adaptive_schedule_divides_the_learning_rate_by_5(digits):
 
 def test_invscaling_schedule(digits):
     X, y = digits
-    clf = _quiet_fit(SGDMLPClassifier(**FAST, learning_rate="invscaling", max_iter=2,
-                                      random_state=0), X, y)
-    assert_allclose(clf._optimizer.learning_rate,
-                    0.05 / (2 * X.shape[0] + 1) ** 0.5)
+    clf = _quiet_fit(
+        SGDMLPClassifier(
+            **FAST, learning_rate="invscaling", max_iter=2, random_state=0
+        ),
+        X,
+        y,
+    )
+    assert_allclose(clf._optimizer.learning_rate, 0.05 / (2 * X.shape[0] + 1) ** 0.5)
 
 
 def test_divergence_warns_and_keeps_finite_weights(digits):
     X, y = digits
-    clf = SGDMLPClassifier((32,), activation="identity", learning_rate_init=50.0,
-                           max_iter=20, random_state=0)
+    clf = SGDMLPClassifier(
+        (32,),
+        activation="identity",
+        learning_rate_init=50.0,
+        max_iter=20,
+        random_state=0,
+    )
     with pytest.warns(ConvergenceWarning, match="diverged in epoch 5"):
         clf.fit(X * 16, y)
     weights = clf.coefs_ + clf.intercepts_
@@ -360,8 +425,9 @@ def test_callback_can_stop_training(digits):
 def test_scoring_monitor_records_one_score_per_epoch(digits):
     X, y = digits
     monitor = ScoringMonitor(scoring="accuracy")
-    clf = SGDMLPClassifier(**FAST, max_iter=5, random_state=0, tol=0,
-                           n_iter_no_change=100).set_callbacks(monitor)
+    clf = SGDMLPClassifier(
+        **FAST, max_iter=5, random_state=0, tol=0, n_iter_no_change=100
+    ).set_callbacks(monitor)
     _quiet_fit(clf, X, y)
     log = monitor.get_logs().data_as_pandas
     epochs = log[log.task_name == "epoch"]
@@ -371,7 +437,9 @@ def test_scoring_monitor_records_one_score_per_epoch(digits):
 
 def test_progress_bar_runs(digits, capsys):
     X, y = digits
-    clf = SGDMLPClassifier(**FAST, max_iter=3, random_state=0).set_callbacks(ProgressBar())
+    clf = SGDMLPClassifier(**FAST, max_iter=3, random_state=0).set_callbacks(
+        ProgressBar()
+    )
     _quiet_fit(clf, X, y)
     assert clf.n_iter_ == 3
 
@@ -381,8 +449,13 @@ def test_keyboard_interrupt_leaves_the_last_complete_epoch(digits):
     epoch, and training on from there gives the same weights as never stopping."""
     X, y = digits
     X, y = np.repeat(X, 4, axis=0), np.repeat(y, 4)  # longer epochs
-    params = dict(hidden_layer_sizes=(64,), batch_size=8, random_state=0, tol=0,
-                  n_iter_no_change=1000)
+    params = dict(
+        hidden_layer_sizes=(64,),
+        batch_size=8,
+        random_state=0,
+        tol=0,
+        n_iter_no_change=1000,
+    )
 
     class InterruptSoon(StopAfter):
         def on_fit_task_begin(self, estimator, context):
@@ -391,7 +464,9 @@ def test_keyboard_interrupt_leaves_the_last_complete_epoch(digits):
 
     previous = signal.signal(signal.SIGALRM, signal.default_int_handler)
     try:
-        clf = SGDMLPClassifier(**params, max_iter=1000).set_callbacks(InterruptSoon(10**6))
+        clf = SGDMLPClassifier(**params, max_iter=1000).set_callbacks(
+            InterruptSoon(10**6)
+        )
         with pytest.raises(KeyboardInterrupt):
             clf.fit(X, y)
     finally:
@@ -533,7 +608,9 @@ def test_array_api_backend_matches_numpy(digits, namespace):
         proba = clf.predict_proba(xp.asarray(X))
         predicted = clf.predict(xp.asarray(X))
     assert type(proba) is type(xp.asarray(X))
-    for ours, ref in zip(clf.coefs_, reference.coefs_):
+    for ours, ref in zip(clf.coefs_, reference.coefs_, strict=False):
         assert_allclose(np.asarray(ours), ref, rtol=1e-9, atol=1e-12)
-    assert_allclose(np.asarray(proba), reference.predict_proba(X), rtol=1e-9, atol=1e-12)
+    assert_allclose(
+        np.asarray(proba), reference.predict_proba(X), rtol=1e-9, atol=1e-12
+    )
     assert_array_equal(np.asarray(predicted), reference.predict(X))

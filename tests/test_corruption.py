@@ -36,10 +36,14 @@ def test_shuffle_labels_permutes_a_fraction_p(labels, p):
 
 def test_corruptions_are_seeded_and_leave_inputs_alone(labels):
     original = labels.copy()
-    assert_array_equal(shuffle_labels(labels, 0.5, random_state=3),
-                       shuffle_labels(labels, 0.5, random_state=3))
-    assert not np.array_equal(corrupt_labels(labels, 0.5, random_state=3),
-                              corrupt_labels(labels, 0.5, random_state=4))
+    assert_array_equal(
+        shuffle_labels(labels, 0.5, random_state=3),
+        shuffle_labels(labels, 0.5, random_state=3),
+    )
+    assert not np.array_equal(
+        corrupt_labels(labels, 0.5, random_state=3),
+        corrupt_labels(labels, 0.5, random_state=4),
+    )
     assert_array_equal(labels, original)
 
 

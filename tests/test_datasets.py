@@ -3,9 +3,9 @@
 import functools
 import gzip
 import http.server
+import os
 import shutil
 import socket
-import os
 import threading
 from pathlib import Path
 
@@ -74,7 +74,10 @@ def test_load_mnist_from_environment_variable(mnist):
     assert 0.0 == mnist.X_train.min() and mnist.X_train.max() == 1.0
     assert set(np.unique(mnist.y_train)) == set(range(10))
     assert np.bincount(mnist.y_test).min() > 800
-    assert mnist.checksums["train-images-idx3-ubyte.gz"] == "6bbc9ace898e44ae57da46a324031adb"
+    assert (
+        mnist.checksums["train-images-idx3-ubyte.gz"]
+        == "6bbc9ace898e44ae57da46a324031adb"
+    )
 
 
 def test_as_frame(mnist_dir):
@@ -130,7 +133,9 @@ def test_corrupt_cached_file_is_removed(isolated, mnist_dir):
         (lambda raw: b"", "checksum mismatch"),
     ],
 )
-def test_corrupt_user_file_names_the_file_and_is_kept(tmp_path, mnist_dir, damage, match):
+def test_corrupt_user_file_names_the_file_and_is_kept(
+    tmp_path, mnist_dir, damage, match
+):
     for name in FILES:
         shutil.copy(mnist_dir / name, tmp_path / name)
     victim = tmp_path / "train-labels-idx1-ubyte.gz"

@@ -15,20 +15,29 @@ from pipelines.memorization import corrupt, time_to_fit
 
 
 def test_time_to_fit_is_the_first_epoch_over_the_threshold():
-    curves = pd.DataFrame({"epoch": [1, 2, 3, 4], "train_accuracy": [0.5, 0.99, 0.98, 1]})
+    curves = pd.DataFrame(
+        {"epoch": [1, 2, 3, 4], "train_accuracy": [0.5, 0.99, 0.98, 1]}
+    )
     assert time_to_fit(curves, 0.99) == 2
     assert np.isnan(time_to_fit(curves, 1.01))
 
 
-@pytest.mark.parametrize("kind", ["shuffle", "corrupt", "shuffled_pixels",
-                                  "random_pixels", "gaussian", "none"])
+@pytest.mark.parametrize(
+    "kind",
+    ["shuffle", "corrupt", "shuffled_pixels", "random_pixels", "gaussian", "none"],
+)
 def test_corrupt_touches_training_data_only(rng, kind):
-    data = Bunch(X_train=rng.random((100, 8)), y_train=np.arange(100) % 10,
-                 X_test=rng.random((10, 8)), y_test=np.arange(10))
+    data = Bunch(
+        X_train=rng.random((100, 8)),
+        y_train=np.arange(100) % 10,
+        X_test=rng.random((10, 8)),
+        y_test=np.arange(10),
+    )
     result = corrupt(data, OmegaConf.create({"kind": kind, "p": 1.0}), seed=0)
     assert result.X_test is data.X_test and result.y_test is data.y_test
-    changed = (not np.array_equal(result.X_train, data.X_train)
-               or not np.array_equal(result.y_train, data.y_train))
+    changed = not np.array_equal(result.X_train, data.X_train) or not np.array_equal(
+        result.y_train, data.y_train
+    )
     assert changed == (kind != "none")
 
 
@@ -45,10 +54,21 @@ def test_quick_configuration_end_to_end(tmp_path, mnist):  # noqa: ARG001 - need
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
     env.pop("SKMLP_PARENT_RUN_ID", None)
     result = subprocess.run(
-        [sys.executable, "-m", "pipelines.memorization", "experiment=memorization_quick",
-         "data.n_train=500", "model.max_iter=40", "corruption.p=0.0,1.0",
-         "model.hidden_layer_sizes=[16,16],[512]"],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "pipelines.memorization",
+            "experiment=memorization_quick",
+            "data.n_train=500",
+            "model.max_iter=40",
+            "corruption.p=0.0,1.0",
+            "model.hidden_layer_sizes=[16,16],[512]",
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     client = MlflowClient(uri)
@@ -58,14 +78,21 @@ def test_quick_configuration_end_to_end(tmp_path, mnist):  # noqa: ARG001 - need
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(children) == 4 and parent.info.status == "FINISHED"
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"summary.csv", "a_learning_curves.png", "b_time_to_fit.png",
-            "c_test_accuracy.png", "capacity.png"} <= artifacts
+    assert {
+        "summary.csv",
+        "a_learning_curves.png",
+        "b_time_to_fit.png",
+        "c_test_accuracy.png",
+        "capacity.png",
+    } <= artifacts
 
     table = pd.read_csv(client.download_artifacts(parent.info.run_id, "summary.csv"))
     assert len(table) == 4
-    wide_random = table[(table.p == 1.0) & (table.hidden_layer_sizes == "[512]")].iloc[0]
-    assert wide_random.final_train_accuracy > 0.5   # far above chance (0.1)
-    assert wide_random.final_test_accuracy < 0.2    # near chance on the true labels
+    wide_random = table[(table.p == 1.0) & (table.hidden_layer_sizes == "[512]")].iloc[
+        0
+    ]
+    assert wide_random.final_train_accuracy > 0.5  # far above chance (0.1)
+    assert wide_random.final_test_accuracy < 0.2  # near chance on the true labels
     wide_true = table[(table.p == 0.0) & (table.hidden_layer_sizes == "[512]")].iloc[0]
     assert wide_true.final_test_accuracy > 0.75
     history = client.get_metric_history(wide_random.run_id, "train_accuracy")

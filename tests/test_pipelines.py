@@ -33,7 +33,11 @@ PARENT_ENV = "SKMLP_PARENT_RUN_ID"
 def run_entry_point(module, args, env, cwd, timeout=600):
     result = subprocess.run(
         [sys.executable, "-m", module, *args],
-        env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
@@ -48,9 +52,17 @@ def runs_of(uri, experiment):
 
 def test_train_logs_params_curves_metrics_artifacts_and_model(store, tmp_path):
     uri, env = store
-    run_entry_point("pipelines.train",
-                    ["data=digits", "model.max_iter=4", "model.tol=0",
-                     "tracking.experiment_name=one-run"], env, tmp_path)
+    run_entry_point(
+        "pipelines.train",
+        [
+            "data=digits",
+            "model.max_iter=4",
+            "model.tol=0",
+            "tracking.experiment_name=one-run",
+        ],
+        env,
+        tmp_path,
+    )
     client, runs = runs_of(uri, "one-run")
     (run,) = runs
     assert run.info.status == "FINISHED"
@@ -62,13 +74,21 @@ def test_train_logs_params_curves_metrics_artifacts_and_model(store, tmp_path):
         assert [m.step for m in history] == [1, 2, 3, 4], key
     metrics = run.data.metrics
     assert 0.5 < metrics["final_test_accuracy"] <= 1.0
-    assert {"final_train_accuracy", "final_test_log_loss", "noise_confidence",
-            "test_confidence"} <= set(metrics)
+    assert {
+        "final_train_accuracy",
+        "final_test_log_loss",
+        "noise_confidence",
+        "test_confidence",
+    } <= set(metrics)
     assert run.data.tags["skmlp.dataset"] == "digits"
     assert len(run.data.tags["skmlp.git_commit"]) >= 7
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "learning_curves.png", "confusion_matrix.png",
-            "first_layer_weights.png"} <= artifacts
+    assert {
+        "config.yaml",
+        "learning_curves.png",
+        "confusion_matrix.png",
+        "first_layer_weights.png",
+    } <= artifacts
 
     import mlflow
 
@@ -82,9 +102,12 @@ def test_train_logs_params_curves_metrics_artifacts_and_model(store, tmp_path):
 
 def test_cfg_job_shows_the_resolved_config(store, tmp_path):
     _, env = store
-    result = run_entry_point("pipelines.train",
-                             ["experiment=3b1b", "model.alpha=0.5", "--cfg", "job"],
-                             env, tmp_path)
+    result = run_entry_point(
+        "pipelines.train",
+        ["experiment=3b1b", "model.alpha=0.5", "--cfg", "job"],
+        env,
+        tmp_path,
+    )
     assert "loss: squared_error" in result.stdout
     assert "activation: logistic" in result.stdout
     assert "alpha: 0.5" in result.stdout
@@ -94,9 +117,15 @@ def test_multirun_is_one_parent_with_a_child_per_job(store, tmp_path):
     uri, env = store
     run_entry_point(
         "pipelines.train",
-        ["-m", *QUICK, "model.hidden_layer_sizes=[16,16],[64]",
-         "model.activation=relu,logistic", "tracking.experiment_name=grid"],
-        env, tmp_path,
+        [
+            "-m",
+            *QUICK,
+            "model.hidden_layer_sizes=[16,16],[64]",
+            "model.activation=relu,logistic",
+            "tracking.experiment_name=grid",
+        ],
+        env,
+        tmp_path,
     )
     _, runs = runs_of(uri, "grid")
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
@@ -105,9 +134,15 @@ def test_multirun_is_one_parent_with_a_child_per_job(store, tmp_path):
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {
         parents[0].info.run_id
     }
-    assert {(r.data.params["model.hidden_layer_sizes"], r.data.params["model.activation"])
-            for r in children} == {("[16, 16]", "relu"), ("[16, 16]", "logistic"),
-                                   ("[64]", "relu"), ("[64]", "logistic")}
+    assert {
+        (r.data.params["model.hidden_layer_sizes"], r.data.params["model.activation"])
+        for r in children
+    } == {
+        ("[16, 16]", "relu"),
+        ("[16, 16]", "logistic"),
+        ("[64]", "relu"),
+        ("[64]", "logistic"),
+    }
     assert all(r.info.status == "FINISHED" for r in runs)
 
 
@@ -115,10 +150,18 @@ def test_joblib_launcher_runs_two_jobs_at_once(store, tmp_path):
     uri, env = store
     run_entry_point(
         "pipelines.train",
-        ["-m", "hydra/launcher=parallel", *QUICK, "model.max_iter=40", "model.tol=0",
-         "model.hidden_layer_sizes=[128]", "model.activation=relu,tanh",
-         "tracking.experiment_name=parallel"],
-        env, tmp_path,
+        [
+            "-m",
+            "hydra/launcher=parallel",
+            *QUICK,
+            "model.max_iter=40",
+            "model.tol=0",
+            "model.hidden_layer_sizes=[128]",
+            "model.activation=relu,tanh",
+            "tracking.experiment_name=parallel",
+        ],
+        env,
+        tmp_path,
     )
     _, runs = runs_of(uri, "parallel")
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
@@ -130,18 +173,29 @@ def test_joblib_launcher_runs_two_jobs_at_once(store, tmp_path):
 
 def test_sweep_preset_runs_without_dash_m(store, tmp_path):
     uri, env = store
-    run_entry_point("pipelines.train",
-                    ["sweep=sizes", *QUICK, "tracking.experiment_name=preset"],
-                    env, tmp_path)
+    run_entry_point(
+        "pipelines.train",
+        ["sweep=sizes", *QUICK, "tracking.experiment_name=preset"],
+        env,
+        tmp_path,
+    )
     _, runs = runs_of(uri, "preset")
     assert len([r for r in runs if "mlflow.parentRunId" in r.data.tags]) == 8
 
 
 def test_optuna_sweeper(store, tmp_path):
     uri, env = store
-    run_entry_point("pipelines.train",
-                    ["sweep=optuna", *QUICK, "hydra.sweeper.n_trials=3",
-                     "tracking.experiment_name=optuna"], env, tmp_path)
+    run_entry_point(
+        "pipelines.train",
+        [
+            "sweep=optuna",
+            *QUICK,
+            "hydra.sweeper.n_trials=3",
+            "tracking.experiment_name=optuna",
+        ],
+        env,
+        tmp_path,
+    )
     _, runs = runs_of(uri, "optuna")
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(children) == 3
@@ -153,9 +207,16 @@ def test_submitit_local_launcher(store, tmp_path):
     uri, env = store
     run_entry_point(
         "pipelines.train",
-        ["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
-         *QUICK, "model.activation=relu,tanh", "tracking.experiment_name=submitit"],
-        env, tmp_path,
+        [
+            "-m",
+            "hydra/launcher=submitit_local",
+            "hydra.launcher.timeout_min=10",
+            *QUICK,
+            "model.activation=relu,tanh",
+            "tracking.experiment_name=submitit",
+        ],
+        env,
+        tmp_path,
     )
     _, runs = runs_of(uri, "submitit")
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
@@ -164,9 +225,17 @@ def test_submitit_local_launcher(store, tmp_path):
 
 def test_grid_search_logs_a_child_per_candidate(store, tmp_path):
     uri, env = store
-    run_entry_point("pipelines.grid_search",
-                    ["data=digits", "model.max_iter=3", "search.cv=2",
-                     "tracking.experiment_name=gs"], env, tmp_path)
+    run_entry_point(
+        "pipelines.grid_search",
+        [
+            "data=digits",
+            "model.max_iter=3",
+            "search.cv=2",
+            "tracking.experiment_name=gs",
+        ],
+        env,
+        tmp_path,
+    )
     client, runs = runs_of(uri, "gs")
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
@@ -180,10 +249,21 @@ def test_grid_search_logs_a_child_per_candidate(store, tmp_path):
 def test_interrupted_run_ends_killed_not_running(store, tmp_path, sig):
     uri, env = store
     process = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.train", "data=digits", "model.max_iter=100000",
-         "model.tol=0", "model.n_iter_no_change=1000000", "model.batch_size=8",
-         "tracking.experiment_name=interrupted"],
-        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "pipelines.train",
+            "data=digits",
+            "model.max_iter=100000",
+            "model.tol=0",
+            "model.n_iter_no_change=1000000",
+            "model.batch_size=8",
+            "tracking.experiment_name=interrupted",
+        ],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     try:
         client = MlflowClient(uri)
@@ -192,7 +272,10 @@ def test_interrupted_run_ends_killed_not_running(store, tmp_path, sig):
         while time.monotonic() < deadline:  # wait for a few epochs to be logged
             experiment = _experiment_or_none(client, "interrupted")
             runs = client.search_runs([experiment.experiment_id]) if experiment else []
-            if runs and len(client.get_metric_history(runs[0].info.run_id, "loss")) >= 3:
+            if (
+                runs
+                and len(client.get_metric_history(runs[0].info.run_id, "loss")) >= 3
+            ):
                 run = runs[0]
                 break
             time.sleep(0.5)
@@ -222,13 +305,29 @@ def _free_port():
 
 def test_mlflow_server_serves_the_runs(store, tmp_path):
     uri, env = store
-    run_entry_point("pipelines.train", [*QUICK, "tracking.experiment_name=served"],
-                    env, tmp_path)
+    run_entry_point(
+        "pipelines.train", [*QUICK, "tracking.experiment_name=served"], env, tmp_path
+    )
     port = _free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            uri,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"
     try:

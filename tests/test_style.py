@@ -1,0 +1,18 @@
+"""The house style is checked, not hoped for: ruff's linter and formatter."""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("args", [["check", "."], ["format", "--check", "."]])
+def test_ruff(args):
+    ruff = shutil.which("ruff") or str(
+        Path(__import__("sys").executable).parent / "ruff"
+    )
+    result = subprocess.run([ruff, *args], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
