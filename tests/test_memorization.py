@@ -10,6 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 from sklearn.utils import Bunch
+from test_pipelines import parent_and_children
 
 from pipelines.memorization import corrupt, time_to_fit
 
@@ -74,8 +75,7 @@ def test_quick_configuration_end_to_end(tmp_path, mnist):  # noqa: ARG001 - need
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("memorization")
     runs = client.search_runs([experiment.experiment_id])
-    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    (parent,), children = parent_and_children(runs)
     assert len(children) == 4 and parent.info.status == "FINISHED"
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {

@@ -43,6 +43,12 @@ def run_entry_point(module, args, env, cwd, timeout=600):
     return result
 
 
+def parent_and_children(runs):
+    """Split a sweep's runs into its parents and its children."""
+    parents, children = parent_and_children(runs)
+    return parents, children
+
+
 def runs_of(uri, experiment):
     client = MlflowClient(uri)
     found = client.get_experiment_by_name(experiment)
@@ -128,8 +134,7 @@ def test_multirun_is_one_parent_with_a_child_per_job(store, tmp_path):
         tmp_path,
     )
     _, runs = runs_of(uri, "grid")
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    parents, children = parent_and_children(runs)
     assert len(parents) == 1 and len(children) == 4
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {
         parents[0].info.run_id
@@ -164,7 +169,7 @@ def test_joblib_launcher_runs_two_jobs_at_once(store, tmp_path):
         tmp_path,
     )
     _, runs = runs_of(uri, "parallel")
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    _, children = parent_and_children(runs)
     assert len(children) == 2
     first, second = sorted(children, key=lambda r: r.info.start_time)
     assert second.info.start_time < first.info.end_time  # they overlapped
@@ -180,7 +185,7 @@ def test_sweep_preset_runs_without_dash_m(store, tmp_path):
         tmp_path,
     )
     _, runs = runs_of(uri, "preset")
-    assert len([r for r in runs if "mlflow.parentRunId" in r.data.tags]) == 8
+    assert len(parent_and_children(runs)[1]) == 8
 
 
 def test_optuna_sweeper(store, tmp_path):
@@ -197,7 +202,7 @@ def test_optuna_sweeper(store, tmp_path):
         tmp_path,
     )
     _, runs = runs_of(uri, "optuna")
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    _, children = parent_and_children(runs)
     assert len(children) == 3
     assert len({r.data.params["model.learning_rate_init"] for r in children}) == 3
 
@@ -219,7 +224,7 @@ def test_submitit_local_launcher(store, tmp_path):
         tmp_path,
     )
     _, runs = runs_of(uri, "submitit")
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    _, children = parent_and_children(runs)
     assert len(children) == 2 and all(r.info.status == "FINISHED" for r in runs)
 
 
@@ -237,8 +242,7 @@ def test_grid_search_logs_a_child_per_candidate(store, tmp_path):
         tmp_path,
     )
     client, runs = runs_of(uri, "gs")
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    parents, children = parent_and_children(runs)
     assert len(parents) == 1 and len(children) == 8
     assert "best_cv_accuracy" in parents[0].data.metrics
     assert "final_test_accuracy" in parents[0].data.metrics

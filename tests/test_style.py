@@ -1,7 +1,7 @@
 """The house style is checked, not hoped for: ruff's linter and formatter."""
 
-import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,8 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize("args", [["check", "."], ["format", "--check", "."]])
 def test_ruff(args):
-    ruff = shutil.which("ruff") or str(
-        Path(__import__("sys").executable).parent / "ruff"
+    result = subprocess.run(
+        [sys.executable, "-m", "ruff", *args], cwd=ROOT, capture_output=True, text=True
     )
-    result = subprocess.run([ruff, *args], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
