@@ -45,7 +45,8 @@ def run_entry_point(module, args, env, cwd, timeout=600):
 
 def parent_and_children(runs):
     """Split a sweep's runs into its parents and its children."""
-    parents, children = parent_and_children(runs)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     return parents, children
 
 
