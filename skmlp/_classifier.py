@@ -379,8 +379,11 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
             self, X, y, reset=first_call, accept_sparse="csr", dtype=dtype
         )
         check_classification_targets(y)
-        if type_of_target(y) not in ("binary", "multiclass"):
-            raise ValueError(f"Expected binary or multiclass labels, got {y!r}.")
+        target_type = type_of_target(y)
+        if target_type not in ("binary", "multiclass"):
+            raise ValueError(
+                f"Expected binary or multiclass labels, got {target_type!r} labels."
+            )
         if sample_weight is not None:
             sample_weight = _check_sample_weight(sample_weight, X, dtype=X.dtype)
         return X, y, sample_weight
