@@ -97,3 +97,28 @@ def test_quick_configuration_end_to_end(tmp_path, mnist):  # noqa: ARG001 - need
     assert wide_true.final_test_accuracy > 0.75
     history = client.get_metric_history(wide_random.run_id, "train_accuracy")
     assert len(history) == wide_random.epochs
+
+
+@pytest.mark.parametrize(
+    "regularization, expected",
+    [("l2", "alpha: 0.01"), ("early_stopping", "early_stopping: true")],
+)
+def test_regularization_contrasts_compose(tmp_path, regularization, expected):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.memorization",
+            f"regularization={regularization}",
+            "--cfg",
+            "job",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert expected in result.stdout
+    assert f"name: {regularization}" in result.stdout
+    assert "batch_size: 128" in result.stdout  # Zhang's optimiser underneath
