@@ -21,9 +21,7 @@ from threadpoolctl import threadpool_limits
 
 from pipelines.data import load_data
 from pipelines.tracking import (
-    dataset_checksum,
-    flatten,
-    git_commit,
+    log_run_context,
     raise_on_sigterm,
     setup_experiment,
     tracking_uri,
@@ -72,14 +70,7 @@ def main(cfg: DictConfig) -> float:
         tracking_uri(cfg.tracking.uri), cfg.tracking.experiment_name
     )
     with mlflow.start_run(experiment_id=experiment_id, run_name="grid-search"):
-        mlflow.set_tags(
-            {
-                "skmlp.git_commit": git_commit(),
-                "skmlp.dataset": cfg.data.name,
-                "skmlp.dataset_checksum": dataset_checksum(data.checksums),
-            }
-        )
-        mlflow.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
+        log_run_context(cfg, data)
         start = time.perf_counter()
         try:
             with threadpool_limits(cfg.blas_threads):

@@ -12,6 +12,7 @@ import numpy as np
 from hydra.experimental.callback import Callback
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PARENT_RUN_ENV = "SKMLP_PARENT_RUN_ID"
@@ -63,25 +64,22 @@ def flatten(config, prefix=""):
     return flat
 
 
+def _git(*args):
+    return subprocess.run(
+        ["git", *args],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=10,
+    ).stdout.strip()
+
+
 def git_commit():
     """The project's current commit (with ``-dirty`` if modified), or ``unknown``."""
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
+        commit = _git("rev-parse", "HEAD")
+        dirty = _git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return commit + ("-dirty" if dirty else "")
@@ -91,6 +89,20 @@ def dataset_checksum(checksums):
     """One md5 that identifies a data set from the checksums of its files."""
     joined = ";".join(f"{name}={md5}" for name, md5 in sorted(checksums.items()))
     return hashlib.md5(joined.encode()).hexdigest()
+
+
+def log_run_context(cfg, data, tags=None):
+    """Tag the active run (git commit, data set and its checksum, ``tags``) and log
+    the whole resolved config as flattened parameters."""
+    mlflow.set_tags(
+        {
+            "skmlp.git_commit": git_commit(),
+            "skmlp.dataset": cfg.data.name,
+            "skmlp.dataset_checksum": dataset_checksum(data.checksums),
+            **(tags or {}),
+        }
+    )
+    mlflow.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
 
 
 def raise_on_sigterm():

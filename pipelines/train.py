@@ -26,9 +26,7 @@ from pipelines.data import load_data
 from pipelines.tracking import (
     PARENT_RUN_ENV,
     MLflowEpochLogger,
-    dataset_checksum,
-    flatten,
-    git_commit,
+    log_run_context,
     raise_on_sigterm,
     setup_experiment,
     tracking_uri,
@@ -175,15 +173,7 @@ def tracked_run(
         parent_run_id=os.environ.get(PARENT_RUN_ENV),
         log_system_metrics=False,
     ) as active:
-        mlflow.set_tags(
-            {
-                "skmlp.git_commit": git_commit(),
-                "skmlp.dataset": cfg.data.name,
-                "skmlp.dataset_checksum": dataset_checksum(data.checksums),
-                **(tags or {}),
-            }
-        )
-        mlflow.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
+        log_run_context(cfg, data, tags)
         try:
             pipeline, seconds, curves = train(cfg, data, eval_sets, stop_at=stop_at)
         except KeyboardInterrupt:

@@ -634,9 +634,7 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
         if self.shuffle:
             order = self._random_state.permutation(n_samples)
             if not sp.issparse(X):
-                order = xp.asarray(
-                    order, device=Y.device if hasattr(Y, "device") else None
-                )
+                order = xp.asarray(order, device=Y.device)
         params = self.coefs_ + self.intercepts_
         total_cost = 0.0
         for begin in range(0, n_samples, batch_size):
