@@ -34,6 +34,7 @@ from sklearn.utils.validation import (
 
 from skmlp._backprop import backprop, forward_pass
 from skmlp._losses import LOSSES
+from skmlp._numpy_sgd import sgd_epoch
 from skmlp._optimizers import SGDOptimizer
 
 
@@ -626,7 +627,11 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
             raise
 
     def _sgd_pass(self, data, xp):
-        """One pass of mini-batch SGD over the training data; returns the mean cost."""
+        """One pass of mini-batch SGD over the training data; returns the mean cost.
+
+        Dense NumPy input runs the specialised ``_numpy_sgd.sgd_epoch``; sparse input
+        and the other array namespaces run ``backprop`` batch by batch.
+        """
         X, Y, sample_weight = data["X"], data["Y"], data["sample_weight"]
         n_samples = X.shape[0]
         batch_size = self._batch_size(n_samples)
@@ -635,29 +640,64 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
             order = self._random_state.permutation(n_samples)
             if not sp.issparse(X):
                 order = xp.asarray(order, device=Y.device)
-        params = self.coefs_ + self.intercepts_
+        run = sgd_epoch if xp is np and not sp.issparse(X) else self._batch_loop
+        total_cost = run(
+            X,
+            Y,
+            sample_weight,
+            order,
+            batch_size,
+            self.coefs_,
+            self.intercepts_,
+            self._optimizer,
+            activation=self.activation,
+            out_activation=self.out_activation_,
+            loss=self.loss,
+            alpha=self.alpha,
+        )
+        self.t_ += n_samples
+        return float(total_cost) / n_samples
+
+    @staticmethod
+    def _batch_loop(
+        X,
+        Y,
+        sample_weight,
+        order,
+        batch_size,
+        coefs,
+        intercepts,
+        optimizer,
+        *,
+        activation,
+        out_activation,
+        loss,
+        alpha,
+    ):
+        """``sgd_epoch``'s contract, on any namespace and sparse input, with ``backprop``."""
+        xp, _ = _namespace(Y)
+        params = coefs + intercepts
         total_cost = 0.0
-        for begin in range(0, n_samples, batch_size):
-            rows = slice(begin, min(begin + batch_size, n_samples))
+        for begin in range(0, X.shape[0], batch_size):
+            rows = slice(begin, min(begin + batch_size, X.shape[0]))
             if order is not None:
                 rows = order[rows]
             X_batch = _take_rows(X, rows, xp)
             cost, coef_grads, intercept_grads = backprop(
                 X_batch,
                 _take_rows(Y, rows, xp),
-                self.coefs_,
-                self.intercepts_,
-                activation=self.activation,
-                out_activation=self.out_activation_,
-                loss=self.loss,
-                alpha=self.alpha,
+                coefs,
+                intercepts,
+                activation=activation,
+                out_activation=out_activation,
+                loss=loss,
+                alpha=alpha,
                 sample_weight=_take(sample_weight, rows, xp),
                 xp=xp,
             )
-            self._optimizer.update_params(params, coef_grads + intercept_grads)
+            optimizer.update_params(params, coef_grads + intercept_grads)
             total_cost = total_cost + cost * X_batch.shape[0]
-        self.t_ += n_samples
-        return float(total_cost) / n_samples
+        return total_cost
 
     def _record_epoch(self, loss, data, seconds):
         self.n_iter_ += 1

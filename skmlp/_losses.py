@@ -3,22 +3,26 @@
 ``Y`` is the target in the output layer's encoding: one-hot of shape
 (n_samples, n_classes) for multiclass problems, a single 0/1 column for binary ones.
 ``A`` is the output layer's activation of the same shape. The cost functions return
-elementwise terms; summing a row gives one sample's cost (summing them all at once, when
-there are no sample weights, saves a reduction per mini-batch).
+terms whose row sums are the samples' costs (summing them all at once, when there are no
+sample weights, saves a reduction per mini-batch).
 """
 
 
 def log_loss(Y, A, xp):
-    """Cross-entropy terms, shape (n_samples, n_outputs): sum a row for a sample's loss.
+    """Cross-entropy of each sample, shape (n_samples, 1).
 
     With one output column (binary problems, logistic output) this is the binary
-    cross-entropy; with several (softmax output) the categorical one.
+    cross-entropy; with several (softmax output) the categorical one, which for a
+    one-hot ``Y`` is ``-log`` of the probability given to the true class: the row's
+    dot product with ``Y`` picks it, so only one logarithm per sample is taken.
+    Probabilities are clipped at the dtype's epsilon, as scikit-learn does.
     """
     eps = xp.finfo(A.dtype).eps
     if A.shape[1] == 1:
         A = xp.clip(A, min=eps, max=1.0 - eps)
         return -(Y * xp.log(A) + (1.0 - Y) * xp.log(1.0 - A))
-    return -(Y * xp.log(xp.clip(A, min=eps)))
+    true_class_proba = xp.vecdot(Y, A)[:, None]
+    return -xp.log(xp.clip(true_class_proba, min=eps))
 
 
 def log_loss_delta(Y, A, xp):

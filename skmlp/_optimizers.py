@@ -44,15 +44,20 @@ class SGDOptimizer:
         self.power_t = power_t
         self.velocities = [xp.zeros_like(p) for p in params]
 
-    def update_params(self, params, grads):
+    def update_params(self, params, grads, velocities=None, grad_scale=1.0):
         """Update ``params`` in place: ``v <- m v - lr g``, then ``p <- p + v``.
 
         With Nesterov's momentum the step is ``m v - lr g`` with the new ``v``. The
         gradients are consumed: they are scaled in place (callers pass fresh arrays),
-        which spares the large temporaries that dominate wide networks.
+        which spares the large temporaries that dominate wide networks. ``velocities``
+        (default: ``self.velocities``) lets a caller that keeps all parameters in one
+        flat array pass the matching flat velocity; ``grad_scale`` multiplies the
+        gradients first (a caller passing summed gradients gives ``1 / n``).
         """
-        lr, momentum = self.learning_rate, self.momentum
-        for param, velocity, grad in zip(params, self.velocities, grads, strict=False):
+        lr, momentum = self.learning_rate * grad_scale, self.momentum
+        if velocities is None:
+            velocities = self.velocities
+        for param, velocity, grad in zip(params, velocities, grads, strict=True):
             grad *= lr  # grad now holds the plain step lr * g
             if not momentum:
                 param -= grad
