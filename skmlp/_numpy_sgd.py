@@ -183,6 +183,8 @@ class _BatchStep:
         )
         self.buffers = {}  # n_rows -> hidden activations, transposed output, ones
         self.scratch = np.empty_like(grad.coef_values)
+        # compared and clipped against: a Python 0 would cost a conversion per call
+        self.zero = np.zeros((), grad.flat.dtype)
 
     def _buffers(self, n_rows, dtype):
         if n_rows not in self.buffers:
@@ -228,7 +230,7 @@ class _BatchStep:
             np.matmul(activations[-1], W, out=z)
             z += b
             if self.activation == "relu":
-                activations.append(np.maximum(z, 0, out=z))
+                activations.append(np.maximum(z, self.zero, out=z))
             else:
                 activations.append(ACTIVATIONS[self.activation](z, np))
         W, b, *_ = self.layers[-1]
@@ -254,7 +256,7 @@ class _BatchStep:
         for layer in range(len(self.layers) - 2, -1, -1):
             delta = np.matmul(delta, W.T)
             if self.activation == "relu":
-                delta *= a > 0  # the boolean mask itself: no cast to float
+                delta *= a > self.zero  # the boolean mask itself: no cast to float
             elif self.derivative is not None:
                 delta *= self.derivative(a, np)
             W, _, coef_grad, intercept_grad = self.layers[layer]
