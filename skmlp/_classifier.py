@@ -1,7 +1,8 @@
 """SGDMLPClassifier: validation, initialisation and the epoch loop.
 
-The math lives in ``_backprop.py`` (pure functions); this module only turns scikit-learn
-inputs into arrays, owns the training state and runs epochs of mini-batch SGD.
+The math lives in ``_backprop.py`` (pure functions) and, for dense NumPy input, in its
+NumPy-specialised twin ``_numpy_sgd.py``; this module only turns scikit-learn inputs into
+arrays, owns the training state and runs epochs of mini-batch SGD.
 """
 
 import math

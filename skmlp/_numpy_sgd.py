@@ -7,8 +7,9 @@ few hundred numbers, where each call's fixed cost (1-5 us), not its arithmetic, 
 speed. So, and only so, this module departs from the pure functions of ``_backprop``:
 
 - the weights, biases, velocities and gradients of all layers each live in one flat
-  array (weights first), so the update is four calls instead of four per layer, and the
-  L2 term one;
+  array (weights first), so the momentum update is four calls instead of four per
+  layer, and the L2 gradient two; the gradients are sums over the batch, and ``1/n``
+  joins the step size;
 - products write into preallocated buffers (``out=``);
 - the output layer is computed transposed, shape (n_outputs, n_samples): the softmax's
   reductions then run over the first axis, which NumPy vectorises (over the last axis of
