@@ -245,7 +245,8 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
         y : array-like of shape (n_samples,)
             Class labels.
         sample_weight : array-like of shape (n_samples,), default=None
-            Weight of each sample in the cost.
+            Weight of each sample in the cost. A mini-batch whose weights sum to 0
+            has no mean cost and is skipped (no step).
 
         Returns
         -------
@@ -268,7 +269,8 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
             Every class of the problem. Required on the first call, optional later
             (it must then be the same).
         sample_weight : array-like of shape (n_samples,), default=None
-            Weight of each sample in the cost.
+            Weight of each sample in the cost. A mini-batch whose weights sum to 0
+            has no mean cost and is skipped (no step).
 
         Returns
         -------
@@ -683,7 +685,9 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
             rows = slice(begin, min(begin + batch_size, X.shape[0]))
             if order is not None:
                 rows = order[rows]
-            X_batch = _take_rows(X, rows, xp)
+            X_batch, weight = _take_rows(X, rows, xp), _take(sample_weight, rows, xp)
+            if weight is not None and float(xp.sum(weight)) == 0:
+                continue  # no mean cost: the batch counts for nothing, as in sgd_epoch
             cost, coef_grads, intercept_grads = backprop(
                 X_batch,
                 _take_rows(Y, rows, xp),
@@ -693,7 +697,7 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
                 out_activation=out_activation,
                 loss=loss,
                 alpha=alpha,
-                sample_weight=_take(sample_weight, rows, xp),
+                sample_weight=weight,
                 xp=xp,
             )
             optimizer.update_params(params, coef_grads + intercept_grads)

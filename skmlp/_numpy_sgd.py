@@ -96,6 +96,8 @@ def sgd_epoch(
                 outputs[batch],
                 None if weight is None else row_factors[batch],
             )
+            if grad_scale is None:  # weights summing to 0: the batch counts for nothing
+                continue
             total_cost += penalty
             optimizer.update_params(
                 [params.flat], [grad.flat], [velocity.flat], grad_scale=grad_scale
@@ -199,6 +201,9 @@ class _BatchStep:
     def run(self, X, Y, sample_weight, outputs, row_factors):
         """Fill ``grad`` with the batch's summed gradient; return its penalty and scale.
 
+        A batch whose sample weights sum to 0 has no mean cost: ``grad_scale`` is then
+        None, and the batch must be skipped.
+
         ``grad`` holds sum_i dC_i/dparams (+ alpha W for the weights); times the
         returned ``grad_scale`` (1 / n, or 1 / sum of the weights) it is the gradient of
         the batch's mean cost. The returned penalty is the L2 term of the batch cost
@@ -213,6 +218,9 @@ class _BatchStep:
             total_weight = X.shape[0]
         else:
             total_weight = float(np.sum(sample_weight))
+            if total_weight == 0:
+                row_factors[...] = 0
+                return 0.0, None
             delta *= sample_weight
             np.multiply(sample_weight, X.shape[0] / total_weight, out=row_factors)
         self._backward(activations, delta, ones)

@@ -309,6 +309,26 @@ def test_sample_weight_zero_equals_dropping_samples(digits):
     _assert_same_weights(weighted, dropped, rtol=1e-9)
 
 
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_batches_of_zero_weight_are_skipped(digits, sparse):
+    """Only the first 100 samples weigh: the other batches make no step, no NaN."""
+    X, y = digits
+    weight = np.zeros(X.shape[0])
+    weight[:100] = 1.0
+    params = dict(hidden_layer_sizes=(8,), batch_size=50, shuffle=False, random_state=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        weighted = SGDMLPClassifier(**params, max_iter=2).fit(
+            sp.csr_matrix(X) if sparse else X, y, sample_weight=weight
+        )
+    assert not [w for w in caught if "diverged" in str(w.message)]
+    first = SGDMLPClassifier(**params)
+    for _ in range(2):
+        first.partial_fit(X[:100], y[:100], classes=np.unique(y))
+    _assert_same_weights(weighted, first, rtol=1e-9)
+    assert np.all(np.isfinite(weighted.loss_curve_))
+
+
 # ----------------------------------------------------------------- stopping rules
 
 
