@@ -19,20 +19,23 @@ import time
 import warnings
 
 import numpy as np
+from bench_fit import common_params, floor_seconds_per_epoch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 
 from skmlp import SGDMLPClassifier
+from skmlp._numpy_sgd import _Flat
 from skmlp.datasets import load_mnist
 
 SIZES, BATCH, EPOCHS = (784, 16, 16, 10), 100, 3
 
 
 def minimal_epoch(X, Y, order, params, velocity, lr=0.01, momentum=0.9):
-    """One epoch of the bare SGD step; ``params``/``velocity`` flat, updated in place."""
-    W1, b1, W2, b2, W3, b3 = _views(params)
-    grad = np.empty_like(params)
-    G1, g1, G2, g2, G3, g3 = _views(grad)
+    """One epoch of the bare SGD step; ``params`` (a ``_Flat``) and ``velocity`` (its
+    flat twin) are updated in place."""
+    (W1, W2, W3), (b1, b2, b3) = params.coefs, params.intercepts
+    grad = _Flat(params.views, n_coefs=3, empty=True)
+    (G1, G2, G3), (g1, g2, g3) = grad.coefs, grad.intercepts
     H1, H2 = np.empty((BATCH, 16), np.float32), np.empty((BATCH, 16), np.float32)
     Z = np.empty((10, BATCH), np.float32)
     ones, zero = np.ones(BATCH, np.float32), np.zeros((), np.float32)
@@ -61,36 +64,10 @@ def minimal_epoch(X, Y, order, params, velocity, lr=0.01, momentum=0.9):
         D *= H1 > zero
         np.matmul(Xb.T, D, out=G1)
         np.matmul(ones, D, out=g1)
-        grad *= lr / BATCH
+        grad.flat *= lr / BATCH
         velocity *= momentum
-        velocity -= grad
-        params += velocity
-
-
-def _views(flat):
-    """W1, b1, W2, b2, W3, b3 as views of one flat array."""
-    views, offset = [], 0
-    for shape in _param_shapes():
-        size = int(np.prod(shape))
-        views.append(flat[offset : offset + size].reshape(shape))
-        offset += size
-    return views
-
-
-def _param_shapes():
-    for fan_in, fan_out in zip(SIZES[:-1], SIZES[1:], strict=True):
-        yield (fan_in, fan_out)
-        yield (fan_out,)
-
-
-def floor_epoch(X, order):
-    rng = np.random.default_rng(0)
-    W = rng.standard_normal((784, 16)).astype(np.float32)
-    delta = rng.standard_normal((BATCH, 16)).astype(np.float32)
-    for begin in range(0, X.shape[0] - BATCH + 1, BATCH):
-        X_batch = np.take(X, order[begin : begin + BATCH], axis=0)
-        X_batch @ W
-        X_batch.T @ delta
+        velocity -= grad.flat
+        params.flat += velocity
 
 
 def main(repeats=5):
@@ -98,22 +75,19 @@ def main(repeats=5):
     X, y = data.X_train, data.y_train
     Y = np.eye(10, dtype=np.float32)[y]
     rng = np.random.default_rng(0)
-    n_params = sum(int(np.prod(s)) for s in _param_shapes())
-    params = rng.uniform(-0.1, 0.1, n_params).astype(np.float32)
-    velocity = np.zeros_like(params)
-    common = dict(
-        hidden_layer_sizes=SIZES[1:-1],
-        batch_size=BATCH,
-        learning_rate_init=0.01,
-        momentum=0.9,
-        max_iter=EPOCHS,
-        tol=0.0,
-        n_iter_no_change=10**6,
-        random_state=0,
+    params = _Flat(
+        [
+            rng.uniform(-0.1, 0.1, (fan_in, fan_out)).astype(np.float32)
+            for fan_in, fan_out in zip(SIZES[:-1], SIZES[1:], strict=True)
+        ]
+        + [np.zeros(fan_out, np.float32) for fan_out in SIZES[1:]],
+        n_coefs=3,
     )
+    velocity = np.zeros_like(params.flat)
+    common = common_params(SIZES[1:-1], BATCH, EPOCHS)
     times = {"sklearn": [], "skmlp": [], "minimal": [], "floor": []}
     warnings.simplefilter("ignore", ConvergenceWarning)
-    for _ in range(repeats):
+    for repeat in range(repeats):
         start = time.perf_counter()
         MLPClassifier(solver="sgd", **common).fit(X, y)
         times["sklearn"].append((time.perf_counter() - start) / EPOCHS)
@@ -122,9 +96,7 @@ def main(repeats=5):
         start = time.perf_counter()
         minimal_epoch(X, Y, rng.permutation(X.shape[0]), params, velocity)
         times["minimal"].append(time.perf_counter() - start)
-        start = time.perf_counter()
-        floor_epoch(X, rng.permutation(X.shape[0]))
-        times["floor"].append(time.perf_counter() - start)
+        times["floor"].append(floor_seconds_per_epoch(X, SIZES[1:-1], BATCH, repeat))
     sklearn = np.array(times["sklearn"])
     print(f"{'':<8} {'s/epoch':>8} {'sklearn/this':>13} {'median of pairs':>16}")
     for name, seconds in times.items():

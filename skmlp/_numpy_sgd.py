@@ -117,15 +117,15 @@ def _chunks(X, Y, sample_weight, order, chunk_rows):
     for begin in range(0, X.shape[0], chunk_rows):
         rows = slice(begin, begin + chunk_rows)
         if order is None:
-            yield X[rows], Y[rows], _rows(sample_weight, rows)
+            yield (
+                X[rows],
+                Y[rows],
+                None if sample_weight is None else sample_weight[rows],
+            )
             continue
         rows = order[rows]
         weight = None if sample_weight is None else np.take(sample_weight, rows)
         yield np.take(X, rows, axis=0), np.take(Y, rows, axis=0), weight
-
-
-def _rows(values, rows):
-    return None if values is None else values[rows]
 
 
 def _summed_loss(loss, Y, outputs, row_factors):
