@@ -13,6 +13,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
+from pipelines.store import open_store
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PARENT_RUN_ENV = "SKMLP_PARENT_RUN_ID"
 
@@ -41,6 +43,7 @@ def setup_experiment(uri, name):
 
     Artifacts of a sqlite store go beside the database, under ``artifacts/``.
     """
+    open_store(uri)  # first, so that parallel processes never migrate it at once
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(name)
