@@ -10,8 +10,6 @@ import hydra
 from omegaconf import DictConfig
 
 from pipelines import config_dir
-from pipelines.data import load_data
-from pipelines.training import tracked_run
 from pipelines.utils import metric_value, task_wrapper
 
 
@@ -24,6 +22,10 @@ def run_name(cfg):
 @task_wrapper
 def train(cfg: DictConfig) -> dict:
     """One tracked training run; returns its final metrics."""
+    # Imported here: --cfg job and --help need neither scikit-learn nor MLflow.
+    from pipelines.data import load_data
+    from pipelines.training import tracked_run
+
     data = load_data(cfg.data, cfg.seed)
     metrics, _ = tracked_run(cfg, data, name=run_name(cfg))
     return metrics
