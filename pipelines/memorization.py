@@ -23,6 +23,7 @@ from sklearn.utils import Bunch
 from threadpoolctl import threadpool_limits
 
 from pipelines.data import load_data
+from pipelines.device import resolve_device
 from pipelines.tracking import MLflowSweepCallback, raise_on_sigterm
 from pipelines.train import blas_threads, tracked_run
 from skmlp.corruption import INPUT_CORRUPTIONS, LABEL_CORRUPTIONS
@@ -52,6 +53,7 @@ def time_to_fit(curves, threshold):
 
 def run(cfg: DictConfig) -> float:
     raise_on_sigterm()
+    resolve_device(cfg.device)  # a missing GPU or library fails here, before any work
     data = corrupt(load_data(cfg.data, cfg.seed), cfg.corruption, cfg.seed)
     eval_sets = {
         "train": (data.X_train, data.y_train),

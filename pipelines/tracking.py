@@ -8,11 +8,12 @@ import subprocess
 from pathlib import Path
 
 import mlflow
-import numpy as np
 from hydra.experimental.callback import Callback
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
+
+from pipelines.device import accuracy
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PARENT_RUN_ENV = "SKMLP_PARENT_RUN_ID"
@@ -168,9 +169,8 @@ class MLflowEpochLogger:
         if "validation_score" in record:
             metrics["early_stopping_score"] = float(record["validation_score"])
         for name, (X, y) in self._transformed.items():
-            metrics[f"{name}_accuracy"] = float(
-                np.mean(fitted_estimator.predict(X) == y)
-            )
+            # on the training device: one number per set comes back
+            metrics[f"{name}_accuracy"] = accuracy(fitted_estimator.predict(X), y)
         mlflow.log_metrics(metrics, step=self._last_epoch)
         self.records.append({"epoch": self._last_epoch, **metrics})
         if self.stop_at is not None:

@@ -23,6 +23,7 @@ from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
 from pipelines.data import load_data
+from pipelines.device import resolve_device, to_numpy
 from pipelines.tracking import (
     PARENT_RUN_ENV,
     MLflowEpochLogger,
@@ -140,20 +141,28 @@ def default_eval_sets(cfg, data):
 
 
 def train(cfg, data, eval_sets, stop_at=None):
-    """Fit the pipeline with per-epoch MLflow logging.
+    """Fit the pipeline with per-epoch MLflow logging, on ``cfg.device``.
 
-    Returns the fitted pipeline, its fit time and the per-epoch metrics (DataFrame).
+    The training and evaluation data move to the device once; the fitted pipeline
+    comes back as NumPy. Returns it, its fit time and the per-epoch metrics (DataFrame).
     """
+    device = resolve_device(cfg.device)
     pipeline = build_pipeline(cfg)
+    eval_sets = device.put_sets({"fit": (data.X_train, data.y_train), **eval_sets})
+    X, y = eval_sets.pop("fit")
     logger = MLflowEpochLogger(
         eval_sets, preprocess=lambda X: preprocess(pipeline, X), stop_at=stop_at
     )
     pipeline[-1].set_callbacks(logger)
     start = time.perf_counter()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), device.dispatch():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        pipeline.fit(data.X_train, data.y_train)
-    return pipeline, time.perf_counter() - start, pd.DataFrame(logger.records)
+        pipeline.fit(X, y)
+    seconds = time.perf_counter() - start
+    if not device.is_numpy:
+        pipeline[-1].set_callbacks()  # the logger holds device data and a lambda
+        pipeline = to_numpy(pipeline)
+    return pipeline, seconds, pd.DataFrame(logger.records)
 
 
 def tracked_run(
@@ -173,7 +182,9 @@ def tracked_run(
         parent_run_id=os.environ.get(PARENT_RUN_ENV),
         log_system_metrics=False,
     ) as active:
-        log_run_context(cfg, data, tags)
+        log_run_context(
+            cfg, data, {**resolve_device(cfg.device).tags(), **(tags or {})}
+        )
         try:
             pipeline, seconds, curves = train(cfg, data, eval_sets, stop_at=stop_at)
         except KeyboardInterrupt:
@@ -195,6 +206,7 @@ def tracked_run(
 def run(cfg: DictConfig) -> float:
     """One tracked training run; returns the score a sweeper maximises."""
     raise_on_sigterm()
+    resolve_device(cfg.device)  # a missing GPU or library fails here, before any work
     data = load_data(cfg.data, cfg.seed)
     metrics, _ = tracked_run(
         cfg, data, default_eval_sets(cfg, data), name=run_name(cfg)
