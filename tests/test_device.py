@@ -17,6 +17,20 @@ from skmlp import SGDMLPClassifier
 
 torch = pytest.importorskip("torch")
 HAS_CUDA = torch.cuda.is_available()
+
+
+def _cupy_gpu():
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # noqa: BLE001 - no CuPy, no driver: no CuPy GPU
+        return False
+
+
+HAS_CUPY_GPU = _cupy_gpu()
+needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (torch)")
+needs_cupy = pytest.mark.skipif(not HAS_CUPY_GPU, reason="needs CuPy and a GPU")
 QUICK = ["data=digits", "model.max_iter=3", "tracking.log_model=false"]
 
 
@@ -44,17 +58,8 @@ def test_known_settings_resolve(setting, name, library):
 
 
 def test_auto_picks_a_gpu_only_where_there_is_one():
-    expected = "cuda:" if HAS_CUDA else ("cupy:" if _cupy_gpu() else "cpu")
+    expected = "cuda:" if HAS_CUDA else ("cupy:" if HAS_CUPY_GPU else "cpu")
     assert resolve_device("auto").name.startswith(expected)
-
-
-def _cupy_gpu():
-    try:
-        import cupy
-
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:  # noqa: BLE001 - no CuPy, no driver: no CuPy GPU
-        return False
 
 
 @pytest.mark.parametrize("setting", ["gpu", "cuda:x", "tpu:0", "torch:cuda"])
@@ -121,28 +126,36 @@ def test_scipy_imported_without_its_array_api_mode_is_a_clear_error(tmp_path):
     assert "set the environment variable SCIPY_ARRAY_API=1" in result.stderr
 
 
-def test_train_on_torch_end_to_end(store, tmp_path):
+@pytest.mark.parametrize(
+    "setting, tag",
+    [
+        ("torch:cpu", "torch:cpu"),
+        pytest.param("cuda", "cuda:0", marks=needs_cuda),
+        pytest.param("cupy", "cupy:0", marks=needs_cupy),
+    ],
+)
+def test_train_end_to_end(store, tmp_path, setting, tag):
     uri, env = store
     args = ["data=digits", "model.max_iter=3", "model.tol=0", "preprocessing=standard"]
     run_entry_point(
         "pipelines.train",
-        [*args, "device=torch:cpu", "tracking.experiment_name=torch"],
+        [*args, f"device={setting}", "tracking.experiment_name=device"],
         env,
         tmp_path,
     )
-    client, (run,) = runs_of(uri, "torch")
+    client, (run,) = runs_of(uri, "device")
     assert run.info.status == "FINISHED"
-    assert run.data.tags["skmlp.device"] == "torch:cpu"
-    assert run.data.params["device"] == "torch:cpu"
+    assert run.data.tags["skmlp.device"] == tag
+    assert run.data.params["device"] == setting
     for key in ("loss", "train_accuracy", "test_accuracy"):
         history = client.get_metric_history(run.info.run_id, key)
         assert [m.step for m in history] == [1, 2, 3], key
     assert run.data.metrics["final_test_accuracy"] > 0.8
     import mlflow
 
-    mlflow.set_tracking_uri(uri)  # the logged model is NumPy: it loads without torch
+    mlflow.set_tracking_uri(uri)  # the logged model is NumPy: it loads without a GPU
     model = mlflow.sklearn.load_model(f"runs:/{run.info.run_id}/model")
-    assert b"torch" not in pickle.dumps(model)
+    assert b"torch" not in pickle.dumps(model) and b"cupy" not in pickle.dumps(model)
     from skmlp.datasets import load_digits_split
 
     X_test = load_digits_split().X_test
