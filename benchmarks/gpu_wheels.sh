@@ -19,12 +19,13 @@ REQUIREMENTS=(
     "mlflow==3.17.2" "hydra-core==1.3.8" "omegaconf==2.3.1"
     "hydra-joblib-launcher==1.2.0" "skops==0.16.0" "array-api-strict==2.6.1"
 )
-# On the GPU machine already (its image), with the packages they need.
+# On the GPU machine already (its image), with the packages they need. typing-extensions
+# and protobuf are there too, but their versions are unknown and pydantic-core and
+# opentelemetry-proto need recent ones: they come along (small, backward compatible).
 PRESENT="numpy scipy scikit-learn pandas matplotlib contourpy cycler fonttools kiwisolver
 pyparsing pillow packaging pyarrow torch cupy joblib threadpoolctl filelock cloudpickle
-click jinja2 markupsafe requests urllib3 certifi idna charset-normalizer pyyaml protobuf
-psutil pytest pytest-xdist rich six python-dateutil fsspec wrapt pygments narwhals
-typing-extensions"
+click jinja2 markupsafe requests urllib3 certifi idna charset-normalizer pyyaml
+psutil pytest pytest-xdist rich six python-dateutil fsspec wrapt pygments narwhals"
 PLATFORM=(--python-version 3.12 --platform manylinux2014_x86_64
     --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64
     --only-binary=:all:)
