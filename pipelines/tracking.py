@@ -13,6 +13,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
+from pipelines.device import resolve_device
 from pipelines.store import open_store
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -130,6 +131,7 @@ class MLflowSweepCallback(Callback):
         self._uri = None
 
     def on_multirun_start(self, config, **kwargs):
+        resolve_device(config.get("device", "cpu"))  # a missing GPU: no parent, no job
         uri = tracking_uri(config.tracking.uri)
         experiment_id = setup_experiment(uri, config.tracking.experiment_name)
         sweep_dir = config.hydra.sweep.dir

@@ -177,10 +177,15 @@ def test_train_end_to_end(store, tmp_path, setting, tag):
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="this machine has a CUDA GPU")
-def test_a_missing_gpu_fails_before_any_run(store, tmp_path):
+@pytest.mark.parametrize(
+    "command",
+    [["pipelines.train"], ["pipelines.train", "-m"], ["pipelines.memorization"]],
+    ids=["train", "train-multirun", "memorization"],
+)
+def test_a_missing_gpu_fails_before_any_run(store, tmp_path, command):
     uri, env = store
     result = subprocess.run(
-        [sys.executable, "-m", "pipelines.train", *QUICK, "device=cuda"],
+        [sys.executable, "-m", *command, *QUICK, "device=cuda"],
         env=env,
         cwd=tmp_path,
         capture_output=True,
