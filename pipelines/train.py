@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from pipelines import config_dir
 from pipelines.data import load_data
+from pipelines.device import resolve_device
 from pipelines.training import tracked_run
 from pipelines.utils import metric_value, task_wrapper
 
@@ -24,6 +25,7 @@ def run_name(cfg):
 @task_wrapper
 def train(cfg: DictConfig) -> dict:
     """One tracked training run; returns its final metrics."""
+    resolve_device(cfg.device)  # a missing GPU or library fails here, before any work
     data = load_data(cfg.data, cfg.seed)
     metrics, _ = tracked_run(cfg, data, name=run_name(cfg))
     return metrics
