@@ -93,7 +93,11 @@ def evaluate(pipeline, data, fit_seconds, cfg):
 
 
 # What the skops format must trust to load our pipeline (instead of pickle).
-TRUSTED_TYPES = ["skmlp._classifier.SGDMLPClassifier", "skmlp._optimizers.SGDOptimizer"]
+TRUSTED_TYPES = [
+    "skmlp._classifier.SGDMLPClassifier",
+    "skmlp._engine.EpochRecord",
+    "skmlp._optimizers.SGDOptimizer",
+]
 
 
 def log_artifacts(pipeline, data, cfg, curves):

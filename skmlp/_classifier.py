@@ -33,10 +33,14 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
-from skmlp._backprop import backprop, forward_pass
+from skmlp._backprop import forward_pass
+from skmlp._engine import Engine, EpochRecord, FlatParams, _take_rows
 from skmlp._losses import LOSSES
-from skmlp._numpy_sgd import sgd_epoch
 from skmlp._optimizers import SGDOptimizer
+
+# An epoch whose mean cost exceeds this many times the cost of guessing uniformly has
+# diverged, even where every number is still finite (see the class Notes).
+DIVERGENCE_FACTOR = 1e6
 
 
 class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
@@ -101,6 +105,11 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
     dtype : {"float32", "float64"} or None, default=None
         Precision of the weights and of the training arithmetic. None keeps float32
         input in float32 and uses float64 otherwise.
+    capture : bool, default=True
+        On torch CUDA tensors and CuPy arrays, capture the epoch once per ``fit`` as
+        one CUDA graph and replay it every epoch (the first epoch runs eagerly, as the
+        warm-up). The weights are those of the eager loop up to float rounding. False
+        runs every epoch eagerly; NumPy, sparse and CPU input always do.
 
     Attributes
     ----------
@@ -185,6 +194,7 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
         "warm_start": ["boolean"],
         "verbose": ["verbose"],
         "dtype": [StrOptions({"float32", "float64"}), None],
+        "capture": ["boolean"],
     }
 
     def __init__(
@@ -210,6 +220,7 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
         warm_start=False,
         verbose=False,
         dtype=None,
+        capture=True,
     ):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -231,6 +242,7 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
         self.warm_start = warm_start
         self.verbose = verbose
         self.dtype = dtype
+        self.capture = capture
 
     # ------------------------------------------------------------------ public API
 
@@ -343,12 +355,36 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
             Built from the per-epoch records, so it is never out of date, even after an
             interrupted fit.
         """
-        if not hasattr(self, "_history"):
-            raise AttributeError("history_ is only available once the model is fitted.")
-        columns = ["epoch", "loss", "learning_rate", "seconds"]
-        if self.validation_scores_ is not None:
-            columns.append("validation_score")
-        return pd.DataFrame(self._history, columns=columns)
+        columns = list(EpochRecord._fields)
+        if not self.early_stopping:
+            columns.remove("validation_score")
+        return pd.DataFrame(self._fitted_records(), columns=EpochRecord._fields)[
+            columns
+        ]
+
+    @property
+    def loss_curve_(self):
+        """Mean cost of each epoch, from the per-epoch records."""
+        return [record.loss for record in self._fitted_records()]
+
+    @property
+    def loss_(self):
+        """Mean cost of the last epoch (None before the first)."""
+        records = self._fitted_records()
+        return records[-1].loss if records else None
+
+    @property
+    def validation_scores_(self):
+        """Validation accuracy of each epoch (None without early stopping)."""
+        if not self.early_stopping:
+            self._fitted_records()  # AttributeError when not fitted
+            return None
+        return [record.validation_score for record in self._fitted_records()]
+
+    def _fitted_records(self):
+        if "_records" not in self.__dict__:
+            raise AttributeError("This attribute exists once the model is fitted.")
+        return self._records
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -488,7 +524,7 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
             self.coefs_.append(xp.asarray(coef, dtype=dtype, device=device))
             self.intercepts_.append(xp.asarray(intercept, dtype=dtype, device=device))
         self._optimizer = SGDOptimizer(
-            self.coefs_ + self.intercepts_,
+            [FlatParams(self.coefs_, self.intercepts_, xp).flat],
             learning_rate_init=self.learning_rate_init,
             lr_schedule=self.learning_rate,
             momentum=self.momentum,
@@ -496,11 +532,9 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
             power_t=self.power_t,
             xp=xp,
         )
-        self.n_iter_, self.t_ = 0, 0
-        self.loss_curve_, self._history = [], []
+        self.n_iter_, self.t_, self._records = 0, 0, []
         self._no_improvement_count = 0
         self.best_loss_ = None if self.early_stopping else np.inf
-        self.validation_scores_ = [] if self.early_stopping else None
         self.best_validation_score_ = -np.inf if self.early_stopping else None
 
     def _init_layer(self, fan_in, fan_out):
@@ -514,29 +548,29 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
     # ----------------------------------------------------------------- training
 
     def _fit(self, X, y, sample_weight, *, incremental, classes=None):
-        first_call = not ((incremental or self.warm_start) and hasattr(self, "coefs_"))
         if incremental and self.early_stopping:
             raise ValueError("partial_fit does not support early_stopping=True.")
-        X, y, sample_weight = self._validate_training_data(
-            X, y, sample_weight, first_call
-        )
-        xp, device = _namespace(X)
-        self._set_classes(y, classes, incremental, first_call, xp, device)
-        y_indices = self._encode(y, xp)
-        if first_call:
-            self._initialize(X.shape[1], X.dtype, xp, device)
-        data = self._split(X, y_indices, sample_weight, xp, device)
+        before = dict(self.__dict__), _rng_state(self)
+        try:
+            engine, data = self._prepare(X, y, sample_weight, incremental, classes)
+        except BaseException:  # a failed call leaves the estimator as it was
+            self.__dict__.clear()
+            self.__dict__.update(before[0])
+            if before[1] is not None:
+                self._random_state.set_state(before[1])
+            raise
+        if not incremental:
+            self.n_iter_ = 0  # as MLPClassifier: the epochs of this fit
         epochs = 1 if incremental else self.max_iter
         metadata = {} if sample_weight is None else {"sample_weight": sample_weight}
         context = self._init_callback_context(max_subtasks=epochs)
         context.call_on_fit_task_begin(estimator=self, X=X, y=y, metadata=metadata)
-        converged = False
         for _ in range(epochs):
             epoch_context = context.subcontext(task_name="epoch")
             epoch_context.call_on_fit_task_begin(
                 estimator=self, X=X, y=y, metadata=metadata
             )
-            converged = self._run_epoch(data, xp)
+            converged = self._run_epoch(engine, data)
             stop = epoch_context.call_on_fit_task_end(
                 estimator=self,
                 X=X,
@@ -552,13 +586,48 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
                     f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached "
                     "and the optimization hasn't converged yet.",
                     ConvergenceWarning,
-                    stacklevel=2,
+                    stacklevel=3,
                 )
-        self._finish()
+        self._finish(engine)
         context.call_on_fit_task_end(
             estimator=self, X=X, y=y, metadata=metadata, reconstruction_attributes={}
         )
         return self
+
+    def _prepare(self, X, y, sample_weight, incremental, classes):
+        """Validate, initialise where needed, build the engine; training data out."""
+        first_call = not ((incremental or self.warm_start) and hasattr(self, "coefs_"))
+        X, y, sample_weight = self._validate_training_data(
+            X, y, sample_weight, first_call
+        )
+        xp, device = _namespace(X)
+        self._set_classes(y, classes, incremental, first_call, xp, device)
+        y_indices = self._encode(y, xp)
+        if first_call:
+            self._initialize(X.shape[1], X.dtype, xp, device)
+        data = self._split(X, y_indices, sample_weight, xp, device)
+        engine = Engine(
+            self.coefs_,
+            self.intercepts_,
+            self._optimizer,
+            loss_kwargs=self._loss_kwargs(),
+            batch_size=self._batch_size(data["X"].shape[0]),
+            shuffle=self.shuffle,
+            xp=xp,
+            device=device,
+            sparse=sp.issparse(X),
+            capture=self.capture and not incremental,
+        )
+        self.coefs_, self.intercepts_ = engine.layers()
+        return engine, data
+
+    def _loss_kwargs(self):
+        return dict(
+            activation=self.activation,
+            out_activation=self.out_activation_,
+            loss=self.loss,
+            alpha=self.alpha,
+        )
 
     def _split(self, X, y_indices, sample_weight, xp, device):
         """Training arrays (and validation arrays with early stopping) for the epochs."""
@@ -596,146 +665,68 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
             )
         return min(self.batch_size, n_samples)
 
-    def _run_epoch(self, data, xp):
+    def _run_epoch(self, engine, data):
         """Run one epoch; return True when training should stop.
 
-        If the epoch diverges (non-finite loss or weights) or is interrupted (an
-        exception, KeyboardInterrupt from Ctrl-C included), the estimator is put back
-        exactly as it was after the previous epoch: weights, optimizer, random
-        generator and records.
+        If the epoch diverges (see the class Notes) or is interrupted (an exception,
+        KeyboardInterrupt from Ctrl-C included), the estimator is put back exactly as
+        it was after the previous epoch: weights, optimizer, random generator, records.
         """
         start = time.perf_counter()
-        snapshot = self._snapshot()
+        saved = self._snapshot(engine)
         try:
             # Overflow is detected below and reported as divergence, once, in words.
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                loss = self._sgd_pass(data, xp)
-            if not (math.isfinite(loss) and self._params_finite(xp)):
-                self._restore(snapshot)
+                X = data["X"]
+                cost = engine.epoch(
+                    X, data["Y"], data["sample_weight"], self._random_state
+                )
+            loss = cost / X.shape[0]
+            if self._diverged(loss, engine):
+                self._restore(engine, saved)
                 warnings.warn(
-                    f"Training diverged in epoch {self.n_iter_ + 1}: the loss became "
-                    f"{loss}. The weights of epoch {self.n_iter_} were kept and "
-                    "training stopped; lower learning_rate_init (now "
+                    f"Training diverged in epoch {len(self._records) + 1}: the loss "
+                    f"became {loss:.4g}. The weights of epoch {len(self._records)} were "
+                    "kept and training stopped; lower learning_rate_init (now "
                     f"{self.learning_rate_init}).",
                     ConvergenceWarning,
-                    stacklevel=2,
+                    stacklevel=4,
                 )
                 return True
+            self.t_ += X.shape[0]
+            self.n_iter_ += 1
             self._record_epoch(loss, data, time.perf_counter() - start)
-            return self._check_stopping()
+            return self._check_stopping(engine)
         except (
             BaseException
         ):  # Ctrl-C, SIGTERM turned into an exception, MemoryError...
-            self._restore(snapshot)
+            self._restore(engine, saved)
             raise
 
-    def _sgd_pass(self, data, xp):
-        """One pass of mini-batch SGD over the training data; returns the mean cost.
-
-        Dense NumPy input runs the specialised ``_numpy_sgd.sgd_epoch``; sparse input
-        and the other array namespaces run ``backprop`` batch by batch.
-        """
-        X, Y, sample_weight = data["X"], data["Y"], data["sample_weight"]
-        n_samples = X.shape[0]
-        batch_size = self._batch_size(n_samples)
-        order = None
-        if self.shuffle:
-            order = self._random_state.permutation(n_samples)
-            if not sp.issparse(X):
-                order = xp.asarray(order, device=Y.device)
-        run = sgd_epoch if xp is np and not sp.issparse(X) else self._batch_loop
-        total_cost = run(
-            X,
-            Y,
-            sample_weight,
-            order,
-            batch_size,
-            self.coefs_,
-            self.intercepts_,
-            self._optimizer,
-            activation=self.activation,
-            out_activation=self.out_activation_,
-            loss=self.loss,
-            alpha=self.alpha,
-        )
-        self.t_ += n_samples
-        return float(total_cost) / n_samples
-
-    @staticmethod
-    def _batch_loop(
-        X,
-        Y,
-        sample_weight,
-        order,
-        batch_size,
-        coefs,
-        intercepts,
-        optimizer,
-        *,
-        activation,
-        out_activation,
-        loss,
-        alpha,
-    ):
-        """``sgd_epoch``'s contract, on any namespace and sparse input, with ``backprop``."""
-        xp, _ = _namespace(Y)
-        params = coefs + intercepts
-        total_cost = 0.0
-        for begin in range(0, X.shape[0], batch_size):
-            rows = slice(begin, min(begin + batch_size, X.shape[0]))
-            if order is not None:
-                rows = order[rows]
-            X_batch, weight = _take_rows(X, rows, xp), _take(sample_weight, rows, xp)
-            if weight is not None and float(xp.sum(weight)) == 0:
-                continue  # no mean cost: the batch counts for nothing, as in sgd_epoch
-            cost, coef_grads, intercept_grads = backprop(
-                X_batch,
-                _take_rows(Y, rows, xp),
-                coefs,
-                intercepts,
-                activation=activation,
-                out_activation=out_activation,
-                loss=loss,
-                alpha=alpha,
-                sample_weight=weight,
-                xp=xp,
-            )
-            optimizer.update_params(params, coef_grads + intercept_grads)
-            total_cost = total_cost + cost * X_batch.shape[0]
-        return total_cost
+    def _diverged(self, loss, engine):
+        """Non-finite loss or weights, or a loss DIVERGENCE_FACTOR x the chance cost."""
+        if not (math.isfinite(loss) and engine.params_finite()):
+            return True
+        return loss > DIVERGENCE_FACTOR * _chance_cost(self.loss, self.n_outputs_)
 
     def _record_epoch(self, loss, data, seconds):
-        self.n_iter_ += 1
-        self.loss_ = loss
-        self.loss_curve_.append(loss)
-        record = {
-            "epoch": self.n_iter_,
-            "loss": loss,
-            "learning_rate": self._optimizer.learning_rate,
-            "seconds": seconds,
-        }
-        if self.early_stopping:
-            score = self._validation_score(data)
-            self.validation_scores_.append(score)
-            record["validation_score"] = score
-        self._history.append(record)
+        score = self._validation_score(data) if self.early_stopping else None
+        record = EpochRecord(
+            epoch=len(self._records) + 1,
+            loss=loss,
+            learning_rate=self._optimizer.learning_rate,
+            seconds=seconds,
+            validation_score=score,
+        )
+        self._records.append(record)
         if self.verbose:
-            extra = (
-                f", validation score = {record['validation_score']:.6f}"
-                if (self.early_stopping)
-                else ""
-            )
-            print(f"Epoch {self.n_iter_}, loss = {loss:.8f}{extra}")
+            extra = "" if score is None else f", validation score = {score:.6f}"
+            print(f"Epoch {record.epoch}, loss = {loss:.8f}{extra}")
 
     def _validation_score(self, data):
         xp, _ = _namespace(data["X_val"])
         output = forward_pass(
-            data["X_val"],
-            self.coefs_,
-            self.intercepts_,
-            activation=self.activation,
-            out_activation=self.out_activation_,
-            xp=xp,
+            data["X_val"], self.coefs_, self.intercepts_, xp=xp, **self._activations()
         )[-1]
         if self.n_outputs_ == 1:
             predicted = xp.astype(output[:, 0] > 0.5, data["y_val"].dtype)
@@ -747,14 +738,17 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
             return float(xp.mean(correct))
         return float(xp.sum(correct * weight) / xp.sum(weight))
 
-    def _check_stopping(self):
+    def _activations(self):
+        return dict(activation=self.activation, out_activation=self.out_activation_)
+
+    def _check_stopping(self, engine):
         """Update the no-improvement count; True when training should stop."""
         if self.early_stopping:
-            score = self.validation_scores_[-1]
+            score = self._records[-1].validation_score
             improved = score >= self.best_validation_score_ + self.tol
             if score > self.best_validation_score_:
                 self.best_validation_score_ = score
-                self._best_params = [_copy(p) for p in self.coefs_ + self.intercepts_]
+                self._best_params = engine.copy_params()
         else:
             improved = self.loss_ <= self.best_loss_ - self.tol
             self.best_loss_ = min(self.best_loss_, self.loss_)
@@ -772,12 +766,11 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
         self._no_improvement_count = 0
         return False
 
-    def _finish(self):
-        if self.early_stopping and hasattr(self, "_best_params"):
-            n_layers = len(self.coefs_)
-            self.coefs_ = self._best_params[:n_layers]
-            self.intercepts_ = self._best_params[n_layers:]
+    def _finish(self, engine):
+        if hasattr(self, "_best_params"):
+            engine.load_params(self._best_params)
             del self._best_params
+        self.coefs_, self.intercepts_ = engine.layers()
 
     def _reconstruction_attributes(self):
         """Copies of the state a callback's ``fitted_estimator`` needs to predict."""
@@ -785,51 +778,33 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
             "coefs_": [_copy(c) for c in self.coefs_],
             "intercepts_": [_copy(b) for b in self.intercepts_],
             "n_iter_": self.n_iter_,
-            "loss_": self.loss_curve_[-1] if self.loss_curve_ else None,
-            "loss_curve_": list(self.loss_curve_),
+            "_records": list(self._records),
         }
 
     # ---------------------------------------------------------- rollback support
 
-    def _snapshot(self):
+    def _snapshot(self, engine):
         """Everything an epoch changes, to undo a diverged or interrupted epoch."""
+        names = ("n_iter_", "t_", "best_loss_", "best_validation_score_")
+        names += ("_no_improvement_count", "_best_params")
         return {
-            "params": [_copy(p) for p in self.coefs_ + self.intercepts_],
-            "velocities": [_copy(v) for v in self._optimizer.velocities],
+            "engine": engine.snapshot(),
             "learning_rate": self._optimizer.learning_rate,
             "random_state": self._random_state.get_state(),
             "scalars": {
-                name: getattr(self, name)
-                for name in (
-                    "n_iter_",
-                    "t_",
-                    "best_loss_",
-                    "best_validation_score_",
-                    "_no_improvement_count",
-                    "_best_params",
-                )
-                if hasattr(self, name)
+                name: getattr(self, name) for name in names if hasattr(self, name)
             },
-            "n_records": len(self._history),
+            "n_records": len(self._records),
         }
 
-    def _restore(self, snapshot):
-        n_layers = len(self.coefs_)
-        self.coefs_ = snapshot["params"][:n_layers]
-        self.intercepts_ = snapshot["params"][n_layers:]
-        self._optimizer.velocities = snapshot["velocities"]
-        self._optimizer.learning_rate = snapshot["learning_rate"]
-        self._random_state.set_state(snapshot["random_state"])
-        for name, value in snapshot["scalars"].items():
+    def _restore(self, engine, saved):
+        engine.restore(saved["engine"])
+        self.coefs_, self.intercepts_ = engine.layers()
+        self._optimizer.learning_rate = saved["learning_rate"]
+        self._random_state.set_state(saved["random_state"])
+        for name, value in saved["scalars"].items():
             setattr(self, name, value)
-        n_records = snapshot["n_records"]
-        del self._history[n_records:], self.loss_curve_[n_records:]
-        if self.validation_scores_ is not None:
-            del self.validation_scores_[n_records:]
-        self.loss_ = self.loss_curve_[-1] if self.loss_curve_ else None
-
-    def _params_finite(self, xp):
-        return all(bool(xp.all(xp.isfinite(p))) for p in self.coefs_ + self.intercepts_)
+        del self._records[saved["n_records"] :]
 
 
 # ------------------------------------------------------------------ module helpers
@@ -846,16 +821,21 @@ def _namespace(*arrays):
     return (np if _is_numpy_namespace(xp) else xp), device
 
 
+def _chance_cost(loss, n_outputs):
+    """Mean cost of a model that gives every class the same score."""
+    if loss == "log_loss":
+        return math.log(max(2, n_outputs))
+    return 0.25 * n_outputs  # every sigmoid output at 1/2
+
+
+def _rng_state(estimator):
+    rng = getattr(estimator, "_random_state", None)
+    return None if rng is None else rng.get_state()
+
+
 def _copy(array):
     xp, _ = _namespace(array)
     return xp.asarray(array, copy=True)
-
-
-def _take_rows(X, rows, xp):
-    """Rows of ``X`` (an array or a sparse matrix) at a slice or an index array."""
-    if isinstance(rows, slice) or sp.issparse(X):
-        return X[rows]
-    return xp.take(X, rows, axis=0)
 
 
 def _take(values, rows, xp):
