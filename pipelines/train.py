@@ -96,6 +96,7 @@ def evaluate(pipeline, data, fit_seconds, cfg):
 TRUSTED_TYPES = [
     "skmlp._classifier.SGDMLPClassifier",
     "skmlp._engine.EpochRecord",
+    "skmlp._engine.TrainingState",
     "skmlp._optimizers.SGDOptimizer",
 ]
 

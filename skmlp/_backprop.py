@@ -43,6 +43,26 @@ def forward_pass(X, coefs, intercepts, *, activation, out_activation, xp):
     return activations
 
 
+def accuracy(X, y, coefs, intercepts, *, activation, out_activation, sample_weight, xp):
+    """(Weighted) fraction of the samples whose output picks their class index ``y``."""
+    output = forward_pass(
+        X,
+        coefs,
+        intercepts,
+        activation=activation,
+        out_activation=out_activation,
+        xp=xp,
+    )[-1]
+    if output.shape[1] == 1:  # one logistic output: class 1 above 1/2
+        predicted = xp.astype(output[:, 0] > 0.5, y.dtype)
+    else:
+        predicted = xp.astype(xp.argmax(output, axis=1), y.dtype)
+    correct = xp.astype(predicted == y, output.dtype)
+    if sample_weight is None:
+        return float(xp.mean(correct))
+    return float(xp.sum(correct * sample_weight) / xp.sum(sample_weight))
+
+
 def l2_penalty(coefs, xp):
     """Sum of the squared weights, ``sum_l ||W^(l)||^2`` (biases are not penalised)."""
     return sum(xp.sum(W * W) for W in coefs)

@@ -5,8 +5,7 @@ NumPy-specialised twin ``_numpy_sgd.py``; this module only turns scikit-learn in
 arrays, owns the training state and runs epochs of mini-batch SGD.
 """
 
-import math
-import time
+import dataclasses
 import warnings
 from numbers import Integral, Real
 
@@ -16,10 +15,8 @@ import scipy.sparse as sp
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
 from sklearn.callback import CallbackSupportMixin
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils._array_api import (
-    _convert_to_numpy,
     _is_numpy_namespace,
     check_same_namespace,
     get_namespace_and_device,
@@ -34,13 +31,26 @@ from sklearn.utils.validation import (
 )
 
 from skmlp._backprop import forward_pass
-from skmlp._engine import Engine, EpochRecord, FlatParams, _take_rows
+from skmlp._data import (
+    decode,
+    encode,
+    namespace,
+    same_labels,
+    sorted_unique,
+    split_data,
+    targets,
+)
+from skmlp._engine import (
+    Engine,
+    EpochRecord,
+    FlatParams,
+    StoppingRule,
+    TrainingData,
+    TrainingState,
+    init_params,
+)
 from skmlp._losses import LOSSES
 from skmlp._optimizers import SGDOptimizer
-
-# An epoch whose mean cost exceeds this many times the cost of guessing uniformly has
-# diverged, even where every number is still finite (see the class Notes).
-DIVERGENCE_FACTOR = 1e6
 
 
 class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
@@ -322,7 +332,7 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
             Log of the class probabilities.
         """
         proba = self._proba(X, "predict_log_proba")
-        xp, _ = _namespace(proba)
+        xp, _ = namespace(proba)
         return xp.log(proba)
 
     def predict(self, X):
@@ -343,7 +353,7 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
             indices = xp.astype(output[:, 0] > 0.5, xp.int64)
         else:
             indices = xp.argmax(output, axis=1)
-        return self._decode(indices, xp)
+        return decode(indices, self.classes_, xp)
 
     @property
     def history_(self):
@@ -358,33 +368,52 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
         columns = list(EpochRecord._fields)
         if not self.early_stopping:
             columns.remove("validation_score")
-        return pd.DataFrame(self._fitted_records(), columns=EpochRecord._fields)[
-            columns
-        ]
+        return pd.DataFrame(self._records, columns=EpochRecord._fields)[columns]
 
     @property
     def loss_curve_(self):
         """Mean cost of each epoch, from the per-epoch records."""
-        return [record.loss for record in self._fitted_records()]
+        return [record.loss for record in self._records]
 
     @property
     def loss_(self):
         """Mean cost of the last epoch (None before the first)."""
-        records = self._fitted_records()
-        return records[-1].loss if records else None
+        return self._records[-1].loss if self._records else None
 
     @property
     def validation_scores_(self):
         """Validation accuracy of each epoch (None without early stopping)."""
-        if not self.early_stopping:
-            self._fitted_records()  # AttributeError when not fitted
-            return None
-        return [record.validation_score for record in self._fitted_records()]
+        scores = [record.validation_score for record in self._records]
+        return scores if self.early_stopping else None
 
-    def _fitted_records(self):
-        if "_records" not in self.__dict__:
+    @property
+    def t_(self):
+        """Number of training samples seen."""
+        return self._fitted_state.t
+
+    @property
+    def best_loss_(self):
+        """Lowest epoch cost (None with early stopping)."""
+        return self._fitted_state.best_loss
+
+    @property
+    def best_validation_score_(self):
+        """Best validation accuracy (None without early stopping)."""
+        return self._fitted_state.best_validation_score
+
+    @property
+    def _records(self):
+        return self._fitted_state.records
+
+    @property
+    def _random_state(self):
+        return self._fitted_state.random_state
+
+    @property
+    def _fitted_state(self):
+        if "_state" not in self.__dict__:
             raise AttributeError("This attribute exists once the model is fitted.")
-        return self._records
+        return self._state
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -409,7 +438,7 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
         xp_raw, _, device = get_namespace_and_device(X)
         if not _is_numpy_namespace(xp_raw):
             y, sample_weight = move_to(y, sample_weight, xp=xp_raw, device=device)
-        xp, _ = _namespace(X)
+        xp, _ = namespace(X)
         if first_call:
             dtype = [xp.float64, xp.float32] if self.dtype is None else self.dtype
             dtype = getattr(xp, dtype) if isinstance(dtype, str) else dtype
@@ -432,50 +461,18 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
         if incremental and first_call and classes is None:
             raise ValueError("classes must be passed on the first call to partial_fit.")
         if not first_call:
-            if classes is not None and not _same_labels(classes, self.classes_):
+            if classes is not None and not same_labels(classes, self.classes_):
                 raise ValueError(
                     f"classes={np.asarray(classes)!r} is not the same as on the first "
                     f"call to partial_fit, which was {self.classes_!r}."
                 )
             return
-        self.classes_ = _sorted_unique(y if classes is None else classes, xp, device)
+        self.classes_ = sorted_unique(y if classes is None else classes, xp, device)
         if self.classes_.shape[0] < 2:
             raise ValueError(
                 "The training data must contain samples of at least 2 classes; got "
                 f"only 1 class: {self.classes_!r}."
             )
-
-    def _encode(self, y, xp):
-        """Indices of ``y`` in ``classes_``; error for labels that are not classes."""
-        if _is_numpy_namespace(xp):
-            y, classes = np.asarray(y), np.asarray(self.classes_)
-            indices = np.clip(np.searchsorted(classes, y), 0, classes.shape[0] - 1)
-            unknown = classes[indices] != y
-        else:
-            n_classes = self.classes_.shape[0]
-            indices = xp.clip(xp.searchsorted(self.classes_, y), max=n_classes - 1)
-            unknown = xp.take(self.classes_, indices) != y
-        if bool(xp.any(xp.asarray(unknown))):
-            bad = np.unique(_convert_to_numpy(y, xp)[_convert_to_numpy(unknown, xp)])
-            raise ValueError(
-                f"y contains labels {bad.tolist()} that are not in classes "
-                f"{_to_numpy(self.classes_).tolist()}."
-            )
-        return indices
-
-    def _decode(self, indices, xp):
-        if _is_numpy_namespace(xp):
-            return self.classes_[indices]
-        return xp.take(self.classes_, indices)
-
-    def _targets(self, y_indices, dtype, xp, device):
-        """Output-layer encoding of the labels: one-hot, or a 0/1 column if binary."""
-        n_classes = self.classes_.shape[0]
-        y_indices = xp.asarray(y_indices, device=device)
-        if n_classes == 2:
-            return xp.astype(y_indices[:, None] == 1, dtype)
-        columns = xp.arange(n_classes, device=device)
-        return xp.astype(y_indices[:, None] == columns, dtype)
 
     def _proba(self, X, method):
         output, xp = self._output(X, method)
@@ -497,7 +494,7 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
         X = validate_data(
             self, X, reset=False, accept_sparse="csr", dtype=self.coefs_[0].dtype
         )
-        xp, _ = _namespace(X)
+        xp, _ = namespace(X)
         activations = forward_pass(
             X,
             self.coefs_,
@@ -511,19 +508,19 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
     # ------------------------------------------------------------- initialisation
 
     def _initialize(self, n_features, dtype, xp, device):
-        """Create the random generator, the weights and the optimizer state."""
-        self._random_state = check_random_state(self.random_state)
+        """Create the random generator, the weights and the training state."""
+        random_state = check_random_state(self.random_state)
         n_classes = self.classes_.shape[0]
         self.n_outputs_ = 1 if n_classes == 2 else n_classes
         layer_units = [n_features, *self._layer_sizes(), self.n_outputs_]
         self.n_layers_ = len(layer_units)
-        self.out_activation_ = "logistic" if n_classes == 2 else LOSSES[self.loss][2]
-        self.coefs_, self.intercepts_ = [], []
-        for fan_in, fan_out in zip(layer_units[:-1], layer_units[1:], strict=False):
-            coef, intercept = self._init_layer(fan_in, fan_out)
-            self.coefs_.append(xp.asarray(coef, dtype=dtype, device=device))
-            self.intercepts_.append(xp.asarray(intercept, dtype=dtype, device=device))
-        self._optimizer = SGDOptimizer(
+        self.out_activation_ = (
+            "logistic" if n_classes == 2 else LOSSES[self.loss].out_activation
+        )
+        self.coefs_, self.intercepts_ = init_params(
+            layer_units, self.activation, random_state, dtype, xp, device
+        )
+        optimizer = SGDOptimizer(
             [FlatParams(self.coefs_, self.intercepts_, xp).flat],
             learning_rate_init=self.learning_rate_init,
             lr_schedule=self.learning_rate,
@@ -532,18 +529,13 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
             power_t=self.power_t,
             xp=xp,
         )
-        self.n_iter_, self.t_, self._records = 0, 0, []
-        self._no_improvement_count = 0
-        self.best_loss_ = None if self.early_stopping else np.inf
-        self.best_validation_score_ = -np.inf if self.early_stopping else None
-
-    def _init_layer(self, fan_in, fan_out):
-        """Glorot-uniform weights and biases, drawn exactly as MLPClassifier does."""
-        factor = 2.0 if self.activation == "logistic" else 6.0
-        bound = math.sqrt(factor / (fan_in + fan_out))
-        coef = self._random_state.uniform(-bound, bound, (fan_in, fan_out))
-        intercept = self._random_state.uniform(-bound, bound, fan_out)
-        return coef, intercept
+        self._state = TrainingState(
+            optimizer,
+            random_state,
+            best_loss=None if self.early_stopping else np.inf,
+            best_validation_score=-np.inf if self.early_stopping else None,
+        )
+        self.n_iter_ = 0
 
     # ----------------------------------------------------------------- training
 
@@ -557,11 +549,10 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
             self.__dict__.clear()
             self.__dict__.update(before[0])
             if before[1] is not None:
-                self._random_state.set_state(before[1])
+                self._state.random_state.set_state(before[1])
             raise
-        if not incremental:
-            self.n_iter_ = 0  # as MLPClassifier: the epochs of this fit
         epochs = 1 if incremental else self.max_iter
+        n_iter, n_records = self.n_iter_ if incremental else 0, len(self._records)
         metadata = {} if sample_weight is None else {"sample_weight": sample_weight}
         context = self._init_callback_context(max_subtasks=epochs)
         context.call_on_fit_task_begin(estimator=self, X=X, y=y, metadata=metadata)
@@ -570,7 +561,11 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
             epoch_context.call_on_fit_task_begin(
                 estimator=self, X=X, y=y, metadata=metadata
             )
-            converged = self._run_epoch(engine, data)
+            try:
+                converged = engine.run_epoch(data)
+            finally:  # n_iter_: the epochs of this fit (partial_fit: one more each)
+                self.n_iter_ = n_iter + len(self._records) - n_records
+                self.coefs_, self.intercepts_ = engine.layers()
             stop = epoch_context.call_on_fit_task_end(
                 estimator=self,
                 X=X,
@@ -588,71 +583,56 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
                     ConvergenceWarning,
                     stacklevel=3,
                 )
-        self._finish(engine)
+        engine.finish()
+        self.coefs_, self.intercepts_ = engine.layers()
         context.call_on_fit_task_end(
             estimator=self, X=X, y=y, metadata=metadata, reconstruction_attributes={}
         )
         return self
 
     def _prepare(self, X, y, sample_weight, incremental, classes):
-        """Validate, initialise where needed, build the engine; training data out."""
+        """Validate, initialise where needed, build the engine and the training data."""
         first_call = not ((incremental or self.warm_start) and hasattr(self, "coefs_"))
         X, y, sample_weight = self._validate_training_data(
             X, y, sample_weight, first_call
         )
-        xp, device = _namespace(X)
+        xp, device = namespace(X)
         self._set_classes(y, classes, incremental, first_call, xp, device)
-        y_indices = self._encode(y, xp)
+        y_indices = encode(y, self.classes_, xp)
         if first_call:
             self._initialize(X.shape[1], X.dtype, xp, device)
-        data = self._split(X, y_indices, sample_weight, xp, device)
+        validation = None
+        if self.early_stopping:
+            (X, y_indices, sample_weight), validation = split_data(
+                X,
+                y_indices,
+                sample_weight,
+                self.validation_fraction,
+                self._random_state,
+            )
+        Y = targets(y_indices, self.classes_.shape[0], X.dtype, xp, device)
         engine = Engine(
+            self._state,
             self.coefs_,
             self.intercepts_,
-            self._optimizer,
-            loss_kwargs=self._loss_kwargs(),
-            batch_size=self._batch_size(data["X"].shape[0]),
+            loss_kwargs=dict(
+                activation=self.activation,
+                out_activation=self.out_activation_,
+                loss=self.loss,
+                alpha=self.alpha,
+            ),
+            batch_size=self._batch_size(X.shape[0]),
             shuffle=self.shuffle,
+            stopping=StoppingRule(
+                self.tol, self.n_iter_no_change, self.early_stopping, self.verbose
+            ),
             xp=xp,
             device=device,
             sparse=sp.issparse(X),
             capture=self.capture and not incremental,
         )
         self.coefs_, self.intercepts_ = engine.layers()
-        return engine, data
-
-    def _loss_kwargs(self):
-        return dict(
-            activation=self.activation,
-            out_activation=self.out_activation_,
-            loss=self.loss,
-            alpha=self.alpha,
-        )
-
-    def _split(self, X, y_indices, sample_weight, xp, device):
-        """Training arrays (and validation arrays with early stopping) for the epochs."""
-        data = {"X": X, "sample_weight": sample_weight, "X_val": None}
-        if self.early_stopping:
-            train, val = train_test_split(
-                np.arange(X.shape[0]),
-                test_size=self.validation_fraction,
-                stratify=_convert_to_numpy(y_indices, xp),
-                random_state=self._random_state,
-            )
-            if val.shape[0] < 2:
-                raise ValueError(
-                    "The validation set is too small. Increase 'validation_fraction' "
-                    "or the size of your dataset."
-                )
-            train, val = (xp.asarray(i, device=device) for i in (train, val))
-            data["X"] = _take_rows(X, train, xp)
-            data["X_val"] = _take_rows(X, val, xp)
-            data["y_val"] = xp.take(xp.asarray(y_indices, device=device), val, axis=0)
-            data["sample_weight_val"] = _take(sample_weight, val, xp)
-            data["sample_weight"] = _take(sample_weight, train, xp)
-            y_indices = xp.take(xp.asarray(y_indices, device=device), train, axis=0)
-        data["Y"] = self._targets(y_indices, X.dtype, xp, device)
-        return data
+        return engine, TrainingData(X, Y, sample_weight, validation)
 
     def _batch_size(self, n_samples):
         if self.batch_size == "auto":
@@ -665,195 +645,21 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
             )
         return min(self.batch_size, n_samples)
 
-    def _run_epoch(self, engine, data):
-        """Run one epoch; return True when training should stop.
-
-        If the epoch diverges (see the class Notes) or is interrupted (an exception,
-        KeyboardInterrupt from Ctrl-C included), the estimator is put back exactly as
-        it was after the previous epoch: weights, optimizer, random generator, records.
-        """
-        start = time.perf_counter()
-        saved = self._snapshot(engine)
-        try:
-            # Overflow is detected below and reported as divergence, once, in words.
-            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                X = data["X"]
-                cost = engine.epoch(
-                    X, data["Y"], data["sample_weight"], self._random_state
-                )
-            loss = cost / X.shape[0]
-            if self._diverged(loss, engine):
-                self._restore(engine, saved)
-                warnings.warn(
-                    f"Training diverged in epoch {len(self._records) + 1}: the loss "
-                    f"became {loss:.4g}. The weights of epoch {len(self._records)} were "
-                    "kept and training stopped; lower learning_rate_init (now "
-                    f"{self.learning_rate_init}).",
-                    ConvergenceWarning,
-                    stacklevel=4,
-                )
-                return True
-            self.t_ += X.shape[0]
-            self.n_iter_ += 1
-            self._record_epoch(loss, data, time.perf_counter() - start)
-            return self._check_stopping(engine)
-        except (
-            BaseException
-        ):  # Ctrl-C, SIGTERM turned into an exception, MemoryError...
-            self._restore(engine, saved)
-            raise
-
-    def _diverged(self, loss, engine):
-        """Non-finite loss or weights, or a loss DIVERGENCE_FACTOR x the chance cost."""
-        if not (math.isfinite(loss) and engine.params_finite()):
-            return True
-        return loss > DIVERGENCE_FACTOR * _chance_cost(self.loss, self.n_outputs_)
-
-    def _record_epoch(self, loss, data, seconds):
-        score = self._validation_score(data) if self.early_stopping else None
-        record = EpochRecord(
-            epoch=len(self._records) + 1,
-            loss=loss,
-            learning_rate=self._optimizer.learning_rate,
-            seconds=seconds,
-            validation_score=score,
-        )
-        self._records.append(record)
-        if self.verbose:
-            extra = "" if score is None else f", validation score = {score:.6f}"
-            print(f"Epoch {record.epoch}, loss = {loss:.8f}{extra}")
-
-    def _validation_score(self, data):
-        xp, _ = _namespace(data["X_val"])
-        output = forward_pass(
-            data["X_val"], self.coefs_, self.intercepts_, xp=xp, **self._activations()
-        )[-1]
-        if self.n_outputs_ == 1:
-            predicted = xp.astype(output[:, 0] > 0.5, data["y_val"].dtype)
-        else:
-            predicted = xp.astype(xp.argmax(output, axis=1), data["y_val"].dtype)
-        correct = xp.astype(predicted == data["y_val"], output.dtype)
-        weight = data["sample_weight_val"]
-        if weight is None:
-            return float(xp.mean(correct))
-        return float(xp.sum(correct * weight) / xp.sum(weight))
-
-    def _activations(self):
-        return dict(activation=self.activation, out_activation=self.out_activation_)
-
-    def _check_stopping(self, engine):
-        """Update the no-improvement count; True when training should stop."""
-        if self.early_stopping:
-            score = self._records[-1].validation_score
-            improved = score >= self.best_validation_score_ + self.tol
-            if score > self.best_validation_score_:
-                self.best_validation_score_ = score
-                self._best_params = engine.copy_params()
-        else:
-            improved = self.loss_ <= self.best_loss_ - self.tol
-            self.best_loss_ = min(self.best_loss_, self.loss_)
-        self._no_improvement_count = 0 if improved else self._no_improvement_count + 1
-        self._optimizer.iteration_ends(self.t_)
-        if self._no_improvement_count <= self.n_iter_no_change:
-            return False
-        if self._optimizer.trigger_stopping():
-            if self.verbose:
-                print(
-                    f"No improvement of more than tol={self.tol} for "
-                    f"{self.n_iter_no_change} consecutive epochs. Stopping."
-                )
-            return True
-        self._no_improvement_count = 0
-        return False
-
-    def _finish(self, engine):
-        if hasattr(self, "_best_params"):
-            engine.load_params(self._best_params)
-            del self._best_params
-        self.coefs_, self.intercepts_ = engine.layers()
-
     def _reconstruction_attributes(self):
         """Copies of the state a callback's ``fitted_estimator`` needs to predict."""
         return {
             "coefs_": [_copy(c) for c in self.coefs_],
             "intercepts_": [_copy(b) for b in self.intercepts_],
             "n_iter_": self.n_iter_,
-            "_records": list(self._records),
+            "_state": dataclasses.replace(self._state, records=list(self._records)),
         }
-
-    # ---------------------------------------------------------- rollback support
-
-    def _snapshot(self, engine):
-        """Everything an epoch changes, to undo a diverged or interrupted epoch."""
-        names = ("n_iter_", "t_", "best_loss_", "best_validation_score_")
-        names += ("_no_improvement_count", "_best_params")
-        return {
-            "engine": engine.snapshot(),
-            "learning_rate": self._optimizer.learning_rate,
-            "random_state": self._random_state.get_state(),
-            "scalars": {
-                name: getattr(self, name) for name in names if hasattr(self, name)
-            },
-            "n_records": len(self._records),
-        }
-
-    def _restore(self, engine, saved):
-        engine.restore(saved["engine"])
-        self.coefs_, self.intercepts_ = engine.layers()
-        self._optimizer.learning_rate = saved["learning_rate"]
-        self._random_state.set_state(saved["random_state"])
-        for name, value in saved["scalars"].items():
-            setattr(self, name, value)
-        del self._records[saved["n_records"] :]
-
-
-# ------------------------------------------------------------------ module helpers
-
-
-def _namespace(*arrays):
-    """The array namespace of ``arrays`` and their device.
-
-    For NumPy arrays this is NumPy itself: NumPy >= 2.1 implements the standard, and
-    the compatibility wrapper sklearn returns costs microseconds per call, which adds
-    up over thousands of mini-batches.
-    """
-    xp, _, device = get_namespace_and_device(*arrays)
-    return (np if _is_numpy_namespace(xp) else xp), device
-
-
-def _chance_cost(loss, n_outputs):
-    """Mean cost of a model that gives every class the same score."""
-    if loss == "log_loss":
-        return math.log(max(2, n_outputs))
-    return 0.25 * n_outputs  # every sigmoid output at 1/2
 
 
 def _rng_state(estimator):
-    rng = getattr(estimator, "_random_state", None)
-    return None if rng is None else rng.get_state()
+    state = getattr(estimator, "_state", None)
+    return None if state is None else state.random_state.get_state()
 
 
 def _copy(array):
-    xp, _ = _namespace(array)
+    xp, _ = namespace(array)
     return xp.asarray(array, copy=True)
-
-
-def _take(values, rows, xp):
-    return None if values is None else _take_rows(values, rows, xp)
-
-
-def _sorted_unique(labels, xp, device):
-    if _is_numpy_namespace(xp):
-        return np.unique(np.asarray(labels))  # any label type, strings included
-    return xp.sort(xp.unique_values(xp.asarray(labels, device=device)))
-
-
-def _same_labels(classes, classes_):
-    classes = np.unique(_to_numpy(classes))
-    known = _to_numpy(classes_)
-    return classes.shape == known.shape and bool(np.all(classes == known))
-
-
-def _to_numpy(values):
-    xp, _ = _namespace(values)
-    return np.asarray(values) if xp is np else _convert_to_numpy(values, xp)

@@ -389,7 +389,9 @@ def test_invscaling_schedule(digits):
         X,
         y,
     )
-    assert_allclose(clf._optimizer.learning_rate, 0.05 / (2 * X.shape[0] + 1) ** 0.5)
+    assert_allclose(
+        clf._state.optimizer.learning_rate, 0.05 / (2 * X.shape[0] + 1) ** 0.5
+    )
 
 
 def test_divergence_warns_and_keeps_finite_weights(digits):

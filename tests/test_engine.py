@@ -12,7 +12,15 @@ import pytest
 from numpy.testing import assert_allclose
 
 import skmlp._engine
-from skmlp._engine import BackpropStep, Engine, FlatParams, epoch_cost
+from skmlp._engine import (
+    BackpropStep,
+    Engine,
+    FlatParams,
+    StoppingRule,
+    TrainingData,
+    TrainingState,
+    epoch_cost,
+)
 from skmlp._numpy_sgd import NumpyStep
 from skmlp._optimizers import SGDOptimizer
 
@@ -169,19 +177,20 @@ def test_engine_device_scalars_follow_the_learning_rate(digits):
         intercepts = [namespace.asarray(b) for b in intercepts]
         flat = FlatParams(coefs, intercepts, namespace).flat
         optimizer = SGDOptimizer([flat], 0.1, "adaptive", 0.9, True, 0.5, namespace)
+        state = TrainingState(optimizer, np.random.RandomState(0), best_loss=np.inf)
         engine = Engine(
-            coefs, intercepts, optimizer,
+            state, coefs, intercepts,
+            stopping=StoppingRule(tol=0.0, n_iter_no_change=np.inf, early_stopping=False),
             loss_kwargs=dict(activation="relu", out_activation="softmax",
                              loss="log_loss", alpha=1e-4),
             batch_size=50, shuffle=True, xp=namespace, device=None, sparse=False,
             capture=True, device_scalars=kind == "device_scalars",
         )  # fmt: skip
-        rng = np.random.RandomState(0)
-        Xs, Ys = namespace.asarray(X), namespace.asarray(Y)
-        costs = []
+        data = TrainingData(namespace.asarray(X), namespace.asarray(Y))
         for _ in range(3):
-            costs.append(engine.epoch(Xs, Ys, None, rng))
+            engine.run_epoch(data)
             optimizer.learning_rate /= 5  # as the adaptive schedule does
+        costs = [record.loss for record in state.records]
         results.append((np.asarray(engine.params.flat), costs))
     assert_allclose(results[0][0], results[1][0], rtol=1e-9, atol=1e-12)
     assert_allclose(results[0][1], results[1][1], rtol=1e-10)
