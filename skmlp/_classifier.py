@@ -140,7 +140,9 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
     out_activation_ : str
         Output activation, ``"softmax"`` or ``"logistic"``.
     n_iter_ : int
-        Number of epochs run.
+        Number of epochs the last ``fit`` ran (a warm-started ``fit`` counts only its
+        own, as in MLPClassifier); each ``partial_fit`` adds one. ``loss_curve_`` and
+        ``history_`` keep every epoch since the weights were initialised.
     t_ : int
         Number of training samples seen.
     loss_ : float
@@ -163,6 +165,15 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
     cross-entropy and ``2 (A - Y) A (1 - A) / n`` for the quadratic cost; each layer then
     gets ``dC/dW = a_prev^T delta`` and passes back ``delta W^T * f'(a_prev)``, the chain
     rule dC/dw = a^(L-1) f'(z^(L)) dC/da^(L) of the series, vectorised over the batch.
+
+    Training diverged when an epoch's mean cost or a weight is not finite, or when the
+    cost exceeds 1e6 times that of guessing (``log(n_classes)`` for the cross-entropy,
+    ``n_outputs / 4`` for the quadratic cost): the data term is bounded, so such a cost
+    means weights grown without bound, which float64 can carry for many epochs. The
+    same rule holds on every path (NumPy, sparse, array API, captured GPU epochs). The
+    weights of the last good epoch are kept, training stops and a ConvergenceWarning
+    says so. A ``fit`` or ``partial_fit`` that raises leaves the estimator exactly as
+    it was; one interrupted mid-epoch (Ctrl-C) keeps its completed epochs.
 
     Examples
     --------
@@ -279,7 +290,7 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
 
     @_fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y, classes=None, sample_weight=None):
-        """Train for one epoch over ``(X, y)``.
+        """Train for one epoch over ``(X, y)``; ``n_iter_`` grows by one.
 
         Parameters
         ----------
@@ -465,6 +476,12 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
                 raise ValueError(
                     f"classes={np.asarray(classes)!r} is not the same as on the first "
                     f"call to partial_fit, which was {self.classes_!r}."
+                )
+            if not incremental and not same_labels(y, self.classes_):
+                raise ValueError(  # MLPClassifier's rule and words
+                    "warm_start can only be used where `y` has the same classes as in "
+                    f"the previous call to fit. Previously got {self.classes_!r}, `y` "
+                    f"has {sorted_unique(y, xp, device)!r}."
                 )
             return
         self.classes_ = sorted_unique(y if classes is None else classes, xp, device)
