@@ -27,7 +27,7 @@ def graph_backend(xp, device):
     return None
 
 
-def make_captured_epoch(backend, run, order, prepare):
+def make_captured_epoch(backend, run, to_device, prepare):
     """A callable ``epoch(order) -> float`` that replays ``run`` as one graph.
 
     Parameters
@@ -36,32 +36,34 @@ def make_captured_epoch(backend, run, order, prepare):
     run : callable
         ``run(order)`` enqueues one epoch and returns its summed cost as a 0-d device
         array. It must not read device values back to the host.
-    order : array of shape (n_samples,) or None
-        The first epoch's order; its buffer is reused by every later epoch.
+    to_device : callable
+        Moves a NumPy shuffle order to the device (run on the capturing stream).
     prepare : callable
         Called before each epoch on the capturing stream (it writes the learning
         rate into its device scalar).
     """
     graph_type = _TorchGraph if backend == "torch" else _CupyGraph
-    return graph_type(run, order, prepare)
+    return graph_type(run, to_device, prepare)
 
 
 class _Graph:
-    def __init__(self, run, order, prepare):
-        self.run, self.prepare = run, prepare
-        self.order = None if order is None else order * 1  # the static buffer
-        self.epochs, self.output, self.eager = 0, None, False
+    def __init__(self, run, to_device, prepare):
+        self.run, self.to_device, self.prepare = run, to_device, prepare
+        self.order, self.output, self.epochs, self.eager = None, None, 0, False
 
     def __call__(self, order):
+        """Run one epoch in the order ``order`` (a NumPy array, or None)."""
         with self.stream_context():
             self.prepare()
-            if order is not None:
-                self.order[...] = order
+            if order is not None and self.order is None:
+                self.order = self.to_device(order)  # the static buffer
+            elif order is not None:
+                self.order[...] = self.to_device(order)
+            if self.epochs > 0 and self.output is None and not self.eager:
+                self._capture()
             if self.epochs == 0 or self.eager:  # warm-up, or capture failed
                 cost = self.run(self.order)
             else:
-                if self.output is None:
-                    self._capture()
                 cost = self.replay()
         self.epochs += 1
         return self.read(cost)
@@ -76,24 +78,25 @@ class _Graph:
                 f"{exc}); training goes on with the eager loop. Pass capture=False to "
                 "SGDMLPClassifier to skip the attempt.",
                 RuntimeWarning,
-                stacklevel=5,
+                stacklevel=6,
             )
 
 
 class _TorchGraph(_Graph):
-    def __init__(self, run, order, prepare):
+    def __init__(self, run, to_device, prepare):
         import torch
 
         self.torch = torch
-        torch.cuda.synchronize()
         self.stream = torch.cuda.Stream()
-        super().__init__(run, order, prepare)
+        super().__init__(run, to_device, prepare)
 
     def stream_context(self):
         self.stream.wait_stream(self.torch.cuda.current_stream())
         return self.torch.cuda.stream(self.stream)
 
     def capture(self):
+        # torch gives the graph a private memory pool: nothing outside it reuses the
+        # graph's intermediate arrays between replays.
         self.graph = self.torch.cuda.CUDAGraph()
         with self.torch.cuda.graph(self.graph, stream=self.stream):
             return self.run(self.order)
@@ -108,22 +111,28 @@ class _TorchGraph(_Graph):
 
 
 class _CupyGraph(_Graph):
-    def __init__(self, run, order, prepare):
+    def __init__(self, run, to_device, prepare):
         import cupy
 
-        cupy.cuda.Device().synchronize()
+        self.cupy = cupy
         self.stream = cupy.cuda.Stream(non_blocking=True)
-        super().__init__(run, order, prepare)
+        # The graph's own memory pool, as torch does: blocks the captured kernels use
+        # are never handed to arrays made between replays (snapshots, best weights).
+        self.pool = cupy.cuda.MemoryPool()
+        super().__init__(run, to_device, prepare)
 
     def stream_context(self):
+        # this stream does not wait for the legacy default stream by itself
+        self.stream.wait_event(self.cupy.cuda.get_current_stream().record())
         return self.stream
 
     def capture(self):
-        self.stream.begin_capture()
-        try:
-            output = self.run(self.order)
-        finally:
-            self.graph = self.stream.end_capture()
+        with self.cupy.cuda.using_allocator(self.pool.malloc):
+            self.stream.begin_capture()  # relaxed mode: the pool may still grow
+            try:
+                output = self.run(self.order)
+            finally:
+                self.graph = self.stream.end_capture()
         return output
 
     def replay(self):

@@ -10,7 +10,6 @@ import warnings
 from numbers import Integral, Real
 
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
 from sklearn.callback import CallbackSupportMixin
@@ -376,6 +375,8 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
             Built from the per-epoch records, so it is never out of date, even after an
             interrupted fit.
         """
+        import pandas as pd  # only here: the estimator itself does not need pandas
+
         columns = list(EpochRecord._fields)
         if not self.early_stopping:
             columns.remove("validation_score")

@@ -389,25 +389,25 @@ class Engine:
         order = None
         if self.shuffle:
             order = self.state.random_state.permutation(X.shape[0])
-            if not sp.issparse(X):
-                order = self.xp.asarray(order, device=self.device)
-        if self._backend is None:
-            if self.step.scalars is not None:
-                self._write_learning_rate()
-            cost = epoch_cost(
-                X, Y, sample_weight, order, self.batch_size, self.step, self.xp
-            )
-            return float(cost)
-        if self._graph is None:
-            self._graph = make_captured_epoch(
-                self._backend,
-                lambda order: epoch_cost(
-                    X, Y, sample_weight, order, self.batch_size, self.step, self.xp
-                ),
-                order,
-                prepare=self._write_learning_rate,
-            )
-        return self._graph(order)
+        if self._backend is not None:
+            if self._graph is None:
+                self._graph = make_captured_epoch(
+                    self._backend,
+                    lambda order: epoch_cost(
+                        X, Y, sample_weight, order, self.batch_size, self.step, self.xp
+                    ),
+                    to_device=lambda order: self.xp.asarray(order, device=self.device),
+                    prepare=self._write_learning_rate,
+                )
+            return self._graph(order)
+        if order is not None and not sp.issparse(X):
+            order = self.xp.asarray(order, device=self.device)
+        if self.step.scalars is not None:
+            self._write_learning_rate()
+        cost = epoch_cost(
+            X, Y, sample_weight, order, self.batch_size, self.step, self.xp
+        )
+        return float(cost)
 
     def _write_learning_rate(self):
         self.step.scalars[0][...] = self.optimizer.learning_rate
@@ -501,6 +501,8 @@ class Engine:
 
     def _restore(self, saved):
         params, velocity, learning_rate, rng_state, state, n_records, best = saved
+        if self._graph is not None:  # an interrupted replay may still be running
+            self._graph.stream.synchronize()
         self.params.flat[...] = params  # in place: views and captured graphs hold
         self.optimizer.velocities[0][...] = velocity
         self.optimizer.learning_rate = learning_rate
