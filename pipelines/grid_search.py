@@ -8,6 +8,7 @@ test accuracy of the refitted best pipeline, the cv_results_ table); every candi
 is a child run with its parameters and its mean and spread of fold scores.
 """
 
+import logging
 import time
 import warnings
 
@@ -17,16 +18,13 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import GridSearchCV
-from threadpoolctl import threadpool_limits
 
 from pipelines.data import load_data
-from pipelines.tracking import (
-    log_run_context,
-    raise_on_sigterm,
-    setup_experiment,
-    tracking_uri,
-)
-from pipelines.train import build_pipeline
+from pipelines.tracking import log_run_context, setup_experiment, tracking_uri
+from pipelines.training import build_pipeline
+from pipelines.utils import metric_value, task_wrapper
+
+log = logging.getLogger(__name__)
 
 
 def log_candidates(results, experiment_id):
@@ -61,40 +59,41 @@ def search(cfg, data):
     return grid
 
 
-@hydra.main(config_path="../conf", config_name="grid_search", version_base="1.3")
-def main(cfg: DictConfig) -> float:
-    """Hydra entry point (console script ``skmlp-grid-search``)."""
-    raise_on_sigterm()
+@task_wrapper
+def grid_search(cfg: DictConfig) -> dict:
+    """The search as one parent run (candidates as children); returns its metrics."""
     data = load_data(cfg.data, cfg.seed)
     experiment_id = setup_experiment(
         tracking_uri(cfg.tracking.uri), cfg.tracking.experiment_name
     )
-    with mlflow.start_run(experiment_id=experiment_id, run_name="grid-search"):
-        log_run_context(cfg, data)
-        start = time.perf_counter()
-        try:
-            with threadpool_limits(cfg.blas_threads):
-                grid = search(cfg, data)
-        except KeyboardInterrupt:
-            mlflow.end_run("KILLED")
-            raise
-        log_candidates(grid.cv_results_, experiment_id)
-        test_accuracy = float(grid.score(data.X_test, data.y_test))
-        mlflow.log_params({f"best.{k}": v for k, v in grid.best_params_.items()})
-        mlflow.log_metrics(
-            {
-                "best_cv_accuracy": float(grid.best_score_),
-                "final_test_accuracy": test_accuracy,
-                "search_seconds": time.perf_counter() - start,
-            }
-        )
-        table = pd.DataFrame(grid.cv_results_).drop(columns="params").astype(str)
-        mlflow.log_table(table, "cv_results.json")
-        print(
-            f"best {grid.best_params_}: cv accuracy {grid.best_score_:.4f}, "
-            f"test accuracy {test_accuracy:.4f}"
-        )
-    return test_accuracy
+    mlflow.start_run(experiment_id=experiment_id, run_name="grid-search")
+    log_run_context(cfg, data)
+    start = time.perf_counter()
+    grid = search(cfg, data)
+    log_candidates(grid.cv_results_, experiment_id)
+    metrics = {
+        "best_cv_accuracy": float(grid.best_score_),
+        "final_test_accuracy": float(grid.score(data.X_test, data.y_test)),
+        "search_seconds": time.perf_counter() - start,
+    }
+    mlflow.log_params({f"best.{k}": v for k, v in grid.best_params_.items()})
+    mlflow.log_metrics(metrics)
+    table = pd.DataFrame(grid.cv_results_).drop(columns="params").astype(str)
+    mlflow.log_table(table, "cv_results.json")
+    mlflow.end_run()
+    log.info(
+        "best %s: cv accuracy %.4f, test accuracy %.4f",
+        grid.best_params_,
+        metrics["best_cv_accuracy"],
+        metrics["final_test_accuracy"],
+    )
+    return metrics
+
+
+@hydra.main(config_path="../conf", config_name="grid_search", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point (console script ``skmlp-grid-search``)."""
+    return metric_value(grid_search(cfg), cfg.optimized_metric)
 
 
 if __name__ == "__main__":

@@ -8,11 +8,12 @@ import subprocess
 from pathlib import Path
 
 import mlflow
-import numpy as np
 from hydra.experimental.callback import Callback
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
+
+from pipelines.store import open_store
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PARENT_RUN_ENV = "SKMLP_PARENT_RUN_ID"
@@ -36,6 +37,7 @@ def setup_experiment(uri, name):
 
     Artifacts of a sqlite store go beside the database, under ``artifacts/``.
     """
+    open_store(uri)  # first, so that parallel processes never migrate it at once
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(name)
@@ -112,71 +114,6 @@ def raise_on_sigterm():
         raise KeyboardInterrupt(f"received signal {signum}")
 
     signal.signal(signal.SIGTERM, handler)
-
-
-class MLflowEpochLogger:
-    """sklearn callback: logs each epoch of an SGDMLPClassifier to the active run.
-
-    It follows the ``sklearn.callback`` protocol, so the estimator needs nothing
-    MLflow-specific. Per epoch it logs ``loss``, ``seconds``, ``learning_rate`` and
-    the accuracy on each evaluation set given (``train_accuracy`` on a fixed sample of
-    the training set, ``val_accuracy``, ``test_accuracy``).
-
-    Parameters
-    ----------
-    eval_sets : dict of name -> (X, y)
-        Raw inputs (before preprocessing) and labels to score after each epoch.
-    preprocess : callable
-        Maps raw inputs to what the classifier sees (the fitted preprocessing
-        steps of the Pipeline); called once per set, on the first epoch.
-    stop_at : tuple (metric, threshold) or None, default=None
-        Stop training once a logged metric reaches the threshold, e.g.
-        ``("train_accuracy", 0.999)``.
-    """
-
-    def __init__(self, eval_sets, preprocess, stop_at=None):
-        self.eval_sets = eval_sets
-        self.preprocess = preprocess
-        self.stop_at = stop_at
-        self._transformed = None
-        self._last_epoch = 0
-        self.records = []  # the metrics of every epoch, for the learning-curve figure
-
-    def setup(self, estimator, context):
-        self._transformed = None
-        self._last_epoch = 0
-
-    def teardown(self, estimator, context):
-        self._transformed = None
-
-    def on_fit_task_begin(self, estimator, context):
-        pass
-
-    def on_fit_task_end(self, estimator, context, *, fitted_estimator=None):
-        if context.task_name != "epoch" or fitted_estimator is None:
-            return False
-        if self._transformed is None:
-            self._transformed = {
-                name: (self.preprocess(X), y) for name, (X, y) in self.eval_sets.items()
-            }
-        history = fitted_estimator.history_
-        if history.empty or history["epoch"].iloc[-1] == self._last_epoch:
-            return False  # a diverged epoch was undone: nothing new to log
-        record = history.iloc[-1]
-        self._last_epoch = int(record["epoch"])
-        metrics = {k: float(record[k]) for k in ("loss", "seconds", "learning_rate")}
-        if "validation_score" in record:
-            metrics["early_stopping_score"] = float(record["validation_score"])
-        for name, (X, y) in self._transformed.items():
-            metrics[f"{name}_accuracy"] = float(
-                np.mean(fitted_estimator.predict(X) == y)
-            )
-        mlflow.log_metrics(metrics, step=self._last_epoch)
-        self.records.append({"epoch": self._last_epoch, **metrics})
-        if self.stop_at is not None:
-            metric, threshold = self.stop_at
-            return metrics[metric] >= threshold
-        return False
 
 
 class MLflowSweepCallback(Callback):
