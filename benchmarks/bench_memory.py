@@ -8,22 +8,14 @@ engine's up-front memory check (``skmlp._engine.WEIGHT_COPIES``) assumes this mu
 Run:  python benchmarks/bench_memory.py
 """
 
-import tracemalloc
 import warnings
 
 import numpy as np
+from bench_fit import peak_extra_bytes
 from sklearn.neural_network import MLPClassifier
 
 from skmlp import SGDMLPClassifier
 from skmlp._engine import WEIGHT_COPIES
-
-
-def peak_bytes(estimator, X, y):
-    tracemalloc.start()
-    estimator.fit(X, y)
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    return peak
 
 
 def main():
@@ -38,12 +30,12 @@ def main():
             ours = SGDMLPClassifier(
                 **common, dtype=dtype, early_stopping=early_stopping
             )
-            peak = peak_bytes(ours, X, y)
+            peak = peak_extra_bytes(ours, X, y)
             weights = sum(a.nbytes for a in ours.coefs_ + ours.intercepts_)
             ref = MLPClassifier(
                 **common, solver="sgd", early_stopping=early_stopping
             )  # MLPClassifier computes in X's dtype
-            ref_peak = peak_bytes(ref, X, y)
+            ref_peak = peak_extra_bytes(ref, X, y)
             print(
                 f"{dtype} early_stopping={early_stopping!s:<5} weights "
                 f"{weights / 2**20:5.1f} MiB: skmlp peak {peak / weights:.1f} x "

@@ -1,8 +1,8 @@
-"""SGDMLPClassifier: validation, initialisation and the epoch loop.
+"""SGDMLPClassifier: validation, initialisation and the orchestration of a fit.
 
-The math lives in ``_backprop.py`` (pure functions) and, for dense NumPy input, in its
-NumPy-specialised twin ``_numpy_sgd.py``; this module only turns scikit-learn inputs into
-arrays, owns the training state and runs epochs of mini-batch SGD.
+The math lives in ``_backprop.py`` (pure functions); the epochs, the training state and
+its flat buffers in ``_engine.py``. This module turns scikit-learn inputs into arrays,
+initialises the network, and runs the engine's epochs under scikit-learn's callbacks.
 """
 
 import dataclasses
@@ -512,43 +512,40 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
                 self._state.random_state.set_state(before[1])
             raise
         epochs = 1 if incremental else self.max_iter
-        n_iter, n_records = self.n_iter_ if incremental else 0, len(self._records)
         metadata = {} if sample_weight is None else {"sample_weight": sample_weight}
+        task = dict(estimator=self, X=X, y=y, metadata=metadata)
         context = self._init_callback_context(max_subtasks=epochs)
-        context.call_on_fit_task_begin(estimator=self, X=X, y=y, metadata=metadata)
+        context.call_on_fit_task_begin(**task)
+        stopped = self._run_epochs(engine, data, context, task, epochs, incremental)
+        if not stopped and not incremental:
+            warnings.warn(
+                f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached "
+                "and the optimization hasn't converged yet.",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+        engine.finish()
+        self.coefs_, self.intercepts_ = engine.layers()
+        context.call_on_fit_task_end(**task, reconstruction_attributes={})
+        return self
+
+    def _run_epochs(self, engine, data, context, task, epochs, incremental):
+        """Up to ``epochs`` epochs, each a callback subtask; True if stopped early."""
+        n_iter, n_records = self.n_iter_ if incremental else 0, len(self._records)
         for _ in range(epochs):
             epoch_context = context.subcontext(task_name="epoch")
-            epoch_context.call_on_fit_task_begin(
-                estimator=self, X=X, y=y, metadata=metadata
-            )
+            epoch_context.call_on_fit_task_begin(**task)
             try:
                 converged = engine.run_epoch(data)
             finally:  # n_iter_: the epochs of this fit (partial_fit: one more each)
                 self.n_iter_ = n_iter + len(self._records) - n_records
                 self.coefs_, self.intercepts_ = engine.layers()
             stop = epoch_context.call_on_fit_task_end(
-                estimator=self,
-                X=X,
-                y=y,
-                metadata=metadata,
-                reconstruction_attributes=self._reconstruction_attributes,
+                **task, reconstruction_attributes=self._reconstruction_attributes
             )
             if converged or stop:
-                break
-        else:
-            if not incremental:
-                warnings.warn(
-                    f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached "
-                    "and the optimization hasn't converged yet.",
-                    ConvergenceWarning,
-                    stacklevel=3,
-                )
-        engine.finish()
-        self.coefs_, self.intercepts_ = engine.layers()
-        context.call_on_fit_task_end(
-            estimator=self, X=X, y=y, metadata=metadata, reconstruction_attributes={}
-        )
-        return self
+                return True
+        return False
 
     def _prepare(self, X, y, sample_weight, incremental, classes):
         """Validate, initialise where needed, build the engine and the training data."""
