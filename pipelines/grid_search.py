@@ -19,7 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import GridSearchCV
 
+from pipelines import config_dir
 from pipelines.data import load_data
+from pipelines.device import resolve_device
 from pipelines.tracking import log_run_context, setup_experiment, tracking_uri
 from pipelines.training import build_pipeline
 from pipelines.utils import metric_value, task_wrapper
@@ -44,36 +46,47 @@ def log_candidates(results, experiment_id):
             )
 
 
-def search(cfg, data):
+def search(cfg, data, device):
+    """The fitted GridSearchCV, and its best pipeline's accuracy on the test set.
+
+    The data moves to ``device`` once. On a GPU the candidates run one after the other:
+    parallel workers would each get their own copy of the data.
+    """
     grid = GridSearchCV(
         build_pipeline(cfg),
         OmegaConf.to_container(cfg.search.param_grid, resolve=True),
         cv=cfg.search.cv,
-        n_jobs=cfg.search.n_jobs,
+        n_jobs=1 if device.is_gpu else cfg.search.n_jobs,
         scoring="accuracy",
         error_score="raise",
     )
-    with warnings.catch_warnings():
+    sets = device.put_sets(
+        {"train": (data.X_train, data.y_train), "test": (data.X_test, data.y_test)}
+    )
+    with warnings.catch_warnings(), device.dispatch():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        grid.fit(data.X_train, data.y_train)
-    return grid
+        grid.fit(*sets["train"])
+        return grid, float(grid.score(*sets["test"]))
 
 
 @task_wrapper
 def grid_search(cfg: DictConfig) -> dict:
     """The search as one parent run (candidates as children); returns its metrics."""
+    device = resolve_device(
+        cfg.device
+    )  # a missing GPU or library fails before any work
     data = load_data(cfg.data, cfg.seed)
     experiment_id = setup_experiment(
         tracking_uri(cfg.tracking.uri), cfg.tracking.experiment_name
     )
     mlflow.start_run(experiment_id=experiment_id, run_name="grid-search")
-    log_run_context(cfg, data)
+    log_run_context(cfg, data, device.tags())
     start = time.perf_counter()
-    grid = search(cfg, data)
+    grid, test_accuracy = search(cfg, data, device)
     log_candidates(grid.cv_results_, experiment_id)
     metrics = {
         "best_cv_accuracy": float(grid.best_score_),
-        "final_test_accuracy": float(grid.score(data.X_test, data.y_test)),
+        "final_test_accuracy": test_accuracy,
         "search_seconds": time.perf_counter() - start,
     }
     mlflow.log_params({f"best.{k}": v for k, v in grid.best_params_.items()})
@@ -90,7 +103,7 @@ def grid_search(cfg: DictConfig) -> dict:
     return metrics
 
 
-@hydra.main(config_path="../conf", config_name="grid_search", version_base="1.3")
+@hydra.main(config_path=config_dir(), config_name="grid_search", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point (console script ``skmlp-grid-search``)."""
     return metric_value(grid_search(cfg), cfg.optimized_metric)

@@ -9,7 +9,9 @@ python -m pipelines.train --cfg job             # show the resolved config
 import hydra
 from omegaconf import DictConfig
 
+from pipelines import config_dir
 from pipelines.data import load_data
+from pipelines.device import resolve_device
 from pipelines.training import tracked_run
 from pipelines.utils import metric_value, task_wrapper
 
@@ -23,12 +25,13 @@ def run_name(cfg):
 @task_wrapper
 def train(cfg: DictConfig) -> dict:
     """One tracked training run; returns its final metrics."""
+    resolve_device(cfg.device)  # a missing GPU or library fails here, before any work
     data = load_data(cfg.data, cfg.seed)
     metrics, _ = tracked_run(cfg, data, name=run_name(cfg))
     return metrics
 
 
-@hydra.main(config_path="../conf", config_name="train", version_base="1.3")
+@hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point (console script ``skmlp-train``): returns the
     ``optimized_metric`` for the sweepers."""

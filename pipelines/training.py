@@ -17,6 +17,7 @@ from sklearn.metrics import log_loss
 from sklearn.pipeline import Pipeline
 
 from pipelines.callbacks import EpochScoring
+from pipelines.device import resolve_device, to_numpy
 from pipelines.tracking import (
     PARENT_RUN_ENV,
     log_run_context,
@@ -84,26 +85,32 @@ def instantiate_callbacks(callbacks_cfg, scoring):
 
 
 def fit(cfg, data, sets):
-    """Fit the pipeline, scored after every epoch on ``sets`` (raw inputs).
+    """Fit the pipeline on ``cfg.device``, scored after every epoch on ``sets`` (raw
+    inputs).
 
-    The preprocessing is fitted first, so that the evaluation sets are transformed
-    once and the classifier's callbacks see what the classifier sees. Returns the
-    fitted pipeline, the fit time and the per-epoch curves (one row per epoch).
+    The training and evaluation data move to the device once (before the clock starts),
+    and the fitted pipeline comes back as NumPy. The preprocessing is fitted first, so
+    that the evaluation sets are transformed once and the classifier's callbacks see
+    what the classifier sees. Returns the fitted pipeline, the fit time and the
+    per-epoch curves (one row per epoch).
     """
-    start = time.perf_counter()
+    device = resolve_device(cfg.device)
+    sets = device.put_sets({"fit": (data.X_train, data.y_train), **sets})
+    (X_train, y_train), start = sets.pop("fit"), time.perf_counter()
     steps = build_preprocessing(cfg)
-    X_train, sets = data.X_train, dict(sets)
-    for step in steps:
-        X_train = step.fit_transform(X_train, data.y_train)
-        sets = {name: (step.transform(X), y) for name, (X, y) in sets.items()}
-    pipeline = build_pipeline(cfg, steps)
-    scoring = EpochScoring(sets)
-    pipeline[-1].set_callbacks(*instantiate_callbacks(cfg.callbacks, scoring))
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), device.dispatch():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        pipeline[-1].fit(X_train, data.y_train)
+        for step in steps:
+            X_train = step.fit_transform(X_train, y_train)
+            sets = {name: (step.transform(X), y) for name, (X, y) in sets.items()}
+        pipeline = build_pipeline(cfg, steps)
+        scoring = EpochScoring(sets)
+        pipeline[-1].set_callbacks(*instantiate_callbacks(cfg.callbacks, scoring))
+        pipeline[-1].fit(X_train, y_train)
     pipeline[-1].set_callbacks()  # the callbacks are not part of the model
-    return pipeline, time.perf_counter() - start, curves(pipeline[-1], scoring)
+    seconds = time.perf_counter() - start
+    pipeline = pipeline if device.is_numpy else to_numpy(pipeline)
+    return pipeline, seconds, curves(pipeline[-1], scoring)
 
 
 def curves(model, scoring):
@@ -203,7 +210,7 @@ def tracked_run(cfg, data, *, name, tags=None, extra_metrics=None):
         parent_run_id=os.environ.get(PARENT_RUN_ENV),
         log_system_metrics=False,
     )
-    log_run_context(cfg, data, tags)
+    log_run_context(cfg, data, {**resolve_device(cfg.device).tags(), **(tags or {})})
     pipeline, seconds, curves = fit(cfg, data, eval_sets(cfg, data))
     log_learning_rates(curves)
     metrics = evaluate(pipeline, data, seconds, cfg)
