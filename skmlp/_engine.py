@@ -47,8 +47,8 @@ from skmlp._numpy_sgd import NumpyStep
 # even where every number is still finite (see ``Engine.diverged``).
 DIVERGENCE_FACTOR = 1e6
 
-# Arrays the size of the weights that a fit holds at its peak (measured: 7.2, and 8.3
-# with early stopping; see check_memory).
+# Arrays the size of the weights that a fit holds at its peak (benchmarks/bench_memory.py
+# measures 7.3, and 8.4 with early stopping; see check_memory).
 WEIGHT_COPIES = 8
 
 # Rows gathered at once: a few MiB for MNIST, so a chunk stays in cache while its
