@@ -157,6 +157,11 @@ def _import(module, setting, install):
             f"device={setting} needs the {module} package, which is not installed "
             f"({exc}). Install it ({install}) or use device=cpu."
         ) from None
+    except Exception as exc:  # noqa: BLE001 - e.g. a CuPy built for another CUDA
+        raise DeviceError(
+            f"device={setting} needs the {module} package, which is installed but "
+            f"fails to import ({type(exc).__name__}: {exc}). Use device=cpu."
+        ) from exc
 
 
 def _torch_cuda(setting, index):

@@ -86,6 +86,20 @@ def test_a_missing_library_is_named(monkeypatch, setting, module):
     resolve_device.cache_clear()
 
 
+def test_a_library_that_fails_to_import_is_named(monkeypatch, tmp_path):
+    # a package that raises on import, as a CuPy built for another CUDA can
+    (tmp_path / "cupy").mkdir()
+    (tmp_path / "cupy" / "__init__.py").write_text(
+        "raise RuntimeError('CUDA driver version is insufficient')\n"
+    )
+    monkeypatch.syspath_prepend(tmp_path)
+    monkeypatch.delitem(sys.modules, "cupy", raising=False)
+    resolve_device.cache_clear()
+    with pytest.raises(DeviceError, match="cupy.*fails to import.*insufficient"):
+        resolve_device("cupy")
+    resolve_device.cache_clear()
+
+
 def test_labels_that_are_not_numbers_are_refused():
     with pytest.raises(DeviceError, match="trains on numbers only.*dtype <U1"):
         resolve_device("torch:cpu").put(np.array(["a", "b"]))
@@ -178,7 +192,11 @@ def test_a_missing_gpu_fails_before_any_run(store, tmp_path):
     assert not (tmp_path / "mlruns").exists()  # no store, no run left behind
 
 
-def test_grid_search_on_torch(store, tmp_path):
+@pytest.mark.parametrize(
+    "setting, tag",
+    [("torch:cpu", "torch:cpu"), pytest.param("cuda", "cuda:0", marks=needs_cuda)],
+)
+def test_grid_search_on_torch(store, tmp_path, setting, tag):
     uri, env = store
     run_entry_point(
         "pipelines.grid_search",
@@ -186,7 +204,7 @@ def test_grid_search_on_torch(store, tmp_path):
             *QUICK,
             "search.cv=2",
             "search.param_grid.model__learning_rate_init=[0.1]",
-            "device=torch:cpu",
+            f"device={setting}",
             "tracking.experiment_name=gs-torch",
         ],
         env,
@@ -195,7 +213,7 @@ def test_grid_search_on_torch(store, tmp_path):
     _, runs = runs_of(uri, "gs-torch")
     (parent,), children = parent_and_children(runs)
     assert len(children) == 4
-    assert parent.data.tags["skmlp.device"] == "torch:cpu"
+    assert parent.data.tags["skmlp.device"] == tag
     assert parent.data.metrics["final_test_accuracy"] > 0.5
 
 
