@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import GridSearchCV
 
+from pipelines import config_dir
 from pipelines.data import load_data
 from pipelines.device import resolve_device
 from pipelines.tracking import log_run_context, setup_experiment, tracking_uri
@@ -102,7 +103,7 @@ def grid_search(cfg: DictConfig) -> dict:
     return metrics
 
 
-@hydra.main(config_path="../conf", config_name="grid_search", version_base="1.3")
+@hydra.main(config_path=config_dir(), config_name="grid_search", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point (console script ``skmlp-grid-search``)."""
     return metric_value(grid_search(cfg), cfg.optimized_metric)

@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 from sklearn.utils import Bunch
 
+from pipelines import config_dir
 from pipelines.data import load_data
 from pipelines.device import resolve_device
 from pipelines.tracking import MLflowSweepCallback
@@ -129,7 +130,7 @@ def collect(client, parent_id):
     return table.reset_index(drop=True), pd.DataFrame(curves)
 
 
-@hydra.main(config_path="../conf", config_name="memorization", version_base="1.3")
+@hydra.main(config_path=config_dir(), config_name="memorization", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point (console script ``skmlp-memorization``)."""
     return metric_value(memorize(cfg), cfg.optimized_metric)

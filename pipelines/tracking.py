@@ -24,13 +24,19 @@ def tracking_uri(configured=None):
     """The store every process of a run or sweep writes to.
 
     ``MLFLOW_TRACKING_URI`` wins, then the configured URI, then a sqlite database in
-    the project's ``mlruns/`` (absolute, so jobs in any working directory agree).
+    the project's ``mlruns/``. A sqlite path is made absolute (relative paths are
+    relative to the working directory), so jobs in any working directory agree.
     """
-    return (
+    uri = (
         os.environ.get("MLFLOW_TRACKING_URI")
         or configured
         or f"sqlite:///{PROJECT_ROOT / 'mlruns' / 'mlflow.db'}"
     )
+    if uri.startswith("sqlite:///") and uri != "sqlite:///:memory:":
+        # sqlite:///relative/path.db is relative to the working directory: make it
+        # absolute, so that it names one store wherever the jobs and the UI run.
+        uri = f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
+    return uri
 
 
 def setup_experiment(uri, name):
@@ -46,7 +52,7 @@ def setup_experiment(uri, name):
         return experiment.experiment_id
     location = None
     if uri.startswith("sqlite:///"):
-        store_dir = Path(uri.removeprefix("sqlite:///")).parent
+        store_dir = Path(uri.removeprefix("sqlite:///")).resolve().parent
         store_dir.mkdir(parents=True, exist_ok=True)
         location = (store_dir / "artifacts" / name).as_uri()
     try:

@@ -9,6 +9,7 @@ python -m pipelines.train --cfg job             # show the resolved config
 import hydra
 from omegaconf import DictConfig
 
+from pipelines import config_dir
 from pipelines.data import load_data
 from pipelines.device import resolve_device
 from pipelines.training import tracked_run
@@ -30,7 +31,7 @@ def train(cfg: DictConfig) -> dict:
     return metrics
 
 
-@hydra.main(config_path="../conf", config_name="train", version_base="1.3")
+@hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point (console script ``skmlp-train``): returns the
     ``optimized_metric`` for the sweepers."""

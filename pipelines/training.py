@@ -34,7 +34,12 @@ from skmlp.plots import (
 log = logging.getLogger(__name__)
 
 # What the skops format must trust to load our pipeline (instead of pickle).
-TRUSTED_TYPES = ["skmlp._classifier.SGDMLPClassifier", "skmlp._optimizers.SGDOptimizer"]
+TRUSTED_TYPES = [
+    "skmlp._classifier.SGDMLPClassifier",
+    "skmlp._engine.EpochRecord",
+    "skmlp._engine.TrainingState",
+    "skmlp._optimizers.SGDOptimizer",
+]
 
 
 def build_preprocessing(cfg):
