@@ -108,9 +108,12 @@ def test_labels_that_are_not_numbers_are_refused():
 def test_data_moves_once_and_the_fitted_pipeline_comes_back_as_numpy(digits):
     X, y = digits
     device = resolve_device("torch:cpu")
-    sets = device.put_sets({"fit": (X, y), "train": (X, y), "test": (X[:50], y[:50])})
+    sets = device.put_sets(
+        {"fit": (X, y), "train": (X[:], y[:]), "test": (X[:50], y[:50])}
+    )
     assert sets["fit"][0] is sets["train"][0] and sets["fit"][1] is sets["train"][1]
     assert sets["test"][0] is not sets["fit"][0]
+    assert sets["test"][0].shape == (50, X.shape[1])
     assert all(isinstance(a, torch.Tensor) for pair in sets.values() for a in pair)
     pipeline = make_pipeline(
         StandardScaler(), SGDMLPClassifier((16,), max_iter=3, random_state=0)
