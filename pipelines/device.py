@@ -233,7 +233,12 @@ class _NumpyPickler(pickle.Pickler):
     """Pickles every torch tensor or CuPy array as the NumPy array of its values."""
 
     def reducer_override(self, obj):
-        if isinstance(obj, np.ndarray | np.generic) or not hasattr(obj, "__dlpack__"):
+        array_type = type(
+            obj
+        )  # an array's, not a class's (classes have __dlpack__ too)
+        if issubclass(array_type, np.ndarray | np.generic | type):
+            return NotImplemented
+        if not hasattr(array_type, "__dlpack__"):
             return NotImplemented
         with sklearn.config_context(array_api_dispatch=True):
             xp, _ = get_namespace(obj)

@@ -129,6 +129,17 @@ def test_data_moves_once_and_the_fitted_pipeline_comes_back_as_numpy(digits):
     assert score == np.mean(back.predict(X) == y) > 0.6
 
 
+def test_to_numpy_converts_arrays_and_leaves_classes_and_numpy_alone():
+    values = {"tensor": torch.arange(3), "array": np.ones(2), "class": torch.Tensor}
+    back = to_numpy(values)
+    assert isinstance(back["tensor"], np.ndarray) and back["tensor"].tolist() == [
+        0,
+        1,
+        2,
+    ]
+    assert isinstance(back["array"], np.ndarray) and back["class"] is torch.Tensor
+
+
 def test_scipy_imported_without_its_array_api_mode_is_a_clear_error(tmp_path):
     code = (
         "import sklearn.utils\n"  # imports SciPy before pipelines can set the variable
