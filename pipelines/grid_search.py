@@ -14,12 +14,14 @@ import warnings
 import hydra
 import mlflow
 import pandas as pd
+from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import GridSearchCV
 from threadpoolctl import threadpool_limits
 
 from pipelines.data import load_data
+from pipelines.summary import OBJECTIVE_TAG, log_sweep_summary, short_name
 from pipelines.tracking import (
     log_run_context,
     raise_on_sigterm,
@@ -27,15 +29,18 @@ from pipelines.tracking import (
     tracking_uri,
 )
 from pipelines.train import build_pipeline
+from pipelines.ui import announce, training_dataset
 
 
-def log_candidates(results, experiment_id):
-    """One child run per candidate of ``cv_results_`` under the active run."""
+def log_candidates(results, experiment_id, swept, dataset):
+    """One child run per candidate of ``cv_results_`` under the active run, named by
+    its values of the ``swept`` parameters."""
     for i, params in enumerate(results["params"]):
-        with mlflow.start_run(
-            experiment_id=experiment_id, nested=True, run_name=f"candidate-{i}"
-        ):
+        name = short_name({key: params[key] for key in swept})
+        with mlflow.start_run(experiment_id=experiment_id, nested=True, run_name=name):
             mlflow.log_params(params)
+            mlflow.log_input(dataset, context="training")
+            mlflow.set_tag(OBJECTIVE_TAG, "mean_cv_accuracy")
             mlflow.log_metrics(
                 {
                     "mean_cv_accuracy": float(results["mean_test_score"][i]),
@@ -66,10 +71,9 @@ def main(cfg: DictConfig) -> float:
     """Hydra entry point (console script ``skmlp-grid-search``)."""
     raise_on_sigterm()
     data = load_data(cfg.data, cfg.seed)
-    experiment_id = setup_experiment(
-        tracking_uri(cfg.tracking.uri), cfg.tracking.experiment_name
-    )
-    with mlflow.start_run(experiment_id=experiment_id, run_name="grid-search"):
+    uri = tracking_uri(cfg.tracking.uri)
+    experiment_id = setup_experiment(uri, cfg.tracking.experiment_name)
+    with mlflow.start_run(experiment_id=experiment_id, run_name="grid-search") as run:
         log_run_context(cfg, data)
         start = time.perf_counter()
         try:
@@ -78,9 +82,12 @@ def main(cfg: DictConfig) -> float:
         except KeyboardInterrupt:
             mlflow.end_run("KILLED")
             raise
-        log_candidates(grid.cv_results_, experiment_id)
+        grid_values = grid.param_grid.items()
+        swept = [key for key, values in grid_values if len(values) > 1]
+        dataset = training_dataset(data.X_train, data.y_train, cfg.data.name)
+        log_candidates(grid.cv_results_, experiment_id, swept, dataset)
+        log_sweep_summary(MlflowClient(uri), run.info.run_id, swept)
         test_accuracy = float(grid.score(data.X_test, data.y_test))
-        mlflow.log_params({f"best.{k}": v for k, v in grid.best_params_.items()})
         mlflow.log_metrics(
             {
                 "best_cv_accuracy": float(grid.best_score_),
@@ -94,6 +101,7 @@ def main(cfg: DictConfig) -> float:
             f"best {grid.best_params_}: cv accuracy {grid.best_score_:.4f}, "
             f"test accuracy {test_accuracy:.4f}"
         )
+    announce(uri, experiment_id, "mean_cv_accuracy")
     return test_accuracy
 
 

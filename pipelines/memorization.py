@@ -23,6 +23,7 @@ from sklearn.utils import Bunch
 from threadpoolctl import threadpool_limits
 
 from pipelines.data import load_data
+from pipelines.summary import OBJECTIVE_TAG
 from pipelines.tracking import MLflowSweepCallback, raise_on_sigterm
 from pipelines.train import blas_threads, tracked_run
 from skmlp.corruption import INPUT_CORRUPTIONS, LABEL_CORRUPTIONS
@@ -67,6 +68,7 @@ def run(cfg: DictConfig) -> float:
         tags={
             "skmlp.corruption": cfg.corruption.kind,
             "skmlp.regularization": cfg.regularization.name,
+            OBJECTIVE_TAG: "final_train_accuracy",
         },
         stop_at=stop_at,
         extra_metrics=lambda curves: {

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from hydra.core.hydra_config import HydraConfig
 from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import log_loss
@@ -23,6 +24,7 @@ from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
 from pipelines.data import load_data
+from pipelines.summary import OBJECTIVE_TAG, sweep_run_name
 from pipelines.tracking import (
     PARENT_RUN_ENV,
     MLflowEpochLogger,
@@ -31,6 +33,7 @@ from pipelines.tracking import (
     setup_experiment,
     tracking_uri,
 )
+from pipelines.ui import announce
 from skmlp.inspection import noise_confidence
 from skmlp.plots import (
     plot_confusion_matrix,
@@ -57,6 +60,7 @@ def preprocess(pipeline, X):
 
 
 def run_name(cfg):
+    """A readable name for a single run (a sweep's jobs get short names instead)."""
     model = cfg.model
     sizes = "-".join(str(s) for s in model.hidden_layer_sizes) or "none"
     return f"{cfg.data.name}-{sizes}-{model.activation}-lr{model.learning_rate_init}"
@@ -164,13 +168,13 @@ def tracked_run(
 
     ``extra_metrics(curves) -> dict`` adds metrics derived from the per-epoch curves.
     """
-    experiment_id = setup_experiment(
-        tracking_uri(cfg.tracking.uri), cfg.tracking.experiment_name
-    )
+    uri = tracking_uri(cfg.tracking.uri)
+    experiment_id = setup_experiment(uri, cfg.tracking.experiment_name)
+    parent_id = os.environ.get(PARENT_RUN_ENV)
     with mlflow.start_run(
         experiment_id=experiment_id,
-        run_name=name,
-        parent_run_id=os.environ.get(PARENT_RUN_ENV),
+        run_name=sweep_run_name(MlflowClient(uri), parent_id) or name,
+        parent_run_id=parent_id,
         log_system_metrics=False,
     ) as active:
         log_run_context(cfg, data, tags)
@@ -189,6 +193,8 @@ def tracked_run(
             f"{metrics['final_test_accuracy']:.4f} after {metrics['n_epochs']} epochs "
             f"({seconds:.1f} s)"
         )
+    if parent_id is None:  # a sweep's jobs leave it to the sweep's end
+        announce(uri, experiment_id, (tags or {}).get(OBJECTIVE_TAG))
     return metrics, curves
 
 
@@ -196,13 +202,18 @@ def run(cfg: DictConfig) -> float:
     """One tracked training run; returns the score a sweeper maximises."""
     raise_on_sigterm()
     data = load_data(cfg.data, cfg.seed)
-    metrics, _ = tracked_run(
-        cfg, data, default_eval_sets(cfg, data), name=run_name(cfg)
-    )
     # The sweepers' objective: validation accuracy when a validation set is held out.
-    return metrics[
+    objective = (
         "final_val_accuracy" if data.X_val is not None else "final_test_accuracy"
-    ]
+    )
+    metrics, _ = tracked_run(
+        cfg,
+        data,
+        default_eval_sets(cfg, data),
+        name=run_name(cfg),
+        tags={OBJECTIVE_TAG: objective},
+    )
+    return metrics[objective]
 
 
 def blas_threads(setting):
