@@ -86,7 +86,7 @@ def main(cfg: DictConfig) -> float:
         swept = [key for key, values in grid_values if len(values) > 1]
         dataset = training_dataset(data.X_train, data.y_train, cfg.data.name)
         log_candidates(grid.cv_results_, experiment_id, swept, dataset)
-        log_sweep_summary(MlflowClient(uri), run.info.run_id, swept)
+        view_id = log_sweep_summary(MlflowClient(uri), run.info.run_id, swept)
         test_accuracy = float(grid.score(data.X_test, data.y_test))
         mlflow.log_metrics(
             {
@@ -101,7 +101,7 @@ def main(cfg: DictConfig) -> float:
             f"best {grid.best_params_}: cv accuracy {grid.best_score_:.4f}, "
             f"test accuracy {test_accuracy:.4f}"
         )
-    announce(uri, experiment_id, "mean_cv_accuracy")
+    announce(uri, experiment_id, view_id)
     return test_accuracy
 
 

@@ -17,11 +17,15 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from pipelines.ui import save_runs_view
 from skmlp.plots import plot_objective
 
 SWEPT_TAG = "skmlp.swept_params"
 OBJECTIVE_TAG = "skmlp.objective"
 BEST_RUN_TAG = "skmlp.best_run"
+TEST_ACCURACY = (
+    "final_test_accuracy"  # a column of the sweep's view beside the objective
+)
 # Short labels for the keys that sweeps vary most; a key not here shows its last part.
 ABBREVIATIONS = {
     "learning_rate_init": "lr",
@@ -118,13 +122,15 @@ def children_table(children, swept, objective):
     return table.sort_values(objective, ascending=False, na_position="last")
 
 
-def log_sweep_summary(client: MlflowClient, parent_id: str, swept) -> pd.DataFrame:
-    """Give a sweep's parent run the summary of its children; returns the table.
+def log_sweep_summary(client: MlflowClient, parent_id: str, swept) -> str | None:
+    """Give a sweep's parent run the summary of its children.
 
     The parent gets the best objective under the children's metric name, the best
     run's values of the swept parameters under their own keys (so the parent's row
     in the runs table reads as the winning configuration), tags naming the best run,
-    a note, ``sweep_summary.json`` (all children) and ``objective.png``.
+    a note, ``sweep_summary.json`` (all children) and ``objective.png``. The
+    experiment gets a saved runs-table view of the sweep (objective and swept
+    parameters as columns, best first), whose id is returned (None: no objective).
     """
     parent = client.get_run(parent_id)
     children = client.search_runs(
@@ -137,15 +143,24 @@ def log_sweep_summary(client: MlflowClient, parent_id: str, swept) -> pd.DataFra
     table = children_table(children, swept, objective).reset_index(drop=True)
     client.log_table(parent_id, table, "sweep_summary.json")
     scored = table.dropna(subset=[objective])
-    if scored.empty:
-        return table
-    best = scored.iloc[0]
-    _log_best(client, parent_id, best, swept, objective, n_runs=len(table))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # tight layout of a tiny figure
-        figure = plot_objective(scored, objective, swept)
-    client.log_figure(parent_id, figure, "objective.png")
-    return table
+    if not scored.empty:
+        best = scored.iloc[0]
+        _log_best(client, parent_id, best, swept, objective, n_runs=len(table))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # layout of a tiny figure
+            figure = plot_objective(scored, objective, swept)
+        client.log_figure(parent_id, figure, "objective.png")
+    also = (
+        [TEST_ACCURACY]
+        if any(TEST_ACCURACY in c.data.metrics for c in children)
+        else []
+    )
+    metrics = list(dict.fromkeys([objective, *also]))
+    view_id = f"skmlp-sweep-{parent_id[:8]}"
+    name = parent.info.run_name
+    return save_runs_view(
+        client, parent.info.experiment_id, view_id, name, metrics, swept
+    )
 
 
 def _log_best(client, parent_id, best, swept, objective, n_runs):

@@ -15,7 +15,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from pipelines.summary import OBJECTIVE_TAG, SWEPT_TAG, log_sweep_summary, swept_keys
+from pipelines.summary import SWEPT_TAG, log_sweep_summary, swept_keys
 from pipelines.ui import EXPERIMENT_TAGS, announce, training_dataset
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -225,10 +225,9 @@ class MLflowSweepCallback(Callback):
     def on_multirun_end(self, config, **kwargs):
         if self._parent is not None:
             client = MlflowClient(self._uri)
-            log_sweep_summary(client, self._parent, self._swept)
-            run = client.get_run(self._parent)
-            objective = run.data.tags.get(OBJECTIVE_TAG)
-            announce(self._uri, run.info.experiment_id, objective)
+            view_id = log_sweep_summary(client, self._parent, self._swept)
+            experiment_id = client.get_run(self._parent).info.experiment_id
+            announce(self._uri, experiment_id, view_id)
         self._end("FINISHED")
 
     def _end(self, status):

@@ -33,7 +33,7 @@ from pipelines.tracking import (
     setup_experiment,
     tracking_uri,
 )
-from pipelines.ui import announce
+from pipelines.ui import announce, save_runs_view
 from skmlp.inspection import noise_confidence
 from skmlp.plots import (
     plot_confusion_matrix,
@@ -95,6 +95,14 @@ def evaluate(pipeline, data, fit_seconds, cfg):
     )
     return metrics
 
+
+# The parameters a single run's view of the runs table shows (pipelines.ui).
+SINGLE_RUN_PARAMS = [
+    "data.name",
+    "model.hidden_layer_sizes",
+    "model.activation",
+    "model.learning_rate_init",
+]
 
 # What the skops format must trust to load our pipeline (instead of pickle).
 TRUSTED_TYPES = ["skmlp._classifier.SGDMLPClassifier", "skmlp._optimizers.SGDOptimizer"]
@@ -194,8 +202,19 @@ def tracked_run(
             f"({seconds:.1f} s)"
         )
     if parent_id is None:  # a sweep's jobs leave it to the sweep's end
-        announce(uri, experiment_id, (tags or {}).get(OBJECTIVE_TAG))
+        objective = (tags or {}).get(OBJECTIVE_TAG, "final_test_accuracy")
+        announce_single_run(uri, experiment_id, objective)
     return metrics, curves
+
+
+def announce_single_run(uri, experiment_id, objective):
+    """Save the experiment's view of single runs and say how to open it."""
+    metrics = list(dict.fromkeys([objective, "final_test_accuracy", "fit_seconds"]))
+    client = MlflowClient(uri)
+    view_id = save_runs_view(
+        client, experiment_id, "skmlp-runs", "skmlp runs", metrics, SINGLE_RUN_PARAMS
+    )
+    announce(uri, experiment_id, view_id)
 
 
 def run(cfg: DictConfig) -> float:

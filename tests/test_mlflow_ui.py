@@ -70,10 +70,21 @@ def test_ui_command_and_runs_url(tmp_path):
         f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/m.db"
     )
     assert ui_command("http://host:5000") is None
-    url = runs_url("http://host:5000/", "7", "final_test_accuracy")
-    assert url.startswith("http://host:5000/#/experiments/7/runs?")
-    assert "workflowType=machine_learning" in url
-    assert "orderByKey=metrics.%60final_test_accuracy%60&orderByAsc=false" in url
+    url = runs_url("http://host:5000/", "7", "skmlp-runs")
+    assert url == (
+        "http://host:5000/#/experiments/7/runs"
+        "?workflowType=machine_learning&viewStateShareKey=skmlp-runs"
+    )
+    assert runs_url(f"sqlite:///{tmp_path}/m.db", "7").startswith(
+        "http://127.0.0.1:5000/#/experiments/7/runs?"
+    )
+
+
+def _view(client, experiment_id, view_id):
+    """A saved runs-table view as the MLflow web app reads it back."""
+    tag = client.get_experiment(experiment_id).tags[f"mlflow.sharedViewState.{view_id}"]
+    envelope = json.loads(tag)
+    return envelope["name"], json.loads(envelope["state"])
 
 
 @pytest.fixture
@@ -138,13 +149,24 @@ def test_sweep_runs_have_short_distinct_names_and_the_dataset(sweep_2x2):
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
 
-def test_sweep_ends_by_printing_how_to_open_the_ui(sweep_2x2, store):
+def test_sweep_ends_by_printing_how_to_open_its_view(sweep_2x2, store):
     uri, _ = store
-    _, parent, _, output = sweep_2x2
+    client, parent, _, output = sweep_2x2
     assert f"mlflow ui --backend-store-uri {uri}" in output
-    url = runs_url(uri, parent.info.experiment_id, "final_test_accuracy")
+    view_id = f"skmlp-sweep-{parent.info.run_id[:8]}"
+    url = runs_url(uri, parent.info.experiment_id, view_id)
     assert output.count(url) == 1  # once, at the end of the sweep, not per job
     assert output.rstrip().endswith(url)
+    name, state = _view(client, parent.info.experiment_id, view_id)
+    assert name == parent.info.run_name
+    assert state["selectedColumns"] == [
+        "attributes.`Dataset`",
+        "metrics.`final_test_accuracy`",
+        "params.`model.learning_rate_init`",
+        "params.`model.activation`",
+    ]
+    assert state["orderByKey"] == "metrics.`final_test_accuracy`"
+    assert state["orderByAsc"] is False
 
 
 def test_single_run_keeps_a_readable_name_and_prints_the_ui(store, tmp_path):
@@ -152,11 +174,14 @@ def test_single_run_keeps_a_readable_name_and_prints_the_ui(store, tmp_path):
     result = run_entry_point(
         "pipelines.train", [*QUICK, "tracking.experiment_name=single"], env, tmp_path
     )
-    _, (run,) = runs_of(uri, "single")
+    client, (run,) = runs_of(uri, "single")
     assert run.info.run_name == "digits-16-16-relu-lr0.05"
-    url = runs_url(uri, run.info.experiment_id, "final_test_accuracy")
-    assert f"mlflow ui --backend-store-uri {uri}" in result.stderr + result.stdout
-    assert url in result.stdout + result.stderr
+    url = runs_url(uri, run.info.experiment_id, "skmlp-runs")
+    assert f"mlflow ui --backend-store-uri {uri}" in result.stdout
+    assert result.stdout.rstrip().endswith(url)
+    _, state = _view(client, run.info.experiment_id, "skmlp-runs")
+    assert "metrics.`final_test_accuracy`" in state["selectedColumns"]
+    assert "params.`model.activation`" in state["selectedColumns"]
 
 
 def test_grid_search_parent_carries_the_summary(store, tmp_path):
