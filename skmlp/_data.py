@@ -1,0 +1,112 @@
+"""Training data: namespaces, classes, label encoding, targets, the validation split.
+
+Pure functions shared by the estimator's ``fit`` and ``predict``; NumPy takes the fast
+path, any other array namespace the array-API one, on its own device.
+"""
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.model_selection import train_test_split
+from sklearn.utils._array_api import (
+    _convert_to_numpy,
+    _is_numpy_namespace,
+    get_namespace_and_device,
+)
+
+
+def namespace(*arrays):
+    """The array namespace of ``arrays`` and their device.
+
+    For NumPy arrays this is NumPy itself: NumPy >= 2.1 implements the standard, and
+    the compatibility wrapper sklearn returns costs microseconds per call, which adds
+    up over thousands of mini-batches.
+    """
+    xp, _, device = get_namespace_and_device(*arrays)
+    return (np if _is_numpy_namespace(xp) else xp), device
+
+
+def to_numpy(values):
+    xp, _ = namespace(values)
+    return np.asarray(values) if xp is np else _convert_to_numpy(values, xp)
+
+
+def sorted_unique(labels, xp, device):
+    """The distinct labels, sorted (any label type, strings included, for NumPy)."""
+    if _is_numpy_namespace(xp):
+        return np.unique(np.asarray(labels))
+    return xp.sort(xp.unique_values(xp.asarray(labels, device=device)))
+
+
+def same_labels(labels, classes):
+    """Whether the distinct values of ``labels`` are exactly ``classes``."""
+    labels, known = np.unique(to_numpy(labels)), to_numpy(classes)
+    return labels.shape == known.shape and bool(np.all(labels == known))
+
+
+def encode(y, classes, xp):
+    """Indices of ``y`` in the sorted ``classes``; error for labels that are not classes."""
+    if _is_numpy_namespace(xp):
+        y, classes = np.asarray(y), np.asarray(classes)
+        indices = np.clip(np.searchsorted(classes, y), 0, classes.shape[0] - 1)
+        unknown = classes[indices] != y
+    else:
+        indices = xp.clip(xp.searchsorted(classes, y), max=classes.shape[0] - 1)
+        unknown = xp.take(classes, indices) != y
+    if bool(xp.any(xp.asarray(unknown))):
+        bad = np.unique(_convert_to_numpy(y, xp)[_convert_to_numpy(unknown, xp)])
+        raise ValueError(
+            f"y contains labels {bad.tolist()} that are not in classes "
+            f"{to_numpy(classes).tolist()}."
+        )
+    return indices
+
+
+def decode(indices, classes, xp):
+    """The labels at ``indices`` of ``classes``."""
+    if _is_numpy_namespace(xp):
+        return classes[indices]
+    return xp.take(classes, indices)
+
+
+def targets(y_indices, n_classes, dtype, xp, device):
+    """Output-layer encoding of the labels: one-hot, or a 0/1 column if binary."""
+    y_indices = xp.asarray(y_indices, device=device)
+    if n_classes == 2:
+        return xp.astype(y_indices[:, None] == 1, dtype)
+    columns = xp.arange(n_classes, device=device)
+    return xp.astype(y_indices[:, None] == columns, dtype)
+
+
+def take_rows(X, rows, xp):
+    """Rows of ``X`` (an array or a sparse matrix) at a slice or an index array."""
+    if sp.issparse(X):
+        return X[rows]
+    if isinstance(rows, slice):
+        return X[rows, ...]
+    return xp.take(X, rows, axis=0)
+
+
+def split_data(X, y_indices, sample_weight, validation_fraction, random_state):
+    """``(train, validation)``: two ``(X, y_indices, sample_weight)`` triples.
+
+    The split is stratified and drawn from ``random_state``, as in MLPClassifier.
+    """
+    xp, device = namespace(y_indices)
+    train, val = train_test_split(
+        np.arange(X.shape[0]),
+        test_size=validation_fraction,
+        stratify=to_numpy(y_indices),
+        random_state=random_state,
+    )
+    if val.shape[0] < 2:
+        raise ValueError(
+            "The validation set is too small. Increase 'validation_fraction' "
+            "or the size of your dataset."
+        )
+    return tuple(
+        tuple(
+            None if a is None else take_rows(a, xp.asarray(rows, device=device), xp)
+            for a in (X, y_indices, sample_weight)
+        )
+        for rows in (train, val)
+    )
