@@ -129,8 +129,12 @@ def test_the_ui_shows_the_sweeps_winner(browser, ui, tmp_path):
     page.get_by_role("cell", name="final_test_accuracy").wait_for()
     for param in ("model.learning_rate_init", "model.activation"):
         page.get_by_role("cell", name=param, exact=True).wait_for()
+    for name in CHILDREN:  # "Child runs", under "About this run"
+        page.get_by_role("link", name=name, exact=True).wait_for()
     _close_assistant(page)
+    page.set_viewport_size({"width": 1440, "height": 700})
     page.screenshot(path=shots / "parent_run.png")
+    page.set_viewport_size({"width": 1440, "height": 520})
 
     # Its artifacts: the objective against each swept parameter.
     page.get_by_role("tab", name="Artifacts").click()
