@@ -142,24 +142,25 @@ def log_sweep_summary(client: MlflowClient, parent_id: str, swept) -> str | None
     (objective,) = objectives
     table = children_table(children, swept, objective).reset_index(drop=True)
     client.log_table(parent_id, table, "sweep_summary.json")
+    # A swept config group (data=digits,mnist) is no run parameter: only in the names.
+    params = [key for key in swept if table[key].notna().any()]
     scored = table.dropna(subset=[objective])
     if not scored.empty:
-        best = scored.iloc[0]
-        _log_best(client, parent_id, best, swept, objective, n_runs=len(table))
+        _log_best(client, parent_id, scored.iloc[0], params, objective, len(table))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # layout of a tiny figure
-            figure = plot_objective(scored, objective, swept)
+            figure = plot_objective(scored, objective, params)
         client.log_figure(parent_id, figure, "objective.png")
-    also = (
-        [TEST_ACCURACY]
-        if any(TEST_ACCURACY in c.data.metrics for c in children)
-        else []
-    )
-    metrics = list(dict.fromkeys([objective, *also]))
+    has_test = any(TEST_ACCURACY in child.data.metrics for child in children)
+    metrics = list(dict.fromkeys([objective, *([TEST_ACCURACY] if has_test else [])]))
     view_id = f"skmlp-sweep-{parent_id[:8]}"
-    name = parent.info.run_name
     return save_runs_view(
-        client, parent.info.experiment_id, view_id, name, metrics, swept
+        client,
+        parent.info.experiment_id,
+        view_id,
+        parent.info.run_name,
+        metrics,
+        params,
     )
 
 
