@@ -11,7 +11,8 @@ import time
 from dataclasses import dataclass, field
 
 import mlflow
-import numpy as np
+
+from pipelines.device import accuracy
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ class EpochScoring(_EpochCallback):
             )
         for name, (X, y) in self.eval_sets.items():
             predicted = fitted_estimator.predict(X)
-            metrics[f"{name}_accuracy"] = float(np.mean(predicted == y))
+            metrics[f"{name}_accuracy"] = accuracy(predicted, y)  # on the device
         self.history.append(EpochScores(epoch, metrics))
         return False
 

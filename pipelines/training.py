@@ -11,18 +11,22 @@ import numpy as np
 import pandas as pd
 from mlflow.entities import Metric
 from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import log_loss
 from sklearn.pipeline import Pipeline
 
 from pipelines.callbacks import EpochScoring
+from pipelines.device import resolve_device, to_numpy
+from pipelines.summary import OBJECTIVE_TAG, sweep_run_name
 from pipelines.tracking import (
     PARENT_RUN_ENV,
     log_run_context,
     setup_experiment,
     tracking_uri,
 )
+from pipelines.ui import announce, save_runs_view
 from skmlp.inspection import noise_confidence
 from skmlp.plots import (
     plot_confusion_matrix,
@@ -36,6 +40,14 @@ log = logging.getLogger(__name__)
 # torch where it is installed), 2 to 4 s of each run's start-up. A pickle is loaded
 # only from a store you trust, like any joblib file of a scikit-learn model.
 MODEL_REQUIREMENTS = ["skmlp", "scikit-learn", "numpy", "pandas", "cloudpickle"]
+
+# The parameters that the runs-table view of single runs shows (pipelines.ui).
+SINGLE_RUN_PARAMS = [
+    "data.name",
+    "model.hidden_layer_sizes",
+    "model.activation",
+    "model.learning_rate_init",
+]
 
 
 def build_preprocessing(cfg):
@@ -81,26 +93,32 @@ def instantiate_callbacks(callbacks_cfg, scoring):
 
 
 def fit(cfg, data, sets):
-    """Fit the pipeline, scored after every epoch on ``sets`` (raw inputs).
+    """Fit the pipeline on ``cfg.device``, scored after every epoch on ``sets`` (raw
+    inputs).
 
-    The preprocessing is fitted first, so that the evaluation sets are transformed
-    once and the classifier's callbacks see what the classifier sees. Returns the
-    fitted pipeline, the fit time and the per-epoch curves (one row per epoch).
+    The training and evaluation data move to the device once (before the clock starts),
+    and the fitted pipeline comes back as NumPy. The preprocessing is fitted first, so
+    that the evaluation sets are transformed once and the classifier's callbacks see
+    what the classifier sees. Returns the fitted pipeline, the fit time and the
+    per-epoch curves (one row per epoch).
     """
-    start = time.perf_counter()
+    device = resolve_device(cfg.device)
+    sets = device.put_sets({"fit": (data.X_train, data.y_train), **sets})
+    (X_train, y_train), start = sets.pop("fit"), time.perf_counter()
     steps = build_preprocessing(cfg)
-    X_train, sets = data.X_train, dict(sets)
-    for step in steps:
-        X_train = step.fit_transform(X_train, data.y_train)
-        sets = {name: (step.transform(X), y) for name, (X, y) in sets.items()}
-    pipeline = build_pipeline(cfg, steps)
-    scoring = EpochScoring(sets)
-    pipeline[-1].set_callbacks(*instantiate_callbacks(cfg.callbacks, scoring))
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), device.dispatch():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        pipeline[-1].fit(X_train, data.y_train)
+        for step in steps:
+            X_train = step.fit_transform(X_train, y_train)
+            sets = {name: (step.transform(X), y) for name, (X, y) in sets.items()}
+        pipeline = build_pipeline(cfg, steps)
+        scoring = EpochScoring(sets)
+        pipeline[-1].set_callbacks(*instantiate_callbacks(cfg.callbacks, scoring))
+        pipeline[-1].fit(X_train, y_train)
     pipeline[-1].set_callbacks()  # the callbacks are not part of the model
-    return pipeline, time.perf_counter() - start, curves(pipeline[-1], scoring)
+    seconds = time.perf_counter() - start
+    pipeline = pipeline if device.is_numpy else to_numpy(pipeline)
+    return pipeline, seconds, curves(pipeline[-1], scoring)
 
 
 def curves(model, scoring):
@@ -189,18 +207,20 @@ def tracked_run(cfg, data, *, name, tags=None, extra_metrics=None):
 
     ``extra_metrics(curves) -> dict`` adds metrics derived from the per-epoch curves.
     """
-    experiment_id = setup_experiment(
-        tracking_uri(cfg.tracking.uri), cfg.tracking.experiment_name
-    )
+    uri = tracking_uri(cfg.tracking.uri)
+    experiment_id = setup_experiment(uri, cfg.tracking.experiment_name)
+    parent_id = os.environ.get(PARENT_RUN_ENV)
     # Started here and ended below on success; on failure or interrupt the task
     # wrapper (pipelines.utils.task_wrapper) ends it with the right status.
     active = mlflow.start_run(
         experiment_id=experiment_id,
-        run_name=name,
-        parent_run_id=os.environ.get(PARENT_RUN_ENV),
+        run_name=sweep_run_name(MlflowClient(uri), parent_id) or name,
+        parent_run_id=parent_id,
         log_system_metrics=False,
     )
-    log_run_context(cfg, data, tags)
+    objective = cfg.get("optimized_metric")
+    tags = {**({OBJECTIVE_TAG: objective} if objective else {}), **(tags or {})}
+    log_run_context(cfg, data, {**resolve_device(cfg.device).tags(), **tags})
     pipeline, seconds, curves = fit(cfg, data, eval_sets(cfg, data))
     log_learning_rates(curves)
     metrics = evaluate(pipeline, data, seconds, cfg)
@@ -217,4 +237,20 @@ def tracked_run(cfg, data, *, name, tags=None, extra_metrics=None):
         metrics["n_epochs"],
         seconds,
     )
+    if parent_id is None:  # a sweep's jobs leave it to the sweep's end
+        announce_single_run(uri, experiment_id, objective)
     return metrics, curves
+
+
+def announce_single_run(uri, experiment_id, objective):
+    """Save the experiment's runs-table view of single runs; say how to open it."""
+    metrics = [objective or "final_test_accuracy", "final_test_accuracy", "fit_seconds"]
+    view_id = save_runs_view(
+        MlflowClient(uri),
+        experiment_id,
+        "skmlp-runs",
+        "skmlp runs",
+        list(dict.fromkeys(metrics)),
+        SINGLE_RUN_PARAMS,
+    )
+    announce(uri, experiment_id, view_id)
