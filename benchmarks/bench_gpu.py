@@ -8,7 +8,8 @@ momentum (Nesterov), and L2 term:
 - ``skmlp cupy``: SGDMLPClassifier on CuPy arrays (skipped without CuPy or a GPU);
 - ``torch loop``: ``nn.Sequential``, autograd and ``torch.optim.SGD``, the loop a torch user
   writes (shuffle with ``randperm``, index the batch, step; the loss is summed on the device
-  and read once per epoch).
+  and read once per epoch). Checked by hand: given skmlp's initial weights and the same
+  batch order, one epoch of this loop gives skmlp's weights to 1e-16 (float64).
 
 It prints, per network, seconds per epoch (median of the epochs after the first) and the
 first epoch's seconds (which include any one-off set-up such as graph capture), and the

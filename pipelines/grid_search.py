@@ -77,9 +77,8 @@ def search(cfg, data, device):
 @task_wrapper
 def grid_search(cfg: DictConfig) -> dict:
     """The search as one parent run (candidates as children); returns its metrics."""
-    device = resolve_device(
-        cfg.device
-    )  # a missing GPU or library fails before any work
+    # a missing GPU or library fails here, before any work
+    device = resolve_device(cfg.device)
     data = load_data(cfg.data, cfg.seed)
     uri = tracking_uri(cfg.tracking.uri)
     experiment_id = setup_experiment(uri, cfg.tracking.experiment_name)

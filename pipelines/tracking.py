@@ -14,6 +14,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
+from pipelines.device import resolve_device
 from pipelines.store import open_store
 from pipelines.summary import SWEPT_TAG, log_sweep_summary, swept_keys
 from pipelines.ui import EXPERIMENT_TAGS, announce, training_dataset
@@ -144,6 +145,7 @@ class MLflowSweepCallback(Callback):
         self._swept = []
 
     def on_multirun_start(self, config, **kwargs):
+        resolve_device(config.get("device", "cpu"))  # a missing GPU: no parent, no job
         uri = tracking_uri(config.tracking.uri)
         experiment_id = setup_experiment(uri, config.tracking.experiment_name)
         sweep_dir = config.hydra.sweep.dir

@@ -36,20 +36,17 @@ from skmlp.plots import (
 
 log = logging.getLogger(__name__)
 
+# cloudpickle, not skops: importing skops walks every scikit-learn module (importing
+# torch where it is installed), 2 to 4 s of each run's start-up. A pickle is loaded
+# only from a store you trust, like any joblib file of a scikit-learn model.
+MODEL_REQUIREMENTS = ["skmlp", "scikit-learn", "numpy", "pandas", "cloudpickle"]
+
 # The parameters that the runs-table view of single runs shows (pipelines.ui).
 SINGLE_RUN_PARAMS = [
     "data.name",
     "model.hidden_layer_sizes",
     "model.activation",
     "model.learning_rate_init",
-]
-
-# What the skops format must trust to load our pipeline (instead of pickle).
-TRUSTED_TYPES = [
-    "skmlp._classifier.SGDMLPClassifier",
-    "skmlp._engine.EpochRecord",
-    "skmlp._engine.TrainingState",
-    "skmlp._optimizers.SGDOptimizer",
 ]
 
 
@@ -199,8 +196,8 @@ def log_artifacts(pipeline, data, cfg, curves):
             name="model",
             signature=infer_signature(example, pipeline.predict(example)),
             input_example=example,
-            skops_trusted_types=TRUSTED_TYPES,
-            pip_requirements=["skmlp", "scikit-learn", "numpy", "pandas", "skops"],
+            serialization_format="cloudpickle",
+            pip_requirements=MODEL_REQUIREMENTS,
         )
 
 

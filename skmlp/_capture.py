@@ -12,8 +12,16 @@ and replays the graph.
 The first epoch runs eagerly on a side stream (the warm-up CUDA graphs need: cuBLAS
 handles, allocator pools); the second is captured and replayed, and so on. Where the
 capture fails, the epoch runs eagerly from then on, after one warning.
+
+CuPy refuses every cuBLAS call during a stream capture (``cublas.setStream`` raises
+``NotImplementedError``, CuPy 13 and 14), and each layer is a matrix product. torch
+captures cuBLAS. So a CuPy epoch is captured as torch kernels on the very same device
+memory: ``torch_mirror`` wraps the CuPy arrays as torch tensors through DLPack (no
+copy), and the weights the graph updates are the estimator's CuPy arrays. Without
+torch, CuPy trains eagerly.
 """
 
+import copy
 import warnings
 
 
@@ -27,12 +35,25 @@ def graph_backend(xp, device):
     return None
 
 
-def make_captured_epoch(backend, run, to_device, prepare):
-    """A callable ``epoch(order) -> float`` that replays ``run`` as one graph.
+def capture_backend(xp, device):
+    """``graph_backend``, or None where the epoch cannot be captured: CuPy arrays
+    without torch on CUDA to capture them (see the module's docstring)."""
+    backend = graph_backend(xp, device)
+    if backend == "cupy":
+        try:
+            import torch
+        except ImportError:
+            return None
+        if not torch.cuda.is_available():
+            return None
+    return backend
+
+
+def make_captured_epoch(run, to_device, prepare):
+    """A callable ``epoch(order) -> float`` that replays ``run`` as one CUDA graph.
 
     Parameters
     ----------
-    backend : {"torch", "cupy"}
     run : callable
         ``run(order)`` enqueues one epoch and returns its summed cost as a 0-d device
         array. It must not read device values back to the host.
@@ -42,8 +63,7 @@ def make_captured_epoch(backend, run, to_device, prepare):
         Called before each epoch on the capturing stream (it writes the learning
         rate into its device scalar).
     """
-    graph_type = _TorchGraph if backend == "torch" else _CupyGraph
-    return graph_type(run, to_device, prepare)
+    return _TorchGraph(run, to_device, prepare)
 
 
 class _Graph:
@@ -110,35 +130,41 @@ class _TorchGraph(_Graph):
         return float(cost)
 
 
-class _CupyGraph(_Graph):
-    def __init__(self, run, to_device, prepare):
-        import cupy
+def torch_mirror(arrays, step):
+    """``arrays`` and the array-API ``step`` as torch tensors on the same memory.
 
-        self.cupy = cupy
-        self.stream = cupy.cuda.Stream(non_blocking=True)
-        # The graph's own memory pool, as torch does: blocks the captured kernels use
-        # are never handed to arrays made between replays (snapshots, best weights).
-        self.pool = cupy.cuda.MemoryPool()
-        super().__init__(run, to_device, prepare)
+    Parameters
+    ----------
+    arrays : tuple of arrays or None
+        Arrays of any namespace that speaks DLPack (CuPy on a GPU, NumPy on the CPU).
+    step : BackpropStep
+        A step with device scalars; its parameters, velocity and scalars are wrapped.
 
-    def stream_context(self):
-        # this stream does not wait for the legacy default stream by itself
-        self.stream.wait_event(self.cupy.cuda.get_current_stream().record())
-        return self.stream
+    Returns
+    -------
+    tensors : tuple of torch tensors or None
+        Views of ``arrays`` (no copy: writes go to the original arrays).
+    step : BackpropStep
+        The same step on torch views of its flat parameters, velocity and scalars.
+    xp : array namespace
+        scikit-learn's array-API namespace for torch.
+    """
+    import torch
+    from sklearn import config_context
+    from sklearn.utils._array_api import get_namespace
 
-    def capture(self):
-        with self.cupy.cuda.using_allocator(self.pool.malloc):
-            self.stream.begin_capture()  # relaxed mode: the pool may still grow
-            try:
-                output = self.run(self.order)
-            finally:
-                self.graph = self.stream.end_capture()
-        return output
+    def view(array):
+        return None if array is None else torch.from_dlpack(array)
 
-    def replay(self):
-        self.graph.launch(self.stream)
-        return self.output
-
-    def read(self, cost):
-        self.stream.synchronize()
-        return float(cost)
+    tensors = tuple(view(array) for array in arrays)
+    flat = view(step.params.flat)
+    with config_context(array_api_dispatch=True):
+        xp, _ = get_namespace(flat)
+    mirrored = copy.copy(step)
+    mirrored.xp = xp
+    mirrored.params = copy.copy(step.params)
+    mirrored.params.flat, mirrored.params.xp = flat, xp
+    mirrored.optimizer = copy.copy(step.optimizer)
+    mirrored.optimizer.velocities = [view(v) for v in step.optimizer.velocities]
+    mirrored.scalars = tuple(view(scalar) for scalar in step.scalars)
+    return tensors, mirrored, xp

@@ -1,8 +1,8 @@
-"""SGDMLPClassifier: validation, initialisation and the epoch loop.
+"""SGDMLPClassifier: validation, initialisation and the orchestration of a fit.
 
-The math lives in ``_backprop.py`` (pure functions) and, for dense NumPy input, in its
-NumPy-specialised twin ``_numpy_sgd.py``; this module only turns scikit-learn inputs into
-arrays, owns the training state and runs epochs of mini-batch SGD.
+The math lives in ``_backprop.py`` (pure functions); the epochs, the training state and
+its flat buffers in ``_engine.py``. This module turns scikit-learn inputs into arrays,
+initialises the network, and runs the engine's epochs under scikit-learn's callbacks.
 """
 
 import dataclasses
@@ -16,28 +16,24 @@ from sklearn.callback import CallbackSupportMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils._array_api import (
-    _is_numpy_namespace,
     check_same_namespace,
-    get_namespace_and_device,
-    move_to,
 )
 from sklearn.utils._param_validation import Interval, Options, StrOptions
-from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import (
-    _check_sample_weight,
     check_is_fitted,
     validate_data,
 )
 
 from skmlp._backprop import forward_pass
 from skmlp._data import (
+    check_classes,
     decode,
     encode,
+    layer_sizes,
     namespace,
-    same_labels,
-    sorted_unique,
     split_data,
     targets,
+    validate_training_data,
 )
 from skmlp._engine import (
     Engine,
@@ -434,64 +430,6 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
         tags.classifier_tags.multi_label = False
         return tags
 
-    # ---------------------------------------------------------- validation helpers
-
-    def _layer_sizes(self):
-        sizes = self.hidden_layer_sizes
-        sizes = list(sizes) if hasattr(sizes, "__iter__") else [sizes]
-        if any(not isinstance(s, Integral) or s < 1 for s in sizes):
-            raise ValueError(
-                f"hidden_layer_sizes must contain positive integers, got {sizes}."
-            )
-        return [int(s) for s in sizes]
-
-    def _validate_training_data(self, X, y, sample_weight, first_call):
-        # "Everything follows X": labels and weights move to X's namespace and device.
-        xp_raw, _, device = get_namespace_and_device(X)
-        if not _is_numpy_namespace(xp_raw):
-            y, sample_weight = move_to(y, sample_weight, xp=xp_raw, device=device)
-        xp, _ = namespace(X)
-        if first_call:
-            dtype = [xp.float64, xp.float32] if self.dtype is None else self.dtype
-            dtype = getattr(xp, dtype) if isinstance(dtype, str) else dtype
-        else:
-            dtype = self.coefs_[0].dtype
-        X, y = validate_data(
-            self, X, y, reset=first_call, accept_sparse="csr", dtype=dtype
-        )
-        check_classification_targets(y)
-        target_type = type_of_target(y)
-        if target_type not in ("binary", "multiclass"):
-            raise ValueError(
-                f"Expected binary or multiclass labels, got {target_type!r} labels."
-            )
-        if sample_weight is not None:
-            sample_weight = _check_sample_weight(sample_weight, X, dtype=X.dtype)
-        return X, y, sample_weight
-
-    def _set_classes(self, y, classes, incremental, first_call, xp, device):
-        if incremental and first_call and classes is None:
-            raise ValueError("classes must be passed on the first call to partial_fit.")
-        if not first_call:
-            if classes is not None and not same_labels(classes, self.classes_):
-                raise ValueError(
-                    f"classes={np.asarray(classes)!r} is not the same as on the first "
-                    f"call to partial_fit, which was {self.classes_!r}."
-                )
-            if not incremental and not same_labels(y, self.classes_):
-                raise ValueError(  # MLPClassifier's rule and words
-                    "warm_start can only be used where `y` has the same classes as in "
-                    f"the previous call to fit. Previously got {self.classes_!r}, `y` "
-                    f"has {sorted_unique(y, xp, device)!r}."
-                )
-            return
-        self.classes_ = sorted_unique(y if classes is None else classes, xp, device)
-        if self.classes_.shape[0] < 2:
-            raise ValueError(
-                "The training data must contain samples of at least 2 classes; got "
-                f"only 1 class: {self.classes_!r}."
-            )
-
     def _proba(self, X, method):
         output, xp = self._output(X, method)
         if self.n_outputs_ == 1:
@@ -530,7 +468,11 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
         random_state = check_random_state(self.random_state)
         n_classes = self.classes_.shape[0]
         self.n_outputs_ = 1 if n_classes == 2 else n_classes
-        layer_units = [n_features, *self._layer_sizes(), self.n_outputs_]
+        layer_units = [
+            n_features,
+            *layer_sizes(self.hidden_layer_sizes),
+            self.n_outputs_,
+        ]
         self.n_layers_ = len(layer_units)
         self.out_activation_ = (
             "logistic" if n_classes == 2 else LOSSES[self.loss].out_activation
@@ -570,52 +512,53 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
                 self._state.random_state.set_state(before[1])
             raise
         epochs = 1 if incremental else self.max_iter
-        n_iter, n_records = self.n_iter_ if incremental else 0, len(self._records)
         metadata = {} if sample_weight is None else {"sample_weight": sample_weight}
+        task = dict(estimator=self, X=X, y=y, metadata=metadata)
         context = self._init_callback_context(max_subtasks=epochs)
-        context.call_on_fit_task_begin(estimator=self, X=X, y=y, metadata=metadata)
+        context.call_on_fit_task_begin(**task)
+        stopped = self._run_epochs(engine, data, context, task, epochs, incremental)
+        if not stopped and not incremental:
+            warnings.warn(
+                f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached "
+                "and the optimization hasn't converged yet.",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+        engine.finish()
+        self.coefs_, self.intercepts_ = engine.layers()
+        context.call_on_fit_task_end(**task, reconstruction_attributes={})
+        return self
+
+    def _run_epochs(self, engine, data, context, task, epochs, incremental):
+        """Up to ``epochs`` epochs, each a callback subtask; True if stopped early."""
+        n_iter, n_records = self.n_iter_ if incremental else 0, len(self._records)
         for _ in range(epochs):
             epoch_context = context.subcontext(task_name="epoch")
-            epoch_context.call_on_fit_task_begin(
-                estimator=self, X=X, y=y, metadata=metadata
-            )
+            epoch_context.call_on_fit_task_begin(**task)
             try:
                 converged = engine.run_epoch(data)
             finally:  # n_iter_: the epochs of this fit (partial_fit: one more each)
                 self.n_iter_ = n_iter + len(self._records) - n_records
                 self.coefs_, self.intercepts_ = engine.layers()
             stop = epoch_context.call_on_fit_task_end(
-                estimator=self,
-                X=X,
-                y=y,
-                metadata=metadata,
-                reconstruction_attributes=self._reconstruction_attributes,
+                **task, reconstruction_attributes=self._reconstruction_attributes
             )
             if converged or stop:
-                break
-        else:
-            if not incremental:
-                warnings.warn(
-                    f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached "
-                    "and the optimization hasn't converged yet.",
-                    ConvergenceWarning,
-                    stacklevel=3,
-                )
-        engine.finish()
-        self.coefs_, self.intercepts_ = engine.layers()
-        context.call_on_fit_task_end(
-            estimator=self, X=X, y=y, metadata=metadata, reconstruction_attributes={}
-        )
-        return self
+                return True
+        return False
 
     def _prepare(self, X, y, sample_weight, incremental, classes):
         """Validate, initialise where needed, build the engine and the training data."""
         first_call = not ((incremental or self.warm_start) and hasattr(self, "coefs_"))
-        X, y, sample_weight = self._validate_training_data(
-            X, y, sample_weight, first_call
+        dtype = self.dtype if first_call else self.coefs_[0].dtype
+        X, y, sample_weight = validate_training_data(
+            self, X, y, sample_weight, dtype=dtype, reset=first_call
         )
         xp, device = namespace(X)
-        self._set_classes(y, classes, incremental, first_call, xp, device)
+        if incremental and first_call and classes is None:
+            raise ValueError("classes must be passed on the first call to partial_fit.")
+        known = None if first_call else self.classes_
+        self.classes_ = check_classes(y, classes, known, incremental, xp, device)
         y_indices = encode(y, self.classes_, xp)
         if first_call:
             self._initialize(X.shape[1], X.dtype, xp, device)

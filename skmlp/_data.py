@@ -4,6 +4,8 @@ Pure functions shared by the estimator's ``fit`` and ``predict``; NumPy takes th
 path, any other array namespace the array-API one, on its own device.
 """
 
+from numbers import Integral
+
 import numpy as np
 import scipy.sparse as sp
 from sklearn.model_selection import train_test_split
@@ -11,7 +13,76 @@ from sklearn.utils._array_api import (
     _convert_to_numpy,
     _is_numpy_namespace,
     get_namespace_and_device,
+    move_to,
 )
+from sklearn.utils.multiclass import check_classification_targets, type_of_target
+from sklearn.utils.validation import _check_sample_weight, validate_data
+
+
+def validate_training_data(estimator, X, y, sample_weight, *, dtype, reset):
+    """``validate_data`` for a fit: labels and weights follow ``X``'s namespace.
+
+    ``dtype``: "float32", "float64", an array dtype, or None (float32 input stays
+    float32, anything else becomes float64).
+    """
+    xp_raw, _, device = get_namespace_and_device(X)
+    if not _is_numpy_namespace(xp_raw):
+        y, sample_weight = move_to(y, sample_weight, xp=xp_raw, device=device)
+    xp, _ = namespace(X)
+    if dtype is None:
+        dtype = [xp.float64, xp.float32]
+    elif isinstance(dtype, str):
+        dtype = getattr(xp, dtype)
+    X, y = validate_data(estimator, X, y, reset=reset, accept_sparse="csr", dtype=dtype)
+    check_classification_targets(y)
+    target_type = type_of_target(y)
+    if target_type not in ("binary", "multiclass"):
+        raise ValueError(
+            f"Expected binary or multiclass labels, got {target_type!r} labels."
+        )
+    if sample_weight is not None:
+        sample_weight = _check_sample_weight(sample_weight, X, dtype=X.dtype)
+    return X, y, sample_weight
+
+
+def layer_sizes(hidden_layer_sizes):
+    """The hidden layer sizes as a list of positive ints (one int is one layer)."""
+    sizes = hidden_layer_sizes
+    sizes = list(sizes) if hasattr(sizes, "__iter__") else [sizes]
+    if any(not isinstance(s, Integral) or s < 1 for s in sizes):
+        raise ValueError(
+            f"hidden_layer_sizes must contain positive integers, got {sizes}."
+        )
+    return [int(s) for s in sizes]
+
+
+def check_classes(y, classes, known, incremental, xp, device):
+    """The classes of a fit: from ``classes`` or ``y``, or ``known`` ones checked.
+
+    ``known`` (None on a first call) are the classes already fitted: ``classes`` must
+    equal them, and so must those of ``y`` in a warm-started ``fit`` (MLPClassifier's
+    rule and words); ``partial_fit`` accepts a ``y`` with fewer classes.
+    """
+    if known is not None:
+        if classes is not None and not same_labels(classes, known):
+            raise ValueError(
+                f"classes={np.asarray(classes)!r} is not the same as on the first "
+                f"call to partial_fit, which was {known!r}."
+            )
+        if not incremental and not same_labels(y, known):
+            raise ValueError(
+                "warm_start can only be used where `y` has the same classes as in "
+                f"the previous call to fit. Previously got {known!r}, `y` has "
+                f"{sorted_unique(y, xp, device)!r}."
+            )
+        return known
+    found = sorted_unique(y if classes is None else classes, xp, device)
+    if found.shape[0] < 2:
+        raise ValueError(
+            "The training data must contain samples of at least 2 classes; got "
+            f"only 1 class: {found!r}."
+        )
+    return found
 
 
 def namespace(*arrays):

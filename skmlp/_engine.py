@@ -34,7 +34,12 @@ import scipy.sparse as sp
 from sklearn.exceptions import ConvergenceWarning
 
 from skmlp._backprop import accuracy, backprop
-from skmlp._capture import graph_backend, make_captured_epoch
+from skmlp._capture import (
+    capture_backend,
+    graph_backend,
+    make_captured_epoch,
+    torch_mirror,
+)
 from skmlp._data import take_rows
 from skmlp._numpy_sgd import NumpyStep
 
@@ -42,8 +47,8 @@ from skmlp._numpy_sgd import NumpyStep
 # even where every number is still finite (see ``Engine.diverged``).
 DIVERGENCE_FACTOR = 1e6
 
-# Arrays the size of the weights that a fit holds at its peak (measured: 7.2, and 8.3
-# with early stopping; see check_memory).
+# Arrays the size of the weights that a fit holds at its peak (benchmarks/bench_memory.py
+# measures 7.3, and 8.4 with early stopping; see check_memory).
 WEIGHT_COPIES = 8
 
 # Rows gathered at once: a few MiB for MNIST, so a chunk stays in cache while its
@@ -330,7 +335,7 @@ class Engine:
         self.optimizer, self.xp, self.device = state.optimizer, xp, device
         self.batch_size, self.shuffle = batch_size, shuffle
         self.loss_kwargs, self.best_params, self._graph = loss_kwargs, None, None
-        self._backend = None if sparse or not capture else graph_backend(xp, device)
+        self._backend = None if sparse or not capture else capture_backend(xp, device)
         if device_scalars is None:
             device_scalars = self._backend is not None
         if xp is np and not sparse and not device_scalars:
@@ -391,14 +396,7 @@ class Engine:
             order = self.state.random_state.permutation(X.shape[0])
         if self._backend is not None:
             if self._graph is None:
-                self._graph = make_captured_epoch(
-                    self._backend,
-                    lambda order: epoch_cost(
-                        X, Y, sample_weight, order, self.batch_size, self.step, self.xp
-                    ),
-                    to_device=lambda order: self.xp.asarray(order, device=self.device),
-                    prepare=self._write_learning_rate,
-                )
+                self._graph = self._make_graph(X, Y, sample_weight)
             return self._graph(order)
         if order is not None and not sp.issparse(X):
             order = self.xp.asarray(order, device=self.device)
@@ -408,6 +406,25 @@ class Engine:
             X, Y, sample_weight, order, self.batch_size, self.step, self.xp
         )
         return float(cost)
+
+    def _make_graph(self, X, Y, sample_weight):
+        """The captured epoch; a CuPy epoch is captured as torch kernels on the same
+        memory (``torch_mirror``: CuPy refuses cuBLAS calls during a capture)."""
+        step, xp = self.step, self.xp
+        if self._backend == "cupy":
+            (X, Y, sample_weight), step, xp = torch_mirror((X, Y, sample_weight), step)
+        device = X.device
+
+        def prepare():
+            step.scalars[0][...] = self.optimizer.learning_rate
+
+        return make_captured_epoch(
+            lambda order: epoch_cost(
+                X, Y, sample_weight, order, self.batch_size, step, xp
+            ),
+            to_device=lambda order: xp.asarray(order, device=device),
+            prepare=prepare,
+        )
 
     def _write_learning_rate(self):
         self.step.scalars[0][...] = self.optimizer.learning_rate
