@@ -17,22 +17,17 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import GridSearchCV
-from threadpoolctl import threadpool_limits
 
 from pipelines.data import load_data
-from pipelines.tracking import (
-    log_run_context,
-    raise_on_sigterm,
-    setup_experiment,
-    tracking_uri,
-)
+from pipelines.lifecycle import start_run, task_wrapper
+from pipelines.tracking import log_run_context, setup_experiment, tracking_uri
 from pipelines.train import build_pipeline
 
 
 def log_candidates(results, experiment_id):
     """One child run per candidate of ``cv_results_`` under the active run."""
     for i, params in enumerate(results["params"]):
-        with mlflow.start_run(
+        with start_run(
             experiment_id=experiment_id, nested=True, run_name=f"candidate-{i}"
         ):
             mlflow.log_params(params)
@@ -62,22 +57,17 @@ def search(cfg, data):
 
 
 @hydra.main(config_path="../conf", config_name="grid_search", version_base="1.3")
+@task_wrapper
 def main(cfg: DictConfig) -> float:
     """Hydra entry point (console script ``skmlp-grid-search``)."""
-    raise_on_sigterm()
     data = load_data(cfg.data, cfg.seed)
     experiment_id = setup_experiment(
         tracking_uri(cfg.tracking.uri), cfg.tracking.experiment_name
     )
-    with mlflow.start_run(experiment_id=experiment_id, run_name="grid-search"):
+    with start_run(experiment_id=experiment_id, run_name="grid-search"):
         log_run_context(cfg, data)
         start = time.perf_counter()
-        try:
-            with threadpool_limits(cfg.blas_threads):
-                grid = search(cfg, data)
-        except KeyboardInterrupt:
-            mlflow.end_run("KILLED")
-            raise
+        grid = search(cfg, data)
         log_candidates(grid.cv_results_, experiment_id)
         test_accuracy = float(grid.score(data.X_test, data.y_test))
         mlflow.log_params({f"best.{k}": v for k, v in grid.best_params_.items()})

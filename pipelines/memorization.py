@@ -20,11 +20,11 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 from sklearn.utils import Bunch
-from threadpoolctl import threadpool_limits
 
 from pipelines.data import load_data
-from pipelines.tracking import MLflowSweepCallback, raise_on_sigterm
-from pipelines.train import blas_threads, tracked_run
+from pipelines.lifecycle import task_wrapper
+from pipelines.tracking import MLflowSweepCallback
+from pipelines.train import tracked_run
 from skmlp.corruption import INPUT_CORRUPTIONS, LABEL_CORRUPTIONS
 from skmlp.plots import plot_memorization_summary
 
@@ -51,7 +51,6 @@ def time_to_fit(curves, threshold):
 
 
 def run(cfg: DictConfig) -> float:
-    raise_on_sigterm()
     data = corrupt(load_data(cfg.data, cfg.seed), cfg.corruption, cfg.seed)
     eval_sets = {
         "train": (data.X_train, data.y_train),
@@ -134,10 +133,10 @@ def collect(client, parent_id):
 
 
 @hydra.main(config_path="../conf", config_name="memorization", version_base="1.3")
+@task_wrapper
 def main(cfg: DictConfig) -> float:
     """Hydra entry point (console script ``skmlp-memorization``)."""
-    with threadpool_limits(blas_threads(cfg.blas_threads)):
-        return run(cfg)
+    return run(cfg)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@
 import atexit
 import hashlib
 import os
-import signal
 import subprocess
 from pathlib import Path
 
@@ -14,7 +13,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from pipelines.store import open_store
+from pipelines.lifecycle import handle_signals, interrupted, process_tags, stop_children
+from pipelines.store import check_store, open_store
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PARENT_RUN_ENV = "SKMLP_PARENT_RUN_ID"
@@ -108,15 +108,6 @@ def log_run_context(cfg, data, tags=None):
     mlflow.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
 
 
-def raise_on_sigterm():
-    """Turn SIGTERM into KeyboardInterrupt, so that runs end KILLED, not RUNNING."""
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt(f"received signal {signum}")
-
-    signal.signal(signal.SIGTERM, handler)
-
-
 class MLflowEpochLogger:
     """sklearn callback: logs each epoch of an SGDMLPClassifier to the active run.
 
@@ -197,17 +188,26 @@ class MLflowSweepCallback(Callback):
 
     def on_multirun_start(self, config, **kwargs):
         uri = tracking_uri(config.tracking.uri)
+        check_store(uri)
         experiment_id = setup_experiment(uri, config.tracking.experiment_name)
         sweep_dir = config.hydra.sweep.dir
         run = MlflowClient(uri).create_run(
             experiment_id,
             run_name=f"sweep-{Path(sweep_dir).name}",
-            tags={"skmlp.sweep_dir": str(sweep_dir), "skmlp.git_commit": git_commit()},
+            tags={
+                "skmlp.sweep_dir": str(sweep_dir),
+                "skmlp.git_commit": git_commit(),
+                **process_tags(),
+            },
         )
         self._parent, self._uri = run.info.run_id, uri
         os.environ[PARENT_RUN_ENV] = self._parent
         atexit.register(self._end, "FAILED")
-        raise_on_sigterm()
+        # On Ctrl-C or SIGTERM, the children end their runs KILLED before joblib
+        # kills its workers.
+        handle_signals(
+            before_raise=lambda: stop_children(MlflowClient(uri), run.info.run_id)
+        )
 
     def on_multirun_end(self, config, **kwargs):
         self._end("FINISHED")
@@ -217,12 +217,13 @@ class MLflowSweepCallback(Callback):
             return
         client = MlflowClient(self._uri)
         if client.get_run(self._parent).info.status == "RUNNING":
+            stop_children(client, self._parent)
             children = client.search_runs(
                 [client.get_run(self._parent).info.experiment_id],
                 f"tags.mlflow.parentRunId = '{self._parent}'",
             )
-            if status != "FINISHED" and any(
-                child.info.status == "KILLED" for child in children
+            if status != "FINISHED" and (
+                interrupted() or any(c.info.status == "KILLED" for c in children)
             ):
                 status = "KILLED"
             client.set_terminated(self._parent, status)

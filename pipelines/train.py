@@ -14,20 +14,18 @@ import hydra
 import mlflow
 import numpy as np
 import pandas as pd
-from hydra.core.hydra_config import HydraConfig
 from mlflow.models import infer_signature
 from omegaconf import DictConfig, OmegaConf
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import log_loss
 from sklearn.pipeline import Pipeline
-from threadpoolctl import threadpool_limits
 
 from pipelines.data import load_data
+from pipelines.lifecycle import start_run, task_wrapper
 from pipelines.tracking import (
     PARENT_RUN_ENV,
     MLflowEpochLogger,
     log_run_context,
-    raise_on_sigterm,
     setup_experiment,
     tracking_uri,
 )
@@ -125,15 +123,15 @@ def log_artifacts(pipeline, data, cfg, curves):
 
 
 def default_eval_sets(cfg, data):
-    """Per-epoch evaluation sets: a fixed training sample, the test set, validation."""
+    """Per-epoch evaluation sets: a fixed training sample (none if
+    ``eval.train_accuracy_samples`` is 0), the test set, validation."""
     n_sample = min(cfg.eval.train_accuracy_samples, len(data.y_train))
     sample = np.random.default_rng(cfg.seed).choice(
         len(data.y_train), size=n_sample, replace=False
     )
-    eval_sets = {
-        "train": (data.X_train[sample], data.y_train[sample]),
-        "test": (data.X_test, data.y_test),
-    }
+    eval_sets = {"test": (data.X_test, data.y_test)}
+    if n_sample > 0:
+        eval_sets["train"] = (data.X_train[sample], data.y_train[sample])
     if data.X_val is not None:
         eval_sets["val"] = (data.X_val, data.y_val)
     return eval_sets
@@ -167,18 +165,14 @@ def tracked_run(
     experiment_id = setup_experiment(
         tracking_uri(cfg.tracking.uri), cfg.tracking.experiment_name
     )
-    with mlflow.start_run(
+    with start_run(
         experiment_id=experiment_id,
         run_name=name,
         parent_run_id=os.environ.get(PARENT_RUN_ENV),
         log_system_metrics=False,
     ) as active:
         log_run_context(cfg, data, tags)
-        try:
-            pipeline, seconds, curves = train(cfg, data, eval_sets, stop_at=stop_at)
-        except KeyboardInterrupt:
-            mlflow.end_run("KILLED")
-            raise
+        pipeline, seconds, curves = train(cfg, data, eval_sets, stop_at=stop_at)
         metrics = evaluate(pipeline, data, seconds, cfg)
         if extra_metrics is not None:
             metrics.update(extra_metrics(curves))
@@ -194,7 +188,6 @@ def tracked_run(
 
 def run(cfg: DictConfig) -> float:
     """One tracked training run; returns the score a sweeper maximises."""
-    raise_on_sigterm()
     data = load_data(cfg.data, cfg.seed)
     metrics, _ = tracked_run(
         cfg, data, default_eval_sets(cfg, data), name=run_name(cfg)
@@ -205,29 +198,11 @@ def run(cfg: DictConfig) -> float:
     ]
 
 
-def blas_threads(setting):
-    """BLAS threads for this job: an int, None (no limit), or "auto".
-
-    "auto" shares the cores among the jobs a parallel launcher runs at once (the
-    joblib launcher's ``n_jobs``), so that a sweep does not oversubscribe them.
-    """
-    if setting != "auto":
-        return setting
-    launcher = HydraConfig.get().launcher
-    n_jobs = (
-        launcher.get("n_jobs") if "joblib" in launcher.get("_target_", "") else None
-    )
-    if not n_jobs or n_jobs == 1:
-        return None
-    n_jobs = os.cpu_count() if n_jobs < 0 else n_jobs
-    return max(1, (os.cpu_count() or 1) // n_jobs)
-
-
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
+@task_wrapper
 def main(cfg: DictConfig) -> float:
     """Hydra entry point (console script ``skmlp-train``)."""
-    with threadpool_limits(blas_threads(cfg.blas_threads)):
-        return run(cfg)
+    return run(cfg)
 
 
 if __name__ == "__main__":
