@@ -24,18 +24,18 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 
 from skmlp import SGDMLPClassifier
-from skmlp._numpy_sgd import _Flat
+from skmlp._engine import FlatParams
 from skmlp.datasets import load_mnist
 
 SIZES, BATCH, EPOCHS = (784, 16, 16, 10), 100, 3
 
 
 def minimal_epoch(X, Y, order, params, velocity, lr=0.01, momentum=0.9):
-    """One epoch of the bare SGD step; ``params`` (a ``_Flat``) and ``velocity`` (its
-    flat twin) are updated in place."""
-    (W1, W2, W3), (b1, b2, b3) = params.coefs, params.intercepts
-    grad = _Flat(params.views, n_coefs=3, empty=True)
-    (G1, G2, G3), (g1, g2, g3) = grad.coefs, grad.intercepts
+    """One epoch of the bare SGD step; ``params`` (a ``FlatParams``) and ``velocity``
+    (its flat twin) are updated in place."""
+    (W1, W2, W3), (b1, b2, b3) = params.layers()
+    grad_flat = np.empty_like(params.flat)
+    G1, G2, G3, g1, g2, g3 = params.views(grad_flat)
     H1, H2 = np.empty((BATCH, 16), np.float32), np.empty((BATCH, 16), np.float32)
     Z = np.empty((10, BATCH), np.float32)
     ones, zero = np.ones(BATCH, np.float32), np.zeros((), np.float32)
@@ -64,9 +64,9 @@ def minimal_epoch(X, Y, order, params, velocity, lr=0.01, momentum=0.9):
         D *= H1 > zero
         np.matmul(Xb.T, D, out=G1)
         np.matmul(ones, D, out=g1)
-        grad.flat *= lr / BATCH
+        grad_flat *= lr / BATCH
         velocity *= momentum
-        velocity -= grad.flat
+        velocity -= grad_flat
         params.flat += velocity
 
 
@@ -75,13 +75,13 @@ def main(repeats=5):
     X, y = data.X_train, data.y_train
     Y = np.eye(10, dtype=np.float32)[y]
     rng = np.random.default_rng(0)
-    params = _Flat(
+    params = FlatParams(
         [
             rng.uniform(-0.1, 0.1, (fan_in, fan_out)).astype(np.float32)
             for fan_in, fan_out in zip(SIZES[:-1], SIZES[1:], strict=True)
-        ]
-        + [np.zeros(fan_out, np.float32) for fan_out in SIZES[1:]],
-        n_coefs=3,
+        ],
+        [np.zeros(fan_out, np.float32) for fan_out in SIZES[1:]],
+        np,
     )
     velocity = np.zeros_like(params.flat)
     common = common_params(SIZES[1:-1], BATCH, EPOCHS)

@@ -8,6 +8,7 @@ test accuracy of the refitted best pipeline, the cv_results_ table); every candi
 is a child run with its parameters and its mean and spread of fold scores.
 """
 
+import logging
 import time
 import warnings
 
@@ -18,16 +19,20 @@ from omegaconf import DictConfig, OmegaConf
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import GridSearchCV
 
+from pipelines import config_dir
 from pipelines.data import load_data
-from pipelines.lifecycle import start_run, task_wrapper
+from pipelines.device import resolve_device
 from pipelines.tracking import log_run_context, setup_experiment, tracking_uri
-from pipelines.train import build_pipeline
+from pipelines.training import build_pipeline
+from pipelines.utils import metric_value, task_wrapper
+
+log = logging.getLogger(__name__)
 
 
 def log_candidates(results, experiment_id):
     """One child run per candidate of ``cv_results_`` under the active run."""
     for i, params in enumerate(results["params"]):
-        with start_run(
+        with mlflow.start_run(
             experiment_id=experiment_id, nested=True, run_name=f"candidate-{i}"
         ):
             mlflow.log_params(params)
@@ -41,50 +46,67 @@ def log_candidates(results, experiment_id):
             )
 
 
-def search(cfg, data):
+def search(cfg, data, device):
+    """The fitted GridSearchCV, and its best pipeline's accuracy on the test set.
+
+    The data moves to ``device`` once. On a GPU the candidates run one after the other:
+    parallel workers would each get their own copy of the data.
+    """
     grid = GridSearchCV(
         build_pipeline(cfg),
         OmegaConf.to_container(cfg.search.param_grid, resolve=True),
         cv=cfg.search.cv,
-        n_jobs=cfg.search.n_jobs,
+        n_jobs=1 if device.is_gpu else cfg.search.n_jobs,
         scoring="accuracy",
         error_score="raise",
     )
-    with warnings.catch_warnings():
+    sets = device.put_sets(
+        {"train": (data.X_train, data.y_train), "test": (data.X_test, data.y_test)}
+    )
+    with warnings.catch_warnings(), device.dispatch():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        grid.fit(data.X_train, data.y_train)
-    return grid
+        grid.fit(*sets["train"])
+        return grid, float(grid.score(*sets["test"]))
 
 
-@hydra.main(config_path="../conf", config_name="grid_search", version_base="1.3")
 @task_wrapper
-def main(cfg: DictConfig) -> float:
-    """Hydra entry point (console script ``skmlp-grid-search``)."""
+def grid_search(cfg: DictConfig) -> dict:
+    """The search as one parent run (candidates as children); returns its metrics."""
+    device = resolve_device(
+        cfg.device
+    )  # a missing GPU or library fails before any work
     data = load_data(cfg.data, cfg.seed)
     experiment_id = setup_experiment(
         tracking_uri(cfg.tracking.uri), cfg.tracking.experiment_name
     )
-    with start_run(experiment_id=experiment_id, run_name="grid-search"):
-        log_run_context(cfg, data)
-        start = time.perf_counter()
-        grid = search(cfg, data)
-        log_candidates(grid.cv_results_, experiment_id)
-        test_accuracy = float(grid.score(data.X_test, data.y_test))
-        mlflow.log_params({f"best.{k}": v for k, v in grid.best_params_.items()})
-        mlflow.log_metrics(
-            {
-                "best_cv_accuracy": float(grid.best_score_),
-                "final_test_accuracy": test_accuracy,
-                "search_seconds": time.perf_counter() - start,
-            }
-        )
-        table = pd.DataFrame(grid.cv_results_).drop(columns="params").astype(str)
-        mlflow.log_table(table, "cv_results.json")
-        print(
-            f"best {grid.best_params_}: cv accuracy {grid.best_score_:.4f}, "
-            f"test accuracy {test_accuracy:.4f}"
-        )
-    return test_accuracy
+    mlflow.start_run(experiment_id=experiment_id, run_name="grid-search")
+    log_run_context(cfg, data, device.tags())
+    start = time.perf_counter()
+    grid, test_accuracy = search(cfg, data, device)
+    log_candidates(grid.cv_results_, experiment_id)
+    metrics = {
+        "best_cv_accuracy": float(grid.best_score_),
+        "final_test_accuracy": test_accuracy,
+        "search_seconds": time.perf_counter() - start,
+    }
+    mlflow.log_params({f"best.{k}": v for k, v in grid.best_params_.items()})
+    mlflow.log_metrics(metrics)
+    table = pd.DataFrame(grid.cv_results_).drop(columns="params").astype(str)
+    mlflow.log_table(table, "cv_results.json")
+    mlflow.end_run()
+    log.info(
+        "best %s: cv accuracy %.4f, test accuracy %.4f",
+        grid.best_params_,
+        metrics["best_cv_accuracy"],
+        metrics["final_test_accuracy"],
+    )
+    return metrics
+
+
+@hydra.main(config_path=config_dir(), config_name="grid_search", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point (console script ``skmlp-grid-search``)."""
+    return metric_value(grid_search(cfg), cfg.optimized_metric)
 
 
 if __name__ == "__main__":

@@ -1,20 +1,21 @@
 """The life of a pipeline's runs, owned once for every entry point.
 
-``task_wrapper`` (after lightning-hydra-template's) wraps each Hydra task: it checks
-the store before any data or training, marks this host's runs whose process died as
-FAILED, turns SIGTERM and SIGINT into KeyboardInterrupt and limits BLAS threads.
-``start_run`` opens a run tagged with its host and pid that ends KILLED when
-interrupted, FAILED on an error and FINISHED otherwise. A sweep's parent stops its
-children through ``stop_children`` before it ends itself.
+``task_wrapper`` (after lightning-hydra-template's) wraps each Hydra task: it
+validates the model's parameters and checks the store before any data or training,
+marks this host's runs whose process died as FAILED, tags every run with its host and
+pid, turns SIGTERM and SIGINT into KeyboardInterrupt, limits BLAS threads, and ends
+the runs a failure leaves open KILLED (interrupt) or FAILED (error), never RUNNING.
+A sweep's parent stops its children through ``stop_children`` before it ends itself.
 """
 
 import functools
+import json
+import logging
 import os
 import signal
 import socket
 import threading
 import time
-from contextlib import contextmanager
 
 import hydra
 import mlflow
@@ -28,6 +29,10 @@ from pipelines.store import (
     check_store,
     reap_dead_runs,
 )
+from skmlp import SGDMLPClassifier
+from skmlp._data import layer_sizes
+
+log = logging.getLogger(__name__)
 
 # How long a sweep's parent waits for its children to end their runs themselves.
 CHILDREN_GRACE_S = 20
@@ -84,20 +89,6 @@ def _in_database_call(frame) -> bool:
     return False
 
 
-@contextmanager
-def start_run(**kwargs):
-    """``mlflow.start_run`` with host and pid tags; KILLED on KeyboardInterrupt
-    anywhere inside (training, logging the model), FAILED on an error."""
-    tags = {**(kwargs.pop("tags", None) or {}), **process_tags()}
-    with mlflow.start_run(tags=tags, **kwargs) as run:
-        try:
-            yield run
-        except KeyboardInterrupt:
-            mlflow.set_tag(REASON_TAG, "interrupted (Ctrl-C or SIGTERM)")
-            mlflow.end_run("KILLED")
-            raise
-
-
 def blas_threads(setting):
     """BLAS threads for this job: an int, None (no limit), or "auto".
 
@@ -106,7 +97,7 @@ def blas_threads(setting):
     """
     if setting != "auto":
         return setting
-    launcher = HydraConfig.get().launcher if HydraConfig.initialized() else {}
+    launcher = HydraConfig.get().launcher
     n_jobs = (
         launcher.get("n_jobs") if "joblib" in launcher.get("_target_", "") else None
     )
@@ -129,14 +120,12 @@ def check_model(cfg) -> None:
         estimator = hydra.utils.instantiate(step, _convert_="all")
         if hasattr(estimator, "_validate_params"):
             estimator._validate_params()  # scikit-learn's _parameter_constraints
-        if hasattr(estimator, "_layer_sizes"):
-            estimator._layer_sizes()  # sizes must be positive integers
+        if isinstance(estimator, SGDMLPClassifier):
+            layer_sizes(estimator.hidden_layer_sizes)  # positive integers
 
 
 def task_wrapper(task):
-    """Decorator for a Hydra task ``task(cfg)``: the model's parameters validated
-    and the store checked (within 15 s) before any data is loaded, dead runs of this
-    host reaped, signals handled, BLAS threads limited."""
+    """The run lifecycle around a task ``task(cfg) -> dict of metrics``."""
 
     @functools.wraps(task)
     def wrapped(cfg):
@@ -147,10 +136,27 @@ def task_wrapper(task):
         check_store(uri)
         reap_dead_runs(uri)
         handle_signals()
-        with threadpool_limits(blas_threads(cfg.get("blas_threads"))):
-            return task(cfg)
+        # MLflow adds these tags to every run this process starts (nested ones too).
+        context = json.loads(os.environ.get("MLFLOW_RUN_CONTEXT") or "{}")
+        os.environ["MLFLOW_RUN_CONTEXT"] = json.dumps({**context, **process_tags()})
+        try:
+            with threadpool_limits(blas_threads(cfg.blas_threads)):
+                return task(cfg)
+        except KeyboardInterrupt:
+            _end_open_runs("KILLED", "interrupted (Ctrl-C or SIGTERM)")
+            raise
+        except Exception as exc:
+            log.exception("%s failed", task.__name__)
+            _end_open_runs("FAILED", f"{type(exc).__name__}: {exc}"[:500])
+            raise
 
     return wrapped
+
+
+def _end_open_runs(status, reason):
+    while mlflow.active_run() is not None:
+        mlflow.set_tag(REASON_TAG, reason)
+        mlflow.end_run(status)
 
 
 def stop_children(client, parent_id: str) -> None:

@@ -1,8 +1,8 @@
 """The shuffled-label memorization experiment (Zhang et al. 2017; Arpit et al. 2017).
 
-    python -m pipelines.memorization                              # quick (~10 min)
-    python -m pipelines.memorization experiment=memorization_full # MNIST 60k
-    python -m pipelines.memorization regularization=l2            # Arpit's contrast
+    python -m pipelines.memorization                      # quick (~10 min)
+    python -m pipelines.memorization scale=full           # MNIST 60k
+    python -m pipelines.memorization regularization=l2    # Arpit's contrast
 
 A sweep over corruption level p and network size; each job trains on corrupted
 training data and is measured on the true test set. Each job logs per epoch the loss,
@@ -21,10 +21,12 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 from sklearn.utils import Bunch
 
+from pipelines import config_dir
 from pipelines.data import load_data
-from pipelines.lifecycle import task_wrapper
+from pipelines.device import resolve_device
 from pipelines.tracking import MLflowSweepCallback
-from pipelines.train import tracked_run
+from pipelines.training import tracked_run
+from pipelines.utils import metric_value, task_wrapper
 from skmlp.corruption import INPUT_CORRUPTIONS, LABEL_CORRUPTIONS
 from skmlp.plots import plot_memorization_summary
 
@@ -50,29 +52,25 @@ def time_to_fit(curves, threshold):
     return float(reached.iloc[0]) if len(reached) else float("nan")
 
 
-def run(cfg: DictConfig) -> float:
+@task_wrapper
+def memorize(cfg: DictConfig) -> dict:
+    """One job of the sweep: train on corrupted data; returns its final metrics."""
+    resolve_device(cfg.device)  # a missing GPU or library fails here, before any work
     data = corrupt(load_data(cfg.data, cfg.seed), cfg.corruption, cfg.seed)
-    eval_sets = {
-        "train": (data.X_train, data.y_train),
-        "test": (data.X_test, data.y_test),
-    }
     sizes = "-".join(str(s) for s in cfg.model.hidden_layer_sizes)
-    stop_at = ("train_accuracy", cfg.stop_at) if cfg.stop_at else None
-    metrics, curves = tracked_run(
+    metrics, _ = tracked_run(
         cfg,
         data,
-        eval_sets,
-        name=f"{cfg.corruption.kind}-p{cfg.corruption.p}-{sizes}-{cfg.regularization.name}",
+        name=f"{cfg.corruption.kind}-p{cfg.corruption.p}-{sizes}-{cfg.regularization}",
         tags={
             "skmlp.corruption": cfg.corruption.kind,
-            "skmlp.regularization": cfg.regularization.name,
+            "skmlp.regularization": cfg.regularization,
         },
-        stop_at=stop_at,
         extra_metrics=lambda curves: {
             "time_to_fit": time_to_fit(curves, cfg.fit_threshold)
         },
     )
-    return metrics["final_train_accuracy"]
+    return metrics
 
 
 class MemorizationSummary(MLflowSweepCallback):
@@ -109,7 +107,7 @@ def collect(client, parent_id):
             "corruption": params["corruption.kind"],
             "p": float(params["corruption.p"]),
             "hidden_layer_sizes": params["model.hidden_layer_sizes"],
-            "regularization": params["regularization.name"],
+            "regularization": params["regularization"],
             "n_parameters": metrics.get("n_parameters"),
             "epochs": metrics.get("n_epochs"),
             "time_to_fit": metrics.get("time_to_fit", np.nan),
@@ -132,11 +130,10 @@ def collect(client, parent_id):
     return table.reset_index(drop=True), pd.DataFrame(curves)
 
 
-@hydra.main(config_path="../conf", config_name="memorization", version_base="1.3")
-@task_wrapper
-def main(cfg: DictConfig) -> float:
+@hydra.main(config_path=config_dir(), config_name="memorization", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
     """Hydra entry point (console script ``skmlp-memorization``)."""
-    return run(cfg)
+    return metric_value(memorize(cfg), cfg.optimized_metric)
 
 
 if __name__ == "__main__":

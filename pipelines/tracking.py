@@ -7,7 +7,6 @@ import subprocess
 from pathlib import Path
 
 import mlflow
-import numpy as np
 from hydra.experimental.callback import Callback
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -24,13 +23,19 @@ def tracking_uri(configured=None):
     """The store every process of a run or sweep writes to.
 
     ``MLFLOW_TRACKING_URI`` wins, then the configured URI, then a sqlite database in
-    the project's ``mlruns/`` (absolute, so jobs in any working directory agree).
+    the project's ``mlruns/``. A sqlite path is made absolute (relative paths are
+    relative to the working directory), so jobs in any working directory agree.
     """
-    return (
+    uri = (
         os.environ.get("MLFLOW_TRACKING_URI")
         or configured
         or f"sqlite:///{PROJECT_ROOT / 'mlruns' / 'mlflow.db'}"
     )
+    if uri.startswith("sqlite:///") and uri != "sqlite:///:memory:":
+        # sqlite:///relative/path.db is relative to the working directory: make it
+        # absolute, so that it names one store wherever the jobs and the UI run.
+        uri = f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
+    return uri
 
 
 def setup_experiment(uri, name):
@@ -46,7 +51,7 @@ def setup_experiment(uri, name):
         return experiment.experiment_id
     location = None
     if uri.startswith("sqlite:///"):
-        store_dir = Path(uri.removeprefix("sqlite:///")).parent
+        store_dir = Path(uri.removeprefix("sqlite:///")).resolve().parent
         store_dir.mkdir(parents=True, exist_ok=True)
         location = (store_dir / "artifacts" / name).as_uri()
     try:
@@ -106,71 +111,6 @@ def log_run_context(cfg, data, tags=None):
         }
     )
     mlflow.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
-
-
-class MLflowEpochLogger:
-    """sklearn callback: logs each epoch of an SGDMLPClassifier to the active run.
-
-    It follows the ``sklearn.callback`` protocol, so the estimator needs nothing
-    MLflow-specific. Per epoch it logs ``loss``, ``seconds``, ``learning_rate`` and
-    the accuracy on each evaluation set given (``train_accuracy`` on a fixed sample of
-    the training set, ``val_accuracy``, ``test_accuracy``).
-
-    Parameters
-    ----------
-    eval_sets : dict of name -> (X, y)
-        Raw inputs (before preprocessing) and labels to score after each epoch.
-    preprocess : callable
-        Maps raw inputs to what the classifier sees (the fitted preprocessing
-        steps of the Pipeline); called once per set, on the first epoch.
-    stop_at : tuple (metric, threshold) or None, default=None
-        Stop training once a logged metric reaches the threshold, e.g.
-        ``("train_accuracy", 0.999)``.
-    """
-
-    def __init__(self, eval_sets, preprocess, stop_at=None):
-        self.eval_sets = eval_sets
-        self.preprocess = preprocess
-        self.stop_at = stop_at
-        self._transformed = None
-        self._last_epoch = 0
-        self.records = []  # the metrics of every epoch, for the learning-curve figure
-
-    def setup(self, estimator, context):
-        self._transformed = None
-        self._last_epoch = 0
-
-    def teardown(self, estimator, context):
-        self._transformed = None
-
-    def on_fit_task_begin(self, estimator, context):
-        pass
-
-    def on_fit_task_end(self, estimator, context, *, fitted_estimator=None):
-        if context.task_name != "epoch" or fitted_estimator is None:
-            return False
-        if self._transformed is None:
-            self._transformed = {
-                name: (self.preprocess(X), y) for name, (X, y) in self.eval_sets.items()
-            }
-        history = fitted_estimator.history_
-        if history.empty or history["epoch"].iloc[-1] == self._last_epoch:
-            return False  # a diverged epoch was undone: nothing new to log
-        record = history.iloc[-1]
-        self._last_epoch = int(record["epoch"])
-        metrics = {k: float(record[k]) for k in ("loss", "seconds", "learning_rate")}
-        if "validation_score" in record:
-            metrics["early_stopping_score"] = float(record["validation_score"])
-        for name, (X, y) in self._transformed.items():
-            metrics[f"{name}_accuracy"] = float(
-                np.mean(fitted_estimator.predict(X) == y)
-            )
-        mlflow.log_metrics(metrics, step=self._last_epoch)
-        self.records.append({"epoch": self._last_epoch, **metrics})
-        if self.stop_at is not None:
-            metric, threshold = self.stop_at
-            return metrics[metric] >= threshold
-        return False
 
 
 class MLflowSweepCallback(Callback):

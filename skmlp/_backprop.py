@@ -43,14 +43,29 @@ def forward_pass(X, coefs, intercepts, *, activation, out_activation, xp):
     return activations
 
 
-def _device(array):
-    return getattr(array, "device", None)
+def accuracy(X, y, coefs, intercepts, *, activation, out_activation, sample_weight, xp):
+    """(Weighted) fraction of the samples whose output picks their class index ``y``."""
+    output = forward_pass(
+        X,
+        coefs,
+        intercepts,
+        activation=activation,
+        out_activation=out_activation,
+        xp=xp,
+    )[-1]
+    if output.shape[1] == 1:  # one logistic output: class 1 above 1/2
+        predicted = xp.astype(output[:, 0] > 0.5, y.dtype)
+    else:
+        predicted = xp.astype(xp.argmax(output, axis=1), y.dtype)
+    correct = xp.astype(predicted == y, output.dtype)
+    if sample_weight is None:
+        return float(xp.mean(correct))
+    return float(xp.sum(correct * sample_weight) / xp.sum(sample_weight))
 
 
 def l2_penalty(coefs, xp):
     """Sum of the squared weights, ``sum_l ||W^(l)||^2`` (biases are not penalised)."""
-    flat = [xp.reshape(W, (-1,)) for W in coefs]
-    return sum(w @ w for w in flat)  # 1-D @ 1-D is a BLAS dot: no temporary array
+    return sum(xp.sum(W * W) for W in coefs)
 
 
 def backprop(
@@ -107,32 +122,29 @@ def backprop(
         out_activation=out_activation,
         xp=xp,
     )
-    loss_value, output_delta = LOSSES[loss][:2]
+    cost_function = LOSSES[loss]
     # delta = dC/dz at the output; the 1/n of the mean is folded into it once, here.
-    delta = output_delta(Y, activations[-1], xp)
+    delta = cost_function.delta(Y, activations[-1], xp)
+    sample_losses = xp.sum(cost_function.value(Y, activations[-1], xp), axis=1)
     if sample_weight is None:
         total_weight = X.shape[0]
-        cost = xp.sum(loss_value(Y, activations[-1], xp)) / total_weight
+        cost = xp.sum(sample_losses) / total_weight
         delta = delta / total_weight
     else:
         total_weight = xp.sum(sample_weight)
-        sample_losses = xp.sum(loss_value(Y, activations[-1], xp), axis=1)
         cost = xp.sum(sample_weight * sample_losses) / total_weight
         delta = delta * (sample_weight / total_weight)[:, None]
     if alpha:
         cost = cost + (0.5 * alpha / total_weight) * l2_penalty(coefs, xp)
 
     derivative = DERIVATIVES[activation]
-    # Column sums as a product with a vector of ones: a BLAS call, several times faster
-    # than a reduction over axis 0 for small batches.
-    ones = xp.ones((1, X.shape[0]), dtype=delta.dtype, device=_device(delta))
     n_layers = len(coefs)
     coef_grads, intercept_grads = [None] * n_layers, [None] * n_layers
     for layer in range(n_layers - 1, -1, -1):
         coef_grads[layer] = activations[layer].T @ delta  # dC/dW = a^(l-1)^T delta^(l)
         if alpha:
             coef_grads[layer] += (alpha / total_weight) * coefs[layer]
-        intercept_grads[layer] = (ones @ delta)[0, :]  # dC/db = column sums of delta
+        intercept_grads[layer] = xp.sum(delta, axis=0)  # dC/db = column sums of delta
         if layer > 0:  # delta^(l-1) = (delta^(l) W^(l)^T) * f'(z^(l-1))
             delta = delta @ coefs[layer].T
             if derivative is not None:

@@ -1,41 +1,50 @@
-"""SGDMLPClassifier: validation, initialisation and the epoch loop.
+"""SGDMLPClassifier: validation, initialisation and the orchestration of a fit.
 
-The math lives in ``_backprop.py`` (pure functions) and, for dense NumPy input, in its
-NumPy-specialised twin ``_numpy_sgd.py``; this module only turns scikit-learn inputs into
-arrays, owns the training state and runs epochs of mini-batch SGD.
+The math lives in ``_backprop.py`` (pure functions); the epochs, the training state and
+its flat buffers in ``_engine.py``. This module turns scikit-learn inputs into arrays,
+initialises the network, and runs the engine's epochs under scikit-learn's callbacks.
 """
 
-import math
-import time
+import dataclasses
 import warnings
 from numbers import Integral, Real
 
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
 from sklearn.callback import CallbackSupportMixin
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils._array_api import (
-    _convert_to_numpy,
-    _is_numpy_namespace,
     check_same_namespace,
-    get_namespace_and_device,
-    move_to,
 )
 from sklearn.utils._param_validation import Interval, Options, StrOptions
-from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import (
-    _check_sample_weight,
     check_is_fitted,
     validate_data,
 )
 
-from skmlp._backprop import backprop, forward_pass
+from skmlp._backprop import forward_pass
+from skmlp._data import (
+    check_classes,
+    decode,
+    encode,
+    layer_sizes,
+    namespace,
+    split_data,
+    targets,
+    validate_training_data,
+)
+from skmlp._engine import (
+    Engine,
+    EpochRecord,
+    FlatParams,
+    StoppingRule,
+    TrainingData,
+    TrainingState,
+    init_params,
+)
 from skmlp._losses import LOSSES
-from skmlp._numpy_sgd import sgd_epoch
 from skmlp._optimizers import SGDOptimizer
 
 
@@ -101,6 +110,11 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
     dtype : {"float32", "float64"} or None, default=None
         Precision of the weights and of the training arithmetic. None keeps float32
         input in float32 and uses float64 otherwise.
+    capture : bool, default=True
+        On torch CUDA tensors and CuPy arrays, capture the epoch once per ``fit`` as
+        one CUDA graph and replay it every epoch (the first epoch runs eagerly, as the
+        warm-up). The weights are those of the eager loop up to float rounding. False
+        runs every epoch eagerly; NumPy, sparse and CPU input always do.
 
     Attributes
     ----------
@@ -121,7 +135,9 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
     out_activation_ : str
         Output activation, ``"softmax"`` or ``"logistic"``.
     n_iter_ : int
-        Number of epochs run.
+        Number of epochs the last ``fit`` ran (a warm-started ``fit`` counts only its
+        own, as in MLPClassifier); each ``partial_fit`` adds one. ``loss_curve_`` and
+        ``history_`` keep every epoch since the weights were initialised.
     t_ : int
         Number of training samples seen.
     loss_ : float
@@ -144,6 +160,15 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
     cross-entropy and ``2 (A - Y) A (1 - A) / n`` for the quadratic cost; each layer then
     gets ``dC/dW = a_prev^T delta`` and passes back ``delta W^T * f'(a_prev)``, the chain
     rule dC/dw = a^(L-1) f'(z^(L)) dC/da^(L) of the series, vectorised over the batch.
+
+    Training diverged when an epoch's mean cost or a weight is not finite, or when the
+    cost exceeds 1e6 times that of guessing (``log(n_classes)`` for the cross-entropy,
+    ``n_outputs / 4`` for the quadratic cost): the data term is bounded, so such a cost
+    means weights grown without bound, which float64 can carry for many epochs. The
+    same rule holds on every path (NumPy, sparse, array API, captured GPU epochs). The
+    weights of the last good epoch are kept, training stops and a ConvergenceWarning
+    says so. A ``fit`` or ``partial_fit`` that raises leaves the estimator exactly as
+    it was; one interrupted mid-epoch (Ctrl-C) keeps its completed epochs.
 
     Examples
     --------
@@ -185,6 +210,7 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
         "warm_start": ["boolean"],
         "verbose": ["verbose"],
         "dtype": [StrOptions({"float32", "float64"}), None],
+        "capture": ["boolean"],
     }
 
     def __init__(
@@ -210,6 +236,7 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
         warm_start=False,
         verbose=False,
         dtype=None,
+        capture=True,
     ):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -231,6 +258,7 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
         self.warm_start = warm_start
         self.verbose = verbose
         self.dtype = dtype
+        self.capture = capture
 
     # ------------------------------------------------------------------ public API
 
@@ -257,7 +285,7 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
 
     @_fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y, classes=None, sample_weight=None):
-        """Train for one epoch over ``(X, y)``.
+        """Train for one epoch over ``(X, y)``; ``n_iter_`` grows by one.
 
         Parameters
         ----------
@@ -310,7 +338,7 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
             Log of the class probabilities.
         """
         proba = self._proba(X, "predict_log_proba")
-        xp, _ = _namespace(proba)
+        xp, _ = namespace(proba)
         return xp.log(proba)
 
     def predict(self, X):
@@ -331,7 +359,7 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
             indices = xp.astype(output[:, 0] > 0.5, xp.int64)
         else:
             indices = xp.argmax(output, axis=1)
-        return self._decode(indices, xp)
+        return decode(indices, self.classes_, xp)
 
     @property
     def history_(self):
@@ -343,12 +371,57 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
             Built from the per-epoch records, so it is never out of date, even after an
             interrupted fit.
         """
-        if not hasattr(self, "_history"):
-            raise AttributeError("history_ is only available once the model is fitted.")
-        columns = ["epoch", "loss", "learning_rate", "seconds"]
-        if self.validation_scores_ is not None:
-            columns.append("validation_score")
-        return pd.DataFrame(self._history, columns=columns)
+        import pandas as pd  # only here: the estimator itself does not need pandas
+
+        columns = list(EpochRecord._fields)
+        if not self.early_stopping:
+            columns.remove("validation_score")
+        return pd.DataFrame(self._records, columns=EpochRecord._fields)[columns]
+
+    @property
+    def loss_curve_(self):
+        """Mean cost of each epoch, from the per-epoch records."""
+        return [record.loss for record in self._records]
+
+    @property
+    def loss_(self):
+        """Mean cost of the last epoch (None before the first)."""
+        return self._records[-1].loss if self._records else None
+
+    @property
+    def validation_scores_(self):
+        """Validation accuracy of each epoch (None without early stopping)."""
+        scores = [record.validation_score for record in self._records]
+        return scores if self.early_stopping else None
+
+    @property
+    def t_(self):
+        """Number of training samples seen."""
+        return self._fitted_state.t
+
+    @property
+    def best_loss_(self):
+        """Lowest epoch cost (None with early stopping)."""
+        return self._fitted_state.best_loss
+
+    @property
+    def best_validation_score_(self):
+        """Best validation accuracy (None without early stopping)."""
+        return self._fitted_state.best_validation_score
+
+    @property
+    def _records(self):
+        return self._fitted_state.records
+
+    @property
+    def _random_state(self):
+        return self._fitted_state.random_state
+
+    @property
+    def _fitted_state(self):
+        if "_state" not in self.__dict__:
+            raise AttributeError("This attribute exists once the model is fitted.")
+        return self._state
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -356,90 +429,6 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
         tags.array_api_support = True
         tags.classifier_tags.multi_label = False
         return tags
-
-    # ---------------------------------------------------------- validation helpers
-
-    def _layer_sizes(self):
-        sizes = self.hidden_layer_sizes
-        sizes = list(sizes) if hasattr(sizes, "__iter__") else [sizes]
-        if any(not isinstance(s, Integral) or s < 1 for s in sizes):
-            raise ValueError(
-                f"hidden_layer_sizes must contain positive integers, got {sizes}."
-            )
-        return [int(s) for s in sizes]
-
-    def _validate_training_data(self, X, y, sample_weight, first_call):
-        # "Everything follows X": labels and weights move to X's namespace and device.
-        xp_raw, _, device = get_namespace_and_device(X)
-        if not _is_numpy_namespace(xp_raw):
-            y, sample_weight = move_to(y, sample_weight, xp=xp_raw, device=device)
-        xp, _ = _namespace(X)
-        if first_call:
-            dtype = [xp.float64, xp.float32] if self.dtype is None else self.dtype
-            dtype = getattr(xp, dtype) if isinstance(dtype, str) else dtype
-        else:
-            dtype = self.coefs_[0].dtype
-        X, y = validate_data(
-            self, X, y, reset=first_call, accept_sparse="csr", dtype=dtype
-        )
-        check_classification_targets(y)
-        target_type = type_of_target(y)
-        if target_type not in ("binary", "multiclass"):
-            raise ValueError(
-                f"Expected binary or multiclass labels, got {target_type!r} labels."
-            )
-        if sample_weight is not None:
-            sample_weight = _check_sample_weight(sample_weight, X, dtype=X.dtype)
-        return X, y, sample_weight
-
-    def _set_classes(self, y, classes, incremental, first_call, xp, device):
-        if incremental and first_call and classes is None:
-            raise ValueError("classes must be passed on the first call to partial_fit.")
-        if not first_call:
-            if classes is not None and not _same_labels(classes, self.classes_):
-                raise ValueError(
-                    f"classes={np.asarray(classes)!r} is not the same as on the first "
-                    f"call to partial_fit, which was {self.classes_!r}."
-                )
-            return
-        self.classes_ = _sorted_unique(y if classes is None else classes, xp, device)
-        if self.classes_.shape[0] < 2:
-            raise ValueError(
-                "The training data must contain samples of at least 2 classes; got "
-                f"only 1 class: {self.classes_!r}."
-            )
-
-    def _encode(self, y, xp):
-        """Indices of ``y`` in ``classes_``; error for labels that are not classes."""
-        if _is_numpy_namespace(xp):
-            y, classes = np.asarray(y), np.asarray(self.classes_)
-            indices = np.clip(np.searchsorted(classes, y), 0, classes.shape[0] - 1)
-            unknown = classes[indices] != y
-        else:
-            n_classes = self.classes_.shape[0]
-            indices = xp.clip(xp.searchsorted(self.classes_, y), max=n_classes - 1)
-            unknown = xp.take(self.classes_, indices) != y
-        if bool(xp.any(xp.asarray(unknown))):
-            bad = np.unique(_convert_to_numpy(y, xp)[_convert_to_numpy(unknown, xp)])
-            raise ValueError(
-                f"y contains labels {bad.tolist()} that are not in classes "
-                f"{_to_numpy(self.classes_).tolist()}."
-            )
-        return indices
-
-    def _decode(self, indices, xp):
-        if _is_numpy_namespace(xp):
-            return self.classes_[indices]
-        return xp.take(self.classes_, indices)
-
-    def _targets(self, y_indices, dtype, xp, device):
-        """Output-layer encoding of the labels: one-hot, or a 0/1 column if binary."""
-        n_classes = self.classes_.shape[0]
-        y_indices = xp.asarray(y_indices, device=device)
-        if n_classes == 2:
-            return xp.astype(y_indices[:, None] == 1, dtype)
-        columns = xp.arange(n_classes, device=device)
-        return xp.astype(y_indices[:, None] == columns, dtype)
 
     def _proba(self, X, method):
         output, xp = self._output(X, method)
@@ -461,7 +450,7 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
         X = validate_data(
             self, X, reset=False, accept_sparse="csr", dtype=self.coefs_[0].dtype
         )
-        xp, _ = _namespace(X)
+        xp, _ = namespace(X)
         activations = forward_pass(
             X,
             self.coefs_,
@@ -475,20 +464,24 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
     # ------------------------------------------------------------- initialisation
 
     def _initialize(self, n_features, dtype, xp, device):
-        """Create the random generator, the weights and the optimizer state."""
-        self._random_state = check_random_state(self.random_state)
+        """Create the random generator, the weights and the training state."""
+        random_state = check_random_state(self.random_state)
         n_classes = self.classes_.shape[0]
         self.n_outputs_ = 1 if n_classes == 2 else n_classes
-        layer_units = [n_features, *self._layer_sizes(), self.n_outputs_]
+        layer_units = [
+            n_features,
+            *layer_sizes(self.hidden_layer_sizes),
+            self.n_outputs_,
+        ]
         self.n_layers_ = len(layer_units)
-        self.out_activation_ = "logistic" if n_classes == 2 else LOSSES[self.loss][2]
-        self.coefs_, self.intercepts_ = [], []
-        for fan_in, fan_out in zip(layer_units[:-1], layer_units[1:], strict=False):
-            coef, intercept = self._init_layer(fan_in, fan_out)
-            self.coefs_.append(xp.asarray(coef, dtype=dtype, device=device))
-            self.intercepts_.append(xp.asarray(intercept, dtype=dtype, device=device))
-        self._optimizer = SGDOptimizer(
-            self.coefs_ + self.intercepts_,
+        self.out_activation_ = (
+            "logistic" if n_classes == 2 else LOSSES[self.loss].out_activation
+        )
+        self.coefs_, self.intercepts_ = init_params(
+            layer_units, self.activation, random_state, dtype, xp, device
+        )
+        optimizer = SGDOptimizer(
+            [FlatParams(self.coefs_, self.intercepts_, xp).flat],
             learning_rate_init=self.learning_rate_init,
             lr_schedule=self.learning_rate,
             momentum=self.momentum,
@@ -496,94 +489,111 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
             power_t=self.power_t,
             xp=xp,
         )
-        self.n_iter_, self.t_ = 0, 0
-        self.loss_curve_, self._history = [], []
-        self._no_improvement_count = 0
-        self.best_loss_ = None if self.early_stopping else np.inf
-        self.validation_scores_ = [] if self.early_stopping else None
-        self.best_validation_score_ = -np.inf if self.early_stopping else None
-
-    def _init_layer(self, fan_in, fan_out):
-        """Glorot-uniform weights and biases, drawn exactly as MLPClassifier does."""
-        factor = 2.0 if self.activation == "logistic" else 6.0
-        bound = math.sqrt(factor / (fan_in + fan_out))
-        coef = self._random_state.uniform(-bound, bound, (fan_in, fan_out))
-        intercept = self._random_state.uniform(-bound, bound, fan_out)
-        return coef, intercept
+        self._state = TrainingState(
+            optimizer,
+            random_state,
+            best_loss=None if self.early_stopping else np.inf,
+            best_validation_score=-np.inf if self.early_stopping else None,
+        )
+        self.n_iter_ = 0
 
     # ----------------------------------------------------------------- training
 
     def _fit(self, X, y, sample_weight, *, incremental, classes=None):
-        first_call = not ((incremental or self.warm_start) and hasattr(self, "coefs_"))
         if incremental and self.early_stopping:
             raise ValueError("partial_fit does not support early_stopping=True.")
-        X, y, sample_weight = self._validate_training_data(
-            X, y, sample_weight, first_call
-        )
-        xp, device = _namespace(X)
-        self._set_classes(y, classes, incremental, first_call, xp, device)
-        y_indices = self._encode(y, xp)
-        if first_call:
-            self._initialize(X.shape[1], X.dtype, xp, device)
-        data = self._split(X, y_indices, sample_weight, xp, device)
+        before = dict(self.__dict__), _rng_state(self)
+        try:
+            engine, data = self._prepare(X, y, sample_weight, incremental, classes)
+        except BaseException:  # a failed call leaves the estimator as it was
+            self.__dict__.clear()
+            self.__dict__.update(before[0])
+            if before[1] is not None:
+                self._state.random_state.set_state(before[1])
+            raise
         epochs = 1 if incremental else self.max_iter
         metadata = {} if sample_weight is None else {"sample_weight": sample_weight}
+        task = dict(estimator=self, X=X, y=y, metadata=metadata)
         context = self._init_callback_context(max_subtasks=epochs)
-        context.call_on_fit_task_begin(estimator=self, X=X, y=y, metadata=metadata)
-        converged = False
-        for _ in range(epochs):
-            epoch_context = context.subcontext(task_name="epoch")
-            epoch_context.call_on_fit_task_begin(
-                estimator=self, X=X, y=y, metadata=metadata
+        context.call_on_fit_task_begin(**task)
+        stopped = self._run_epochs(engine, data, context, task, epochs, incremental)
+        if not stopped and not incremental:
+            warnings.warn(
+                f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached "
+                "and the optimization hasn't converged yet.",
+                ConvergenceWarning,
+                stacklevel=3,
             )
-            converged = self._run_epoch(data, xp)
-            stop = epoch_context.call_on_fit_task_end(
-                estimator=self,
-                X=X,
-                y=y,
-                metadata=metadata,
-                reconstruction_attributes=self._reconstruction_attributes,
-            )
-            if converged or stop:
-                break
-        else:
-            if not incremental:
-                warnings.warn(
-                    f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached "
-                    "and the optimization hasn't converged yet.",
-                    ConvergenceWarning,
-                    stacklevel=2,
-                )
-        self._finish()
-        context.call_on_fit_task_end(
-            estimator=self, X=X, y=y, metadata=metadata, reconstruction_attributes={}
-        )
+        engine.finish()
+        self.coefs_, self.intercepts_ = engine.layers()
+        context.call_on_fit_task_end(**task, reconstruction_attributes={})
         return self
 
-    def _split(self, X, y_indices, sample_weight, xp, device):
-        """Training arrays (and validation arrays with early stopping) for the epochs."""
-        data = {"X": X, "sample_weight": sample_weight, "X_val": None}
-        if self.early_stopping:
-            train, val = train_test_split(
-                np.arange(X.shape[0]),
-                test_size=self.validation_fraction,
-                stratify=_convert_to_numpy(y_indices, xp),
-                random_state=self._random_state,
+    def _run_epochs(self, engine, data, context, task, epochs, incremental):
+        """Up to ``epochs`` epochs, each a callback subtask; True if stopped early."""
+        n_iter, n_records = self.n_iter_ if incremental else 0, len(self._records)
+        for _ in range(epochs):
+            epoch_context = context.subcontext(task_name="epoch")
+            epoch_context.call_on_fit_task_begin(**task)
+            try:
+                converged = engine.run_epoch(data)
+            finally:  # n_iter_: the epochs of this fit (partial_fit: one more each)
+                self.n_iter_ = n_iter + len(self._records) - n_records
+                self.coefs_, self.intercepts_ = engine.layers()
+            stop = epoch_context.call_on_fit_task_end(
+                **task, reconstruction_attributes=self._reconstruction_attributes
             )
-            if val.shape[0] < 2:
-                raise ValueError(
-                    "The validation set is too small. Increase 'validation_fraction' "
-                    "or the size of your dataset."
-                )
-            train, val = (xp.asarray(i, device=device) for i in (train, val))
-            data["X"] = _take_rows(X, train, xp)
-            data["X_val"] = _take_rows(X, val, xp)
-            data["y_val"] = xp.take(xp.asarray(y_indices, device=device), val, axis=0)
-            data["sample_weight_val"] = _take(sample_weight, val, xp)
-            data["sample_weight"] = _take(sample_weight, train, xp)
-            y_indices = xp.take(xp.asarray(y_indices, device=device), train, axis=0)
-        data["Y"] = self._targets(y_indices, X.dtype, xp, device)
-        return data
+            if converged or stop:
+                return True
+        return False
+
+    def _prepare(self, X, y, sample_weight, incremental, classes):
+        """Validate, initialise where needed, build the engine and the training data."""
+        first_call = not ((incremental or self.warm_start) and hasattr(self, "coefs_"))
+        dtype = self.dtype if first_call else self.coefs_[0].dtype
+        X, y, sample_weight = validate_training_data(
+            self, X, y, sample_weight, dtype=dtype, reset=first_call
+        )
+        xp, device = namespace(X)
+        if incremental and first_call and classes is None:
+            raise ValueError("classes must be passed on the first call to partial_fit.")
+        known = None if first_call else self.classes_
+        self.classes_ = check_classes(y, classes, known, incremental, xp, device)
+        y_indices = encode(y, self.classes_, xp)
+        if first_call:
+            self._initialize(X.shape[1], X.dtype, xp, device)
+        validation = None
+        if self.early_stopping:
+            (X, y_indices, sample_weight), validation = split_data(
+                X,
+                y_indices,
+                sample_weight,
+                self.validation_fraction,
+                self._random_state,
+            )
+        Y = targets(y_indices, self.classes_.shape[0], X.dtype, xp, device)
+        engine = Engine(
+            self._state,
+            self.coefs_,
+            self.intercepts_,
+            loss_kwargs=dict(
+                activation=self.activation,
+                out_activation=self.out_activation_,
+                loss=self.loss,
+                alpha=self.alpha,
+            ),
+            batch_size=self._batch_size(X.shape[0]),
+            shuffle=self.shuffle,
+            stopping=StoppingRule(
+                self.tol, self.n_iter_no_change, self.early_stopping, self.verbose
+            ),
+            xp=xp,
+            device=device,
+            sparse=sp.issparse(X),
+            capture=self.capture and not incremental,
+        )
+        self.coefs_, self.intercepts_ = engine.layers()
+        return engine, TrainingData(X, Y, sample_weight, validation)
 
     def _batch_size(self, n_samples):
         if self.batch_size == "auto":
@@ -596,284 +606,21 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
             )
         return min(self.batch_size, n_samples)
 
-    def _run_epoch(self, data, xp):
-        """Run one epoch; return True when training should stop.
-
-        If the epoch diverges (non-finite loss or weights) or is interrupted (an
-        exception, KeyboardInterrupt from Ctrl-C included), the estimator is put back
-        exactly as it was after the previous epoch: weights, optimizer, random
-        generator and records.
-        """
-        start = time.perf_counter()
-        snapshot = self._snapshot()
-        try:
-            # Overflow is detected below and reported as divergence, once, in words.
-            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                loss = self._sgd_pass(data, xp)
-            if not (math.isfinite(loss) and self._params_finite(xp)):
-                self._restore(snapshot)
-                warnings.warn(
-                    f"Training diverged in epoch {self.n_iter_ + 1}: the loss became "
-                    f"{loss}. The weights of epoch {self.n_iter_} were kept and "
-                    "training stopped; lower learning_rate_init (now "
-                    f"{self.learning_rate_init}).",
-                    ConvergenceWarning,
-                    stacklevel=2,
-                )
-                return True
-            self._record_epoch(loss, data, time.perf_counter() - start)
-            return self._check_stopping()
-        except (
-            BaseException
-        ):  # Ctrl-C, SIGTERM turned into an exception, MemoryError...
-            self._restore(snapshot)
-            raise
-
-    def _sgd_pass(self, data, xp):
-        """One pass of mini-batch SGD over the training data; returns the mean cost.
-
-        Dense NumPy input runs the specialised ``_numpy_sgd.sgd_epoch``; sparse input
-        and the other array namespaces run ``backprop`` batch by batch.
-        """
-        X, Y, sample_weight = data["X"], data["Y"], data["sample_weight"]
-        n_samples = X.shape[0]
-        batch_size = self._batch_size(n_samples)
-        order = None
-        if self.shuffle:
-            order = self._random_state.permutation(n_samples)
-            if not sp.issparse(X):
-                order = xp.asarray(order, device=Y.device)
-        run = sgd_epoch if xp is np and not sp.issparse(X) else self._batch_loop
-        total_cost = run(
-            X,
-            Y,
-            sample_weight,
-            order,
-            batch_size,
-            self.coefs_,
-            self.intercepts_,
-            self._optimizer,
-            activation=self.activation,
-            out_activation=self.out_activation_,
-            loss=self.loss,
-            alpha=self.alpha,
-        )
-        self.t_ += n_samples
-        return float(total_cost) / n_samples
-
-    @staticmethod
-    def _batch_loop(
-        X,
-        Y,
-        sample_weight,
-        order,
-        batch_size,
-        coefs,
-        intercepts,
-        optimizer,
-        *,
-        activation,
-        out_activation,
-        loss,
-        alpha,
-    ):
-        """``sgd_epoch``'s contract, on any namespace and sparse input, with ``backprop``."""
-        xp, _ = _namespace(Y)
-        params = coefs + intercepts
-        total_cost = 0.0
-        for begin in range(0, X.shape[0], batch_size):
-            rows = slice(begin, min(begin + batch_size, X.shape[0]))
-            if order is not None:
-                rows = order[rows]
-            X_batch, weight = _take_rows(X, rows, xp), _take(sample_weight, rows, xp)
-            if weight is not None and float(xp.sum(weight)) == 0:
-                continue  # no mean cost: the batch counts for nothing, as in sgd_epoch
-            cost, coef_grads, intercept_grads = backprop(
-                X_batch,
-                _take_rows(Y, rows, xp),
-                coefs,
-                intercepts,
-                activation=activation,
-                out_activation=out_activation,
-                loss=loss,
-                alpha=alpha,
-                sample_weight=weight,
-                xp=xp,
-            )
-            optimizer.update_params(params, coef_grads + intercept_grads)
-            total_cost = total_cost + cost * X_batch.shape[0]
-        return total_cost
-
-    def _record_epoch(self, loss, data, seconds):
-        self.n_iter_ += 1
-        self.loss_ = loss
-        self.loss_curve_.append(loss)
-        record = {
-            "epoch": self.n_iter_,
-            "loss": loss,
-            "learning_rate": self._optimizer.learning_rate,
-            "seconds": seconds,
-        }
-        if self.early_stopping:
-            score = self._validation_score(data)
-            self.validation_scores_.append(score)
-            record["validation_score"] = score
-        self._history.append(record)
-        if self.verbose:
-            extra = (
-                f", validation score = {record['validation_score']:.6f}"
-                if (self.early_stopping)
-                else ""
-            )
-            print(f"Epoch {self.n_iter_}, loss = {loss:.8f}{extra}")
-
-    def _validation_score(self, data):
-        xp, _ = _namespace(data["X_val"])
-        output = forward_pass(
-            data["X_val"],
-            self.coefs_,
-            self.intercepts_,
-            activation=self.activation,
-            out_activation=self.out_activation_,
-            xp=xp,
-        )[-1]
-        if self.n_outputs_ == 1:
-            predicted = xp.astype(output[:, 0] > 0.5, data["y_val"].dtype)
-        else:
-            predicted = xp.astype(xp.argmax(output, axis=1), data["y_val"].dtype)
-        correct = xp.astype(predicted == data["y_val"], output.dtype)
-        weight = data["sample_weight_val"]
-        if weight is None:
-            return float(xp.mean(correct))
-        return float(xp.sum(correct * weight) / xp.sum(weight))
-
-    def _check_stopping(self):
-        """Update the no-improvement count; True when training should stop."""
-        if self.early_stopping:
-            score = self.validation_scores_[-1]
-            improved = score >= self.best_validation_score_ + self.tol
-            if score > self.best_validation_score_:
-                self.best_validation_score_ = score
-                self._best_params = [_copy(p) for p in self.coefs_ + self.intercepts_]
-        else:
-            improved = self.loss_ <= self.best_loss_ - self.tol
-            self.best_loss_ = min(self.best_loss_, self.loss_)
-        self._no_improvement_count = 0 if improved else self._no_improvement_count + 1
-        self._optimizer.iteration_ends(self.t_)
-        if self._no_improvement_count <= self.n_iter_no_change:
-            return False
-        if self._optimizer.trigger_stopping():
-            if self.verbose:
-                print(
-                    f"No improvement of more than tol={self.tol} for "
-                    f"{self.n_iter_no_change} consecutive epochs. Stopping."
-                )
-            return True
-        self._no_improvement_count = 0
-        return False
-
-    def _finish(self):
-        if self.early_stopping and hasattr(self, "_best_params"):
-            n_layers = len(self.coefs_)
-            self.coefs_ = self._best_params[:n_layers]
-            self.intercepts_ = self._best_params[n_layers:]
-            del self._best_params
-
     def _reconstruction_attributes(self):
         """Copies of the state a callback's ``fitted_estimator`` needs to predict."""
         return {
             "coefs_": [_copy(c) for c in self.coefs_],
             "intercepts_": [_copy(b) for b in self.intercepts_],
             "n_iter_": self.n_iter_,
-            "loss_": self.loss_curve_[-1] if self.loss_curve_ else None,
-            "loss_curve_": list(self.loss_curve_),
+            "_state": dataclasses.replace(self._state, records=list(self._records)),
         }
 
-    # ---------------------------------------------------------- rollback support
 
-    def _snapshot(self):
-        """Everything an epoch changes, to undo a diverged or interrupted epoch."""
-        return {
-            "params": [_copy(p) for p in self.coefs_ + self.intercepts_],
-            "velocities": [_copy(v) for v in self._optimizer.velocities],
-            "learning_rate": self._optimizer.learning_rate,
-            "random_state": self._random_state.get_state(),
-            "scalars": {
-                name: getattr(self, name)
-                for name in (
-                    "n_iter_",
-                    "t_",
-                    "best_loss_",
-                    "best_validation_score_",
-                    "_no_improvement_count",
-                    "_best_params",
-                )
-                if hasattr(self, name)
-            },
-            "n_records": len(self._history),
-        }
-
-    def _restore(self, snapshot):
-        n_layers = len(self.coefs_)
-        self.coefs_ = snapshot["params"][:n_layers]
-        self.intercepts_ = snapshot["params"][n_layers:]
-        self._optimizer.velocities = snapshot["velocities"]
-        self._optimizer.learning_rate = snapshot["learning_rate"]
-        self._random_state.set_state(snapshot["random_state"])
-        for name, value in snapshot["scalars"].items():
-            setattr(self, name, value)
-        n_records = snapshot["n_records"]
-        del self._history[n_records:], self.loss_curve_[n_records:]
-        if self.validation_scores_ is not None:
-            del self.validation_scores_[n_records:]
-        self.loss_ = self.loss_curve_[-1] if self.loss_curve_ else None
-
-    def _params_finite(self, xp):
-        return all(bool(xp.all(xp.isfinite(p))) for p in self.coefs_ + self.intercepts_)
-
-
-# ------------------------------------------------------------------ module helpers
-
-
-def _namespace(*arrays):
-    """The array namespace of ``arrays`` and their device.
-
-    For NumPy arrays this is NumPy itself: NumPy >= 2.1 implements the standard, and
-    the compatibility wrapper sklearn returns costs microseconds per call, which adds
-    up over thousands of mini-batches.
-    """
-    xp, _, device = get_namespace_and_device(*arrays)
-    return (np if _is_numpy_namespace(xp) else xp), device
+def _rng_state(estimator):
+    state = getattr(estimator, "_state", None)
+    return None if state is None else state.random_state.get_state()
 
 
 def _copy(array):
-    xp, _ = _namespace(array)
+    xp, _ = namespace(array)
     return xp.asarray(array, copy=True)
-
-
-def _take_rows(X, rows, xp):
-    """Rows of ``X`` (an array or a sparse matrix) at a slice or an index array."""
-    if isinstance(rows, slice) or sp.issparse(X):
-        return X[rows]
-    return xp.take(X, rows, axis=0)
-
-
-def _take(values, rows, xp):
-    return None if values is None else _take_rows(values, rows, xp)
-
-
-def _sorted_unique(labels, xp, device):
-    if _is_numpy_namespace(xp):
-        return np.unique(np.asarray(labels))  # any label type, strings included
-    return xp.sort(xp.unique_values(xp.asarray(labels, device=device)))
-
-
-def _same_labels(classes, classes_):
-    classes = np.unique(_to_numpy(classes))
-    known = _to_numpy(classes_)
-    return classes.shape == known.shape and bool(np.all(classes == known))
-
-
-def _to_numpy(values):
-    xp, _ = _namespace(values)
-    return np.asarray(values) if xp is np else _convert_to_numpy(values, xp)

@@ -91,7 +91,7 @@ def check_gradients(
         out_activation = "logistic"
     else:
         Y = np.eye(n_outputs)[labels]
-        out_activation = LOSSES[loss][2]
+        out_activation = LOSSES[loss].out_activation
     weights = rng.uniform(0.5, 2.0, size=n_samples) if sample_weight else None
 
     def cost_and_grads():

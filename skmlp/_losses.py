@@ -7,22 +7,23 @@ terms whose row sums are the samples' costs (summing them all at once, when ther
 sample weights, saves a reduction per mini-batch).
 """
 
+from typing import NamedTuple
+
 
 def log_loss(Y, A, xp):
-    """Cross-entropy of each sample, shape (n_samples, 1).
+    """Cross-entropy terms, shape (n_samples, n_outputs): sum a row for a sample's cost.
 
     With one output column (binary problems, logistic output) this is the binary
     cross-entropy; with several (softmax output) the categorical one, which for a
-    one-hot ``Y`` is ``-log`` of the probability given to the true class: the row's
-    dot product with ``Y`` picks it, so only one logarithm per sample is taken.
-    Probabilities are clipped at the dtype's epsilon, as scikit-learn does.
+    one-hot ``Y`` is ``-log`` of the probability given to the true class.
+    Probabilities are clipped to ``[eps, 1 - eps]`` (``eps`` the dtype's), as
+    scikit-learn does.
     """
     eps = xp.finfo(A.dtype).eps
+    A = xp.clip(A, min=eps, max=1.0 - eps)
     if A.shape[1] == 1:
-        A = xp.clip(A, min=eps, max=1.0 - eps)
         return -(Y * xp.log(A) + (1.0 - Y) * xp.log(1.0 - A))
-    true_class_proba = xp.vecdot(Y, A)[:, None]
-    return -xp.log(xp.clip(true_class_proba, min=eps))
+    return -Y * xp.log(A)
 
 
 def log_loss_delta(Y, A, xp):
@@ -45,8 +46,15 @@ def squared_error_delta(Y, A, xp):
     return 2.0 * (A - Y) * A * (1.0 - A)
 
 
-# name -> (per-sample value, output delta, output activation for multiclass problems)
+class Loss(NamedTuple):
+    """A cost function: its per-sample terms, its output delta, its output activation."""
+
+    value: object  # (Y, A, xp) -> terms whose row sums are the samples' costs
+    delta: object  # (Y, A, xp) -> dC_i/dz at the output layer, one row per sample
+    out_activation: str  # output activation for multiclass problems
+
+
 LOSSES = {
-    "log_loss": (log_loss, log_loss_delta, "softmax"),
-    "squared_error": (squared_error, squared_error_delta, "logistic"),
+    "log_loss": Loss(log_loss, log_loss_delta, "softmax"),
+    "squared_error": Loss(squared_error, squared_error_delta, "logistic"),
 }

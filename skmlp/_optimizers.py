@@ -44,22 +44,30 @@ class SGDOptimizer:
         self.power_t = power_t
         self.velocities = [xp.zeros_like(p) for p in params]
 
-    def update_params(self, params, grads, velocities=None, grad_scale=1.0):
+    def update_params(self, params, grads, scalars=None):
         """Update ``params`` in place: ``v <- m v - lr g``, then ``p <- p + v``.
 
         With Nesterov's momentum the step is ``m v - lr g`` with the new ``v``. The
         gradients are consumed: they are scaled in place (callers pass fresh arrays),
-        which spares the large temporaries that dominate wide networks. ``velocities``
-        (default: ``self.velocities``) lets a caller that keeps all parameters in one
-        flat array pass the matching flat velocity; ``grad_scale`` multiplies the
-        gradients first (a caller passing summed gradients gives ``1 / n``).
+        which spares the large temporaries that dominate wide networks.
+
+        Parameters
+        ----------
+        params : list of arrays
+            The parameters, shaped like ``velocities``.
+        grads : list of arrays
+            Gradients of the batch's mean cost, shaped like ``params``; overwritten.
+        scalars : tuple of two 0-d arrays or None, default=None
+            ``(learning_rate, momentum)`` on the parameters' device, read by the kernels
+            when they run (a captured GPU graph replays them); None uses the current
+            Python values.
         """
-        lr, momentum = self.learning_rate * grad_scale, self.momentum
-        if velocities is None:
-            velocities = self.velocities
-        for param, velocity, grad in zip(params, velocities, grads, strict=True):
+        lr, momentum = (
+            (self.learning_rate, self.momentum) if scalars is None else scalars
+        )
+        for param, velocity, grad in zip(params, self.velocities, grads, strict=True):
             grad *= lr  # grad now holds the plain step lr * g
-            if not momentum:
+            if not self.momentum:
                 param -= grad
                 continue
             velocity *= momentum

@@ -140,7 +140,10 @@ def test_warm_start_continues_like_one_long_fit(digits):
     warm = pickle.loads(pickle.dumps(warm))
     _quiet_fit(warm, X, y)
     _assert_same_weights(long, warm, rtol=0)
-    assert warm.n_iter_ == 6
+    # as MLPClassifier: n_iter_ counts the epochs of the last fit, the curve all of them
+    assert warm.n_iter_ == 3
+    assert warm.loss_curve_ == long.loss_curve_
+    assert list(warm.history_.epoch) == [1, 2, 3, 4, 5, 6]
 
 
 def test_clone_is_unfitted_with_same_params(digits):
@@ -386,7 +389,9 @@ def test_invscaling_schedule(digits):
         X,
         y,
     )
-    assert_allclose(clf._optimizer.learning_rate, 0.05 / (2 * X.shape[0] + 1) ** 0.5)
+    assert_allclose(
+        clf._state.optimizer.learning_rate, 0.05 / (2 * X.shape[0] + 1) ** 0.5
+    )
 
 
 def test_divergence_warns_and_keeps_finite_weights(digits):
@@ -398,7 +403,7 @@ def test_divergence_warns_and_keeps_finite_weights(digits):
         max_iter=20,
         random_state=0,
     )
-    with pytest.warns(ConvergenceWarning, match="diverged in epoch 5"):
+    with pytest.warns(ConvergenceWarning, match="diverged in epoch 1: the loss became"):
         clf.fit(X * 16, y)
     weights = clf.coefs_ + clf.intercepts_
     assert all(np.isfinite(w).all() for w in weights)
@@ -634,3 +639,99 @@ def test_array_api_backend_matches_numpy(digits, namespace):
         np.asarray(proba), reference.predict_proba(X), rtol=1e-9, atol=1e-12
     )
     assert_array_equal(np.asarray(predicted), reference.predict(X))
+
+
+# ------------------------------------------------------- failed calls, warm start
+
+
+def _fitted(digits):
+    X, y = digits
+    return _quiet_fit(SGDMLPClassifier(**FAST, max_iter=2, random_state=0), X, y)
+
+
+def _assert_unchanged(clf, before, X):
+    assert_array_equal(clf.predict(X), before["predict"])
+    assert_array_equal(clf.classes_, before["classes_"])
+    assert clf.n_iter_ == before["n_iter_"] and clf.loss_curve_ == before["curve"]
+    _assert_same_weights(clf, before["clf"], rtol=0)
+
+
+def _state(clf, X):
+    return dict(
+        predict=clf.predict(X),
+        classes_=clf.classes_.copy(),
+        n_iter_=clf.n_iter_,
+        curve=list(clf.loss_curve_),
+        clf=pickle.loads(pickle.dumps(clf)),
+    )
+
+
+def test_refit_with_one_class_leaves_the_fitted_model(digits):
+    X, y = digits
+    clf = _fitted(digits)
+    before = _state(clf, X)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        clf.fit(X, np.zeros(len(X)))
+    _assert_unchanged(clf, before, X)
+
+
+def test_failed_validation_split_leaves_the_model_unfitted(digits):
+    from sklearn.exceptions import NotFittedError
+
+    X, y = digits
+    clf = SGDMLPClassifier(early_stopping=True, validation_fraction=0.01)
+    with pytest.raises(ValueError, match="validation set is too small|test_size"):
+        clf.fit(X[:20], y[:20] % 2)
+    with pytest.raises(NotFittedError):
+        clf.predict(X)
+    assert not [name for name in vars(clf) if name.endswith("_")]
+
+
+def test_absurd_size_fails_up_front_and_leaves_the_fitted_model(digits):
+    X, y = digits
+    clf = _fitted(digits)
+    before = _state(clf, X)
+    clf.set_params(hidden_layer_sizes=(10**6, 10**6))  # 10^12 weights: terabytes
+    with pytest.raises(MemoryError, match=r"needs about [\d.]+ GiB .* available"):
+        clf.fit(X, y)
+    _assert_unchanged(clf, before, X)
+
+
+def test_warm_start_refuses_other_classes(digits):
+    X, y = digits
+    clf = _fitted(digits).set_params(warm_start=True)
+    before = _state(clf, X)
+    with pytest.raises(ValueError, match="warm_start can only be used where `y` has"):
+        clf.fit(X[y < 5], y[y < 5])
+    _assert_unchanged(clf, before, X)
+
+
+def test_n_iter_counts_each_fit_and_partial_fit_adds_one(digits):
+    X, y = digits
+    clf = SGDMLPClassifier(**FAST, max_iter=2, warm_start=True, random_state=0)
+    _quiet_fit(clf, X, y)
+    _quiet_fit(clf, X, y)
+    assert clf.n_iter_ == 2 and len(clf.loss_curve_) == 4
+    clf.partial_fit(X, y)
+    assert clf.n_iter_ == 3 and len(clf.loss_curve_) == 5
+    assert list(clf.history_.epoch) == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("data", ["dense", "sparse", "torch"])
+def test_divergence_with_finite_numbers_in_float64(digits, data):
+    """lr=1e6 in float64: losses of 1e38 and more, all finite; caught at epoch 1."""
+    X, y = digits
+    params = dict(hidden_layer_sizes=(32,), learning_rate_init=1e6, max_iter=10)
+    clf = SGDMLPClassifier(**params, random_state=0, dtype="float64")
+    if data == "torch":
+        torch = pytest.importorskip("torch")
+        X, y = torch.asarray(X.copy()), torch.asarray(y.copy())
+    elif data == "sparse":
+        X = sp.csr_matrix(X)
+    with config_context(array_api_dispatch=data == "torch"):
+        with pytest.warns(ConvergenceWarning, match="diverged in epoch 1: the loss"):
+            clf.fit(X, y)
+    assert clf.n_iter_ == 0 and clf.loss_curve_ == []
+    # the initial weights were kept: within Glorot's bound sqrt(6 / (fan_in + fan_out))
+    for W in clf.coefs_:
+        assert np.abs(np.asarray(W)).max() <= np.sqrt(6 / sum(W.shape))

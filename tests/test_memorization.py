@@ -59,7 +59,7 @@ def test_quick_configuration_end_to_end(tmp_path, mnist):  # noqa: ARG001 - need
             sys.executable,
             "-m",
             "pipelines.memorization",
-            "experiment=memorization_quick",
+            "scale=quick",
             "data.n_train=500",
             "model.max_iter=40",
             "corruption.p=0.0,1.0",
@@ -112,6 +112,7 @@ def test_regularization_contrasts_compose(tmp_path, regularization, expected):
             f"regularization={regularization}",
             "--cfg",
             "job",
+            "--resolve",
         ],
         cwd=tmp_path,
         capture_output=True,
@@ -120,5 +121,5 @@ def test_regularization_contrasts_compose(tmp_path, regularization, expected):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert expected in result.stdout
-    assert f"name: {regularization}" in result.stdout
+    assert f"regularization: {regularization}" in result.stdout
     assert "batch_size: 128" in result.stdout  # Zhang's optimiser underneath

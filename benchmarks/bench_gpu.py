@@ -1,0 +1,265 @@
+"""skmlp on a GPU (torch CUDA, CuPy) against a plain torch eager loop, in the same run.
+
+The contenders train the same network (ReLU, Glorot-uniform initialisation of weights and
+biases), on the same data on the same device, with the same batch size, learning rate,
+momentum (Nesterov), and L2 term:
+
+- ``skmlp torch``: SGDMLPClassifier on torch tensors (array-API dispatch);
+- ``skmlp cupy``: SGDMLPClassifier on CuPy arrays (skipped without CuPy or a GPU);
+- ``torch loop``: ``nn.Sequential``, autograd and ``torch.optim.SGD``, the loop a torch user
+  writes (shuffle with ``randperm``, index the batch, step; the loss is summed on the device
+  and read once per epoch). Checked by hand: given skmlp's initial weights and the same
+  batch order, one epoch of this loop gives skmlp's weights to 1e-16 (float64).
+
+It prints, per network, seconds per epoch (median of the epochs after the first) and the
+first epoch's seconds (which include any one-off set-up such as graph capture), and the
+ratios. Then the shuffled-labels check: 784-512-512-10 on the shuffled training labels
+(Zhang et al.'s optimiser: batch 128, learning rate 0.01, momentum 0.9, no L2), stopped
+once the training accuracy (evaluated on the device after each epoch) reaches 99.9 %:
+the accuracy reached and the training seconds (target: >= 99.9 % within 15 s).
+
+Run:  SKMLP_MNIST_DIR=../shared/data/mnist python benchmarks/bench_gpu.py
+CPU smoke test (torch on the CPU):
+      python benchmarks/bench_gpu.py --device cpu --epochs 2 --n-samples 2000
+"""
+
+import argparse
+import math
+import os
+import time
+import warnings
+
+os.environ.setdefault("SCIPY_ARRAY_API", "1")  # before SciPy's import (array-API mode)
+
+import numpy as np  # noqa: E402
+import sklearn  # noqa: E402
+import torch  # noqa: E402
+from sklearn.exceptions import ConvergenceWarning  # noqa: E402
+from sklearn.utils._array_api import get_namespace  # noqa: E402
+
+from skmlp import SGDMLPClassifier  # noqa: E402
+from skmlp.corruption import LABEL_CORRUPTIONS  # noqa: E402
+from skmlp.datasets import load_mnist  # noqa: E402
+
+CASES = [((16, 16), 100), ((512, 512), 128)]
+LEARNING_RATE, MOMENTUM, ALPHA = 0.01, 0.9, 1e-4
+
+
+class EpochClock:
+    """sklearn callback: the time at the end of each epoch; stops the fit once
+    ``stop(fitted_estimator)`` is true or ``time_limit`` seconds have passed."""
+
+    def __init__(self, stop=None, time_limit=math.inf):
+        self.stop, self.time_limit = stop, time_limit
+        self.start, self.ends, self.last = None, [], None
+
+    def setup(self, estimator, context):
+        self.start, self.ends = time.perf_counter(), []
+
+    def teardown(self, estimator, context):
+        pass
+
+    def on_fit_task_begin(self, estimator, context):
+        pass
+
+    def on_fit_task_end(self, estimator, context, *, fitted_estimator=None):
+        if context.task_name != "epoch" or fitted_estimator is None:
+            return False
+        self.ends.append(time.perf_counter())
+        if self.stop is not None:
+            self.last = self.stop(fitted_estimator)
+            if self.last is True:
+                return True
+        return self.ends[-1] - self.start > self.time_limit
+
+    def epoch_seconds(self):
+        """Seconds of each epoch (the first counts from the start of the fit)."""
+        return np.diff([self.start, *self.ends])
+
+
+def skmlp_epochs(xp_X, xp_y, hidden, batch, epochs):
+    """Seconds of each epoch of SGDMLPClassifier on the arrays' device, and its last
+    epoch's training loss."""
+    clock = EpochClock()
+    model = SGDMLPClassifier(
+        hidden_layer_sizes=hidden,
+        batch_size=batch,
+        learning_rate_init=LEARNING_RATE,
+        momentum=MOMENTUM,
+        alpha=ALPHA,
+        max_iter=epochs,
+        tol=0.0,
+        n_iter_no_change=10**6,
+        random_state=0,
+        dtype="float32",
+    )
+    model.set_callbacks(clock)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(xp_X, xp_y)
+    return clock.epoch_seconds(), model.loss_curve_[-1]
+
+
+def torch_network(sizes, device):
+    """``nn.Sequential`` of Linear + ReLU with skmlp's (MLPClassifier's) initialisation."""
+    torch.manual_seed(0)
+    layers = []
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True):
+        linear = torch.nn.Linear(fan_in, fan_out)
+        bound = math.sqrt(6.0 / (fan_in + fan_out))
+        torch.nn.init.uniform_(linear.weight, -bound, bound)
+        torch.nn.init.uniform_(linear.bias, -bound, bound)
+        layers += [linear, torch.nn.ReLU()]
+    return torch.nn.Sequential(*layers[:-1]).to(device)
+
+
+def torch_loop_epochs(X, y, hidden, batch, epochs):
+    """Seconds of each epoch of the plain torch loop on ``X``'s device, and its last
+    epoch's training loss (mean cross-entropy plus the L2 term, as skmlp reports it)."""
+    network = torch_network([X.shape[1], *hidden, 10], X.device)
+    weights = [p for name, p in network.named_parameters() if name.endswith("weight")]
+    biases = [p for name, p in network.named_parameters() if name.endswith("bias")]
+    # skmlp's L2 gradient is alpha * W / batch size: torch's weight decay on weights.
+    optimizer = torch.optim.SGD(
+        [{"params": weights, "weight_decay": ALPHA / batch}, {"params": biases}],
+        lr=LEARNING_RATE,
+        momentum=MOMENTUM,
+        nesterov=True,
+    )
+    loss_function = torch.nn.CrossEntropyLoss()
+    seconds = []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        order = torch.randperm(X.shape[0], device=X.device)
+        total = torch.zeros((), device=X.device)
+        for begin in range(0, X.shape[0], batch):
+            rows = order[begin : begin + batch]
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_function(network(X[rows]), y[rows])
+            loss.backward()
+            optimizer.step()
+            total += loss.detach() * rows.shape[0]
+        loss = float(total) / X.shape[0]  # read once: the device is done
+        seconds.append(time.perf_counter() - start)
+    penalty = sum(float(torch.sum(w.detach() ** 2)) for w in weights)
+    return np.array(seconds), loss + 0.5 * ALPHA / X.shape[0] * penalty
+
+
+def shuffled_labels_check(X, y, seconds_limit):
+    """Train 784-512-512-10 on ``y`` (shuffled labels) until 99.9 % training accuracy,
+    or ``seconds_limit``. Returns the accuracy reached, the fit's seconds, the epochs."""
+    xp = get_namespace(X)[0]
+
+    def training_accuracy(model):  # on the device: one number comes back
+        return float(xp.mean(xp.astype(model.predict(X) == y, xp.float32)))
+
+    clock = EpochClock(lambda m: training_accuracy(m) >= 0.999, seconds_limit)
+    model = SGDMLPClassifier(
+        hidden_layer_sizes=(512, 512),
+        batch_size=128,
+        learning_rate_init=0.01,
+        momentum=0.9,
+        nesterovs_momentum=False,
+        alpha=0.0,
+        max_iter=10_000,
+        tol=0.0,
+        n_iter_no_change=10**6,
+        random_state=0,
+        dtype="float32",
+    )
+    model.set_callbacks(clock)
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(X, y)
+    return training_accuracy(model), time.perf_counter() - start, len(clock.ends)
+
+
+def cupy_arrays(X, y):
+    """``X``, ``y`` as CuPy arrays, or None where CuPy or its GPU is missing."""
+    try:
+        import cupy
+
+        return cupy.asarray(X), cupy.asarray(y)
+    except Exception as exc:  # noqa: BLE001 - no CuPy, no driver, no GPU: say so, go on
+        print(f"skmlp cupy: skipped ({type(exc).__name__}: {exc})")
+        return None
+
+
+def print_case(name, batch, results):
+    """One row per contender (s/epoch, first epoch, last loss), then the ratios."""
+    steady = {}
+    for contender, (seconds, loss) in results.items():
+        steady[contender] = float(
+            np.median(seconds[1:] if len(seconds) > 1 else seconds)
+        )
+        later = f"{steady[contender]:.4f}" if len(seconds) > 1 else "-"
+        print(
+            f"{name:<16} {batch:>5}  {contender:<12} {later:>14} "
+            f"{seconds[0]:>14.3f} {loss:>10.4f}"
+        )
+    pairs = [("torch loop", "skmlp torch"), ("torch loop", "skmlp cupy")]
+    pairs.append(("skmlp cupy", "skmlp torch"))
+    ratios = [
+        f"{a} / {b} = {steady[a] / steady[b]:.2f}x"
+        for a, b in pairs
+        if a in steady and b in steady
+    ]
+    print(f"{'':<16} {'':>5}  ratios of s/epoch: " + "; ".join(ratios))
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    parser.add_argument("--epochs", type=int, default=4, help="epochs per contender")
+    parser.add_argument("--n-samples", type=int, default=None, help="default: all 60k")
+    parser.add_argument(
+        "--shuffled-seconds",
+        type=float,
+        default=60.0,
+        help="stop the shuffled-labels check after this many seconds (0: skip it)",
+    )
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA GPU; use --device cpu")
+    data = load_mnist()
+    X, y = (
+        data.X_train[: args.n_samples],
+        data.y_train[: args.n_samples].astype(np.int64),
+    )
+    name = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
+    print(f"MNIST train {X.shape} {X.dtype} on {name}; torch {torch.__version__}")
+    tX, ty = torch.asarray(X, device=args.device), torch.asarray(y, device=args.device)
+    cupy_data = cupy_arrays(X, y) if args.device == "cuda" else None
+    print(f"{'network':<16} {'batch':>5}  {'contender':<12} {'s/epoch':>14}", end="")
+    print(f" {'first epoch s':>14} {'last loss':>10}")
+    print(f"{'':<16} {'':>5}  {'':<12} {'(median 2nd+)':>14}")
+    with sklearn.config_context(array_api_dispatch=True):
+        for hidden, batch in CASES:
+            results = {"skmlp torch": skmlp_epochs(tX, ty, hidden, batch, args.epochs)}
+            if cupy_data is not None:
+                results["skmlp cupy"] = skmlp_epochs(
+                    *cupy_data, hidden, batch, args.epochs
+                )
+            results["torch loop"] = torch_loop_epochs(
+                tX, ty, hidden, batch, args.epochs
+            )
+            print_case("784-" + "-".join(map(str, hidden)) + "-10", batch, results)
+        if args.shuffled_seconds > 0:
+            shuffled = LABEL_CORRUPTIONS["shuffle"](y, 1.0, random_state=0)
+            accuracy, seconds, epochs = shuffled_labels_check(
+                tX, torch.asarray(shuffled, device=args.device), args.shuffled_seconds
+            )
+            print(
+                f"shuffled labels, 784-512-512-10 on {len(y)} images (skmlp torch): "
+                f"training accuracy {100 * accuracy:.2f} % after {epochs} epochs in "
+                f"{seconds:.1f} s of training (target >= 99.9 % within 15 s)"
+            )
+
+
+if __name__ == "__main__":
+    main()

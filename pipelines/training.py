@@ -1,0 +1,230 @@
+"""The library the entry points share: build, fit, evaluate and log one pipeline."""
+
+import logging
+import os
+import time
+import warnings
+
+import hydra
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.entities import Metric
+from mlflow.models import infer_signature
+from omegaconf import OmegaConf
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import log_loss
+from sklearn.pipeline import Pipeline
+
+from pipelines.callbacks import EpochScoring
+from pipelines.device import resolve_device, to_numpy
+from pipelines.tracking import (
+    PARENT_RUN_ENV,
+    log_run_context,
+    setup_experiment,
+    tracking_uri,
+)
+from skmlp.inspection import noise_confidence
+from skmlp.plots import (
+    plot_confusion_matrix,
+    plot_first_layer_weights,
+    plot_learning_curves,
+)
+
+log = logging.getLogger(__name__)
+
+# What the skops format must trust to load our pipeline (instead of pickle).
+TRUSTED_TYPES = [
+    "skmlp._classifier.SGDMLPClassifier",
+    "skmlp._engine.EpochRecord",
+    "skmlp._engine.TrainingState",
+    "skmlp._optimizers.SGDOptimizer",
+]
+
+
+def build_preprocessing(cfg):
+    """The (unfitted) steps of ``cfg.preprocessing``, as a list of transformers."""
+    return [
+        hydra.utils.instantiate(step, _convert_="all")
+        for step in cfg.preprocessing.steps
+    ]
+
+
+def build_pipeline(cfg, steps=None):
+    """A Pipeline of the preprocessing ``steps`` (default: ``cfg.preprocessing``)
+    followed by the classifier ``cfg.model``."""
+    steps = build_preprocessing(cfg) if steps is None else steps
+    named = [(f"step{i}", step) for i, step in enumerate(steps)]
+    model = hydra.utils.instantiate(cfg.model, _convert_="all")
+    return Pipeline([*named, ("model", model)])
+
+
+def eval_sets(cfg, data):
+    """Per-epoch evaluation sets: the training set (a fixed sample of
+    ``cfg.eval.train_accuracy_samples`` rows, null: all, 0: none), the test set,
+    validation."""
+    n_train, n_sample = len(data.y_train), cfg.eval.train_accuracy_samples
+    rows = slice(None)
+    if n_sample is not None and n_sample < n_train:
+        rows = np.random.default_rng(cfg.seed).choice(n_train, n_sample, replace=False)
+    sets = {"test": (data.X_test, data.y_test)}
+    if n_sample != 0:
+        sets["train"] = (data.X_train[rows], data.y_train[rows])
+    if data.X_val is not None:
+        sets["val"] = (data.X_val, data.y_val)
+    return sets
+
+
+def instantiate_callbacks(callbacks_cfg, scoring):
+    """The callbacks of ``cfg.callbacks`` (each reading ``scoring``), after ``scoring``."""
+    return [scoring] + [
+        hydra.utils.instantiate(callback, scoring=scoring)
+        for callback in (callbacks_cfg or {}).values()
+        if callback is not None
+    ]
+
+
+def fit(cfg, data, sets):
+    """Fit the pipeline on ``cfg.device``, scored after every epoch on ``sets`` (raw
+    inputs).
+
+    The training and evaluation data move to the device once (before the clock starts),
+    and the fitted pipeline comes back as NumPy. The preprocessing is fitted first, so
+    that the evaluation sets are transformed once and the classifier's callbacks see
+    what the classifier sees. Returns the fitted pipeline, the fit time and the
+    per-epoch curves (one row per epoch).
+    """
+    device = resolve_device(cfg.device)
+    sets = device.put_sets({"fit": (data.X_train, data.y_train), **sets})
+    (X_train, y_train), start = sets.pop("fit"), time.perf_counter()
+    steps = build_preprocessing(cfg)
+    with warnings.catch_warnings(), device.dispatch():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for step in steps:
+            X_train = step.fit_transform(X_train, y_train)
+            sets = {name: (step.transform(X), y) for name, (X, y) in sets.items()}
+        pipeline = build_pipeline(cfg, steps)
+        scoring = EpochScoring(sets)
+        pipeline[-1].set_callbacks(*instantiate_callbacks(cfg.callbacks, scoring))
+        pipeline[-1].fit(X_train, y_train)
+    pipeline[-1].set_callbacks()  # the callbacks are not part of the model
+    seconds = time.perf_counter() - start
+    pipeline = pipeline if device.is_numpy else to_numpy(pipeline)
+    return pipeline, seconds, curves(pipeline[-1], scoring)
+
+
+def curves(model, scoring):
+    """The per-epoch table: the scores, and the model's own learning-rate record."""
+    rows = [{"epoch": scores.epoch, **scores.metrics} for scores in scoring.history]
+    table = pd.DataFrame(rows) if rows else pd.DataFrame(columns=["epoch", "loss"])
+    rates = model.history_[["epoch", "learning_rate"]]
+    return table.merge(rates, on="epoch", how="left")
+
+
+def evaluate(pipeline, data, fit_seconds, cfg):
+    """Final metrics of a fitted pipeline, named ``final_*``.
+
+    (Per-epoch curves use the plain names; with early stopping the final model is the
+    best epoch's, not the last one's.)
+    """
+    metrics = {"fit_seconds": fit_seconds}
+    for name in ("train", "val", "test"):
+        X, y = data[f"X_{name}"], data[f"y_{name}"]
+        if X is None:
+            continue
+        proba = pipeline.predict_proba(X)
+        classes = pipeline.classes_
+        metrics[f"final_{name}_accuracy"] = float(
+            np.mean(classes[proba.argmax(1)] == y)
+        )
+        metrics[f"final_{name}_log_loss"] = float(log_loss(y, proba, labels=classes))
+    confidence = noise_confidence(
+        pipeline, data.X_test, n_samples=cfg.eval.noise_samples, random_state=cfg.seed
+    )
+    metrics["noise_confidence"] = confidence["noise"]
+    metrics["test_confidence"] = confidence["real"]
+    model = pipeline[-1]
+    metrics["n_epochs"] = model.n_iter_
+    metrics["n_parameters"] = sum(
+        c.size + b.size for c, b in zip(model.coefs_, model.intercepts_, strict=True)
+    )
+    return metrics
+
+
+def log_learning_rates(curves):
+    """The learning rate of each epoch, as one metric history (one call)."""
+    now = int(time.time() * 1000)
+    mlflow.MlflowClient().log_batch(
+        mlflow.active_run().info.run_id,
+        metrics=[
+            Metric("learning_rate", float(rate), now, int(epoch))
+            for epoch, rate in zip(
+                curves["epoch"], curves["learning_rate"], strict=True
+            )
+        ],
+    )
+
+
+def log_artifacts(pipeline, data, cfg, curves):
+    """Config, learning curves, figures and (if ``cfg.tracking.log_model``) the model."""
+    model = pipeline[-1]
+    mlflow.log_dict(OmegaConf.to_container(cfg, resolve=True), "config.yaml")
+    mlflow.log_table(curves, "learning_curves.json")
+    mlflow.log_figure(plot_learning_curves(curves), "learning_curves.png")
+    mlflow.log_figure(
+        plot_confusion_matrix(data.y_test, pipeline.predict(data.X_test)),
+        "confusion_matrix.png",
+    )
+    n_pixels = int(np.prod(data.image_shape))
+    if model.n_layers_ > 2 and model.coefs_[0].shape[0] == n_pixels:
+        mlflow.log_figure(
+            plot_first_layer_weights(model.coefs_[0], data.image_shape),
+            "first_layer_weights.png",
+        )
+    if cfg.tracking.log_model:
+        example = data.X_test[:5]
+        mlflow.sklearn.log_model(
+            pipeline,
+            name="model",
+            signature=infer_signature(example, pipeline.predict(example)),
+            input_example=example,
+            skops_trusted_types=TRUSTED_TYPES,
+            pip_requirements=["skmlp", "scikit-learn", "numpy", "pandas", "skops"],
+        )
+
+
+def tracked_run(cfg, data, *, name, tags=None, extra_metrics=None):
+    """One MLflow run (a child when a sweep's parent is set): parameters, tags, the
+    per-epoch curves, final metrics and artifacts. Returns the metrics and curves.
+
+    ``extra_metrics(curves) -> dict`` adds metrics derived from the per-epoch curves.
+    """
+    experiment_id = setup_experiment(
+        tracking_uri(cfg.tracking.uri), cfg.tracking.experiment_name
+    )
+    # Started here and ended below on success; on failure or interrupt the task
+    # wrapper (pipelines.utils.task_wrapper) ends it with the right status.
+    active = mlflow.start_run(
+        experiment_id=experiment_id,
+        run_name=name,
+        parent_run_id=os.environ.get(PARENT_RUN_ENV),
+        log_system_metrics=False,
+    )
+    log_run_context(cfg, data, {**resolve_device(cfg.device).tags(), **(tags or {})})
+    pipeline, seconds, curves = fit(cfg, data, eval_sets(cfg, data))
+    log_learning_rates(curves)
+    metrics = evaluate(pipeline, data, seconds, cfg)
+    if extra_metrics is not None:
+        metrics.update(extra_metrics(curves))
+    mlflow.log_metrics(metrics)
+    log_artifacts(pipeline, data, cfg, curves)
+    mlflow.end_run()
+    log.info(
+        "run %s (%s): test accuracy %.4f after %d epochs (%.1f s)",
+        active.info.run_id,
+        name,
+        metrics["final_test_accuracy"],
+        metrics["n_epochs"],
+        seconds,
+    )
+    return metrics, curves

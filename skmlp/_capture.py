@@ -1,0 +1,170 @@
+"""An epoch as one GPU graph: captured once per fit, replayed every epoch.
+
+On a GPU, a mini-batch of a small network is ~30 tiny kernels, each launched from
+Python: the epoch is bound by launches, not arithmetic. CUDA graphs record the kernels
+of a whole epoch once and replay them with one call. ``epoch_cost`` is written so that
+this is possible: no value is read back to the host inside the epoch (the zero-weight
+skip is a device-side select, the cost is summed on the device, the learning rate and
+the momentum are 0-d device arrays), and every batch has a static shape (a short last
+batch is its own step). Each epoch copies its shuffle order into a static device buffer
+and replays the graph.
+
+The first epoch runs eagerly on a side stream (the warm-up CUDA graphs need: cuBLAS
+handles, allocator pools); the second is captured and replayed, and so on. Where the
+capture fails, the epoch runs eagerly from then on, after one warning.
+
+CuPy refuses every cuBLAS call during a stream capture (``cublas.setStream`` raises
+``NotImplementedError``, CuPy 13 and 14), and each layer is a matrix product. torch
+captures cuBLAS. So a CuPy epoch is captured as torch kernels on the very same device
+memory: ``torch_mirror`` wraps the CuPy arrays as torch tensors through DLPack (no
+copy), and the weights the graph updates are the estimator's CuPy arrays. Without
+torch, CuPy trains eagerly.
+"""
+
+import copy
+import warnings
+
+
+def graph_backend(xp, device):
+    """``"torch"`` for torch CUDA tensors, ``"cupy"`` for CuPy arrays, else None."""
+    name = getattr(xp, "__name__", "")
+    if "torch" in name and getattr(device, "type", None) == "cuda":
+        return "torch"
+    if "cupy" in name:
+        return "cupy"
+    return None
+
+
+def capture_backend(xp, device):
+    """``graph_backend``, or None where the epoch cannot be captured: CuPy arrays
+    without torch on CUDA to capture them (see the module's docstring)."""
+    backend = graph_backend(xp, device)
+    if backend == "cupy":
+        try:
+            import torch
+        except ImportError:
+            return None
+        if not torch.cuda.is_available():
+            return None
+    return backend
+
+
+def make_captured_epoch(run, to_device, prepare):
+    """A callable ``epoch(order) -> float`` that replays ``run`` as one CUDA graph.
+
+    Parameters
+    ----------
+    run : callable
+        ``run(order)`` enqueues one epoch and returns its summed cost as a 0-d device
+        array. It must not read device values back to the host.
+    to_device : callable
+        Moves a NumPy shuffle order to the device (run on the capturing stream).
+    prepare : callable
+        Called before each epoch on the capturing stream (it writes the learning
+        rate into its device scalar).
+    """
+    return _TorchGraph(run, to_device, prepare)
+
+
+class _Graph:
+    def __init__(self, run, to_device, prepare):
+        self.run, self.to_device, self.prepare = run, to_device, prepare
+        self.order, self.output, self.epochs, self.eager = None, None, 0, False
+
+    def __call__(self, order):
+        """Run one epoch in the order ``order`` (a NumPy array, or None)."""
+        with self.stream_context():
+            self.prepare()
+            if order is not None and self.order is None:
+                self.order = self.to_device(order)  # the static buffer
+            elif order is not None:
+                self.order[...] = self.to_device(order)
+            if self.epochs > 0 and self.output is None and not self.eager:
+                self._capture()
+            if self.epochs == 0 or self.eager:  # warm-up, or capture failed
+                cost = self.run(self.order)
+            else:
+                cost = self.replay()
+        self.epochs += 1
+        return self.read(cost)
+
+    def _capture(self):
+        try:
+            self.output = self.capture()
+        except Exception as exc:  # capture is an optimisation: fall back, once
+            self.eager = True
+            warnings.warn(
+                f"Capturing the epoch as one GPU graph failed ({type(exc).__name__}: "
+                f"{exc}); training goes on with the eager loop. Pass capture=False to "
+                "SGDMLPClassifier to skip the attempt.",
+                RuntimeWarning,
+                stacklevel=6,
+            )
+
+
+class _TorchGraph(_Graph):
+    def __init__(self, run, to_device, prepare):
+        import torch
+
+        self.torch = torch
+        self.stream = torch.cuda.Stream()
+        super().__init__(run, to_device, prepare)
+
+    def stream_context(self):
+        self.stream.wait_stream(self.torch.cuda.current_stream())
+        return self.torch.cuda.stream(self.stream)
+
+    def capture(self):
+        # torch gives the graph a private memory pool: nothing outside it reuses the
+        # graph's intermediate arrays between replays.
+        self.graph = self.torch.cuda.CUDAGraph()
+        with self.torch.cuda.graph(self.graph, stream=self.stream):
+            return self.run(self.order)
+
+    def replay(self):
+        self.graph.replay()
+        return self.output
+
+    def read(self, cost):
+        self.torch.cuda.current_stream().wait_stream(self.stream)
+        return float(cost)
+
+
+def torch_mirror(arrays, step):
+    """``arrays`` and the array-API ``step`` as torch tensors on the same memory.
+
+    Parameters
+    ----------
+    arrays : tuple of arrays or None
+        Arrays of any namespace that speaks DLPack (CuPy on a GPU, NumPy on the CPU).
+    step : BackpropStep
+        A step with device scalars; its parameters, velocity and scalars are wrapped.
+
+    Returns
+    -------
+    tensors : tuple of torch tensors or None
+        Views of ``arrays`` (no copy: writes go to the original arrays).
+    step : BackpropStep
+        The same step on torch views of its flat parameters, velocity and scalars.
+    xp : array namespace
+        scikit-learn's array-API namespace for torch.
+    """
+    import torch
+    from sklearn import config_context
+    from sklearn.utils._array_api import get_namespace
+
+    def view(array):
+        return None if array is None else torch.from_dlpack(array)
+
+    tensors = tuple(view(array) for array in arrays)
+    flat = view(step.params.flat)
+    with config_context(array_api_dispatch=True):
+        xp, _ = get_namespace(flat)
+    mirrored = copy.copy(step)
+    mirrored.xp = xp
+    mirrored.params = copy.copy(step.params)
+    mirrored.params.flat, mirrored.params.xp = flat, xp
+    mirrored.optimizer = copy.copy(step.optimizer)
+    mirrored.optimizer.velocities = [view(v) for v in step.optimizer.velocities]
+    mirrored.scalars = tuple(view(scalar) for scalar in step.scalars)
+    return tensors, mirrored, xp

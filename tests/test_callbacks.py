@@ -1,0 +1,71 @@
+"""The pipeline's sklearn callbacks on a real SGDMLPClassifier fit (digits, few epochs)."""
+
+import logging
+import warnings
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+from sklearn.exceptions import ConvergenceWarning
+
+from pipelines.callbacks import EpochLog, EpochScoring, MLflowEpochLogger, StopAt
+from skmlp import SGDMLPClassifier
+
+
+def _fit(digits, *callbacks, max_iter=5, **params):
+    X, y = digits
+    model = SGDMLPClassifier(
+        hidden_layer_sizes=(16,), max_iter=max_iter, tol=0, random_state=0, **params
+    )
+    model.set_callbacks(*callbacks)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # max_iter reached
+        return model.fit(X, y)
+
+
+def test_scoring_records_each_epoch_once(digits):
+    X, y = digits
+    scoring = EpochScoring({"train": (X, y)})
+    model = _fit(digits, scoring, max_iter=4)
+    assert [s.epoch for s in scoring.history] == [1, 2, 3, 4]
+    assert [s.metrics["loss"] for s in scoring.history] == model.loss_curve_
+    final = scoring.history[-1].metrics["train_accuracy"]
+    assert final == pytest.approx(model.score(X, y))
+
+
+def test_stop_at_ends_training_at_the_threshold(digits):
+    X, y = digits
+    scoring = EpochScoring({"train": (X, y)})
+    model = _fit(digits, scoring, StopAt(scoring, "train_accuracy", 0.8), max_iter=200)
+    accuracies = [s.metrics["train_accuracy"] for s in scoring.history]
+    assert accuracies[-1] >= 0.8 > max(accuracies[:-1])
+    assert model.n_iter_ == len(accuracies) < 200
+
+
+def test_stop_at_names_a_missing_metric(digits):
+    scoring = EpochScoring({})
+    with pytest.raises(ValueError, match="no metric 'val_accuracy'"):
+        _fit(digits, scoring, StopAt(scoring, "val_accuracy", 0.5), max_iter=2)
+
+
+def test_mlflow_logger_logs_what_scoring_recorded(digits, tmp_path):
+    X, y = digits
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    scoring = EpochScoring({"test": (X[:100], y[:100])})
+    with mlflow.start_run() as run:
+        _fit(digits, scoring, MLflowEpochLogger(scoring), max_iter=3)
+    history = MlflowClient(uri).get_metric_history(run.info.run_id, "test_accuracy")
+    assert [(m.step, m.value) for m in history] == [
+        (s.epoch, s.metrics["test_accuracy"]) for s in scoring.history
+    ]
+
+
+def test_epoch_log_writes_one_line_per_epoch(digits, caplog):
+    X, y = digits
+    scoring = EpochScoring({"test": (X, y)})
+    with caplog.at_level(logging.INFO, logger="pipelines.callbacks"):
+        _fit(digits, scoring, EpochLog(scoring), max_iter=3)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3
+    assert lines[2].startswith("epoch 3/3: loss ") and "test_accuracy 0." in lines[2]
