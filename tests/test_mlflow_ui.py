@@ -2,13 +2,11 @@
 the data set as an input, the experiment's kind, the command that opens the UI."""
 
 import json
-import os
 
 import numpy as np
 import pandas as pd
 import pytest
 from test_pipelines import (
-    PARENT_ENV,
     QUICK,
     parent_and_children,
     run_entry_point,
@@ -85,15 +83,6 @@ def _view(client, experiment_id, view_id):
     tag = client.get_experiment(experiment_id).tags[f"mlflow.sharedViewState.{view_id}"]
     envelope = json.loads(tag)
     return envelope["name"], json.loads(envelope["state"])
-
-
-@pytest.fixture
-def store(tmp_path):
-    """A temporary MLflow store, as in test_pipelines: (URI, subprocess environment)."""
-    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONUNBUFFERED": "1"}
-    env.pop(PARENT_ENV, None)
-    return uri, env
 
 
 @pytest.fixture
