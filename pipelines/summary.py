@@ -147,6 +147,7 @@ def log_sweep_summary(client: MlflowClient, parent_id: str, swept) -> str | None
     scored = table.dropna(subset=[objective])
     if not scored.empty:
         _log_best(client, parent_id, scored.iloc[0], params, objective, len(table))
+        _log_best_inputs(client, parent_id, children, scored.iloc[0]["run_id"])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # layout of a tiny figure
             figure = plot_objective(scored, objective, params)
@@ -181,3 +182,10 @@ def _log_best(client, parent_id, best, swept, objective, n_runs):
             RunTag("mlflow.note.content", note),
         ],
     )
+
+
+def _log_best_inputs(client, parent_id, children, best_id):
+    """The best run's data set(s) as the parent's inputs, for its Dataset column."""
+    (best,) = (child for child in children if child.info.run_id == best_id)
+    if best.inputs is not None and best.inputs.dataset_inputs:
+        client.log_inputs(parent_id, datasets=list(best.inputs.dataset_inputs))
