@@ -23,9 +23,8 @@ from skmlp.plots import plot_objective
 SWEPT_TAG = "skmlp.swept_params"
 OBJECTIVE_TAG = "skmlp.objective"
 BEST_RUN_TAG = "skmlp.best_run"
-TEST_ACCURACY = (
-    "final_test_accuracy"  # a column of the sweep's view beside the objective
-)
+# A column of the sweep's runs-table view beside the objective, where runs log it.
+TEST_ACCURACY = "final_test_accuracy"
 # Short labels for the keys that sweeps vary most; a key not here shows its last part.
 ABBREVIATIONS = {
     "learning_rate_init": "lr",
