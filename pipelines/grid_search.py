@@ -26,7 +26,7 @@ from pipelines.device import resolve_device
 from pipelines.summary import OBJECTIVE_TAG, log_sweep_summary, short_name
 from pipelines.tracking import log_run_context, setup_experiment, tracking_uri
 from pipelines.training import build_pipeline
-from pipelines.ui import announce, training_dataset
+from pipelines.ui import announce, log_training_input, training_dataset
 from pipelines.utils import metric_value, task_wrapper
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def log_candidates(results, experiment_id, swept, dataset):
         name = short_name({key: params[key] for key in swept})
         with mlflow.start_run(experiment_id=experiment_id, nested=True, run_name=name):
             mlflow.log_params(params)
-            mlflow.log_input(dataset, context="training")
+            log_training_input(dataset)
             mlflow.set_tag(OBJECTIVE_TAG, "mean_cv_accuracy")
             mlflow.log_metrics(
                 {

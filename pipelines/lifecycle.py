@@ -129,8 +129,10 @@ def task_wrapper(task):
 
     @functools.wraps(task)
     def wrapped(cfg):
+        from pipelines.device import resolve_device
         from pipelines.tracking import tracking_uri
 
+        resolve_device(cfg.get("device", "cpu"))  # a missing GPU: no store, no run
         check_model(cfg)
         uri = tracking_uri(cfg.tracking.uri)
         check_store(uri)

@@ -17,7 +17,12 @@ from pipelines.device import resolve_device
 from pipelines.lifecycle import handle_signals, interrupted, process_tags, stop_children
 from pipelines.store import check_store, open_store
 from pipelines.summary import SWEPT_TAG, log_sweep_summary, swept_keys
-from pipelines.ui import EXPERIMENT_TAGS, announce, training_dataset
+from pipelines.ui import (
+    EXPERIMENT_TAGS,
+    announce,
+    log_training_input,
+    training_dataset,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PARENT_RUN_ENV = "SKMLP_PARENT_RUN_ID"
@@ -118,7 +123,7 @@ def log_run_context(cfg, data, tags=None):
     )
     mlflow.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
     dataset = training_dataset(data.X_train, data.y_train, cfg.data.name)
-    mlflow.log_input(dataset, context="training")
+    log_training_input(dataset)
 
 
 class MLflowSweepCallback(Callback):

@@ -22,8 +22,10 @@ import time
 from pathlib import Path
 from urllib.parse import urlencode
 
+import mlflow
 import numpy as np
 from mlflow.data.numpy_dataset import NumpyDataset, from_numpy
+from mlflow.exceptions import MlflowException
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,22 @@ def training_dataset(X, y, name) -> NumpyDataset:
     step = max(1, len(X) // _DIGEST_ROWS)
     digest.update(np.ascontiguousarray(X[::step]).tobytes())
     return from_numpy(X, targets=y, name=name, digest=digest.hexdigest()[:8])
+
+
+def log_training_input(dataset, attempts=3):
+    """``mlflow.log_input(dataset)`` for the active run, safe for parallel jobs.
+
+    Jobs of a sweep that start together log the same data set at once; MLflow's
+    sqlite store creates its row only when absent, so all but one of them hit the
+    table's unique constraint. The data set is there by then: try again.
+    """
+    for attempt in range(attempts):
+        try:
+            return mlflow.log_input(dataset, context="training")
+        except MlflowException as exc:
+            if "UNIQUE constraint failed" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def ui_command(uri):
