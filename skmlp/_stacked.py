@@ -234,33 +234,43 @@ class Stack:
 
     def _add_penalty(self, grads, total_weight, n_rows):
         """Add ``alpha / n * W`` to the weight gradients; return the L2 cost x rows."""
-        xp = self.xp
         scale = self.alpha / total_weight
         squares = 0.0
         for k in range(self.n_coefs):
             W = self.params[k]
-            grads[k] = grads[k] + self._along(scale, k) * W
-            axes = (0, 2) if self.axes[k] else (1, 2)
-            squares = squares + xp.sum(W * W, axis=axes)
+            grads[k] += self._along(scale, k) * W
+            squares = squares + self._squares(W, k)
         return 0.5 * self.alpha * squares * (n_rows / total_weight)
+
+    def _squares(self, W, k):
+        """Each member's sum of squared weights of layer ``k``, shape (m,)."""
+        xp, m = self.xp, W.shape[self.axes[k]]
+        if not self.axes[k]:
+            return xp.sum(xp.reshape(W * W, (m, -1)), axis=1)
+        # (n_features, m, n_units): a column sum is one product, faster than a sum
+        # over the first and last axes
+        ones = xp.ones(W.shape[0], dtype=W.dtype, device=W.device)
+        column_sums = ones @ xp.reshape(W * W, (W.shape[0], -1))
+        return xp.sum(xp.reshape(column_sums, (m, -1)), axis=1)
 
     def _update(self, grads):
         """``SGDOptimizer.update_params`` for every member, with its own scalars."""
         for k, (param, velocity, grad) in enumerate(
             zip(self.params, self.velocities, grads, strict=True)
         ):
-            step = grad * self._along(self.learning_rate, k)  # lr * g
+            grad *= self._along(self.learning_rate, k)  # now the plain step lr * g
             momentum = self._along(self.momentum, k)
             velocity *= momentum
-            velocity -= step
+            velocity -= grad
             if self.nesterov is True:
-                param += momentum * velocity - step
+                param -= grad
+                param += momentum * velocity
             elif self.nesterov is False:
                 param += velocity
             else:
                 nesterov = self.xp.asarray(self.nesterov, device=param.device)
                 nesterov = self._along(nesterov, k)
-                param += self.xp.where(nesterov, momentum * velocity - step, velocity)
+                param += self.xp.where(nesterov, momentum * velocity - grad, velocity)
 
     def _update_kept(self, grads, keep):
         """``_update`` for the members in ``keep`` only; the others stay as they were."""
