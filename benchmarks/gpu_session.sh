@@ -119,13 +119,13 @@ export -f install gpu_tests array_api_tests memorization memorization_summary
 export DEVICE MEMORIZATION_ARGS OUT
 rm -rf "$STORE" && mkdir -p "$STORE"
 step nvidia-smi 15 400 nvidia-smi
-step install 75 330 install
-step test_gpu 90 250 gpu_tests
-step array_api 90 190 array_api_tests
+step install 75 340 install
+step test_gpu 90 260 gpu_tests
+step array_api 90 200 array_api_tests
 # shellcheck disable=SC2086 # options, one per word
-step bench_gpu 150 110 python benchmarks/bench_gpu.py $BENCH_ARGS
-step memorization 180 15 memorization
-step summary 15 0 memorization_summary
+step bench_gpu 150 120 python benchmarks/bench_gpu.py $BENCH_ARGS
+step memorization 180 30 memorization
+step summary 30 0 memorization_summary
 cp "$STORE/mlflow.db" "$OUT/" 2>/dev/null
 
 echo

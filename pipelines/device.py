@@ -77,13 +77,15 @@ class Device:
 
     def put_sets(self, sets):
         """``{name: (X, y)}`` with every array on this device; an array that appears
-        under several names (the training set scored each epoch) moves once."""
+        under several names (the training set scored each epoch), or a view of all
+        of it (``X[:]``), moves once."""
         moved = {}
 
         def put(array):
-            if id(array) not in moved:
-                moved[id(array)] = self.put(array)
-            return moved[id(array)]
+            key = _memory(array)
+            if key not in moved:
+                moved[key] = self.put(array)
+            return moved[key]
 
         return {name: (put(X), put(y)) for name, (X, y) in sets.items()}
 
@@ -112,6 +114,15 @@ class Device:
 
             stack.enter_context(torch.cuda.device(self._index))
         return stack
+
+
+def _memory(array):
+    """What identifies an array's values: a NumPy array by where and how it lies in
+    memory (so a view of all of it matches), anything else by identity."""
+    if isinstance(array, np.ndarray):
+        interface = array.__array_interface__
+        return interface["data"][0], array.shape, array.strides, array.dtype.str
+    return id(array)
 
 
 def check_scipy_array_api():
@@ -222,7 +233,12 @@ class _NumpyPickler(pickle.Pickler):
     """Pickles every torch tensor or CuPy array as the NumPy array of its values."""
 
     def reducer_override(self, obj):
-        if isinstance(obj, np.ndarray | np.generic) or not hasattr(obj, "__dlpack__"):
+        array_type = type(
+            obj
+        )  # an array's, not a class's (classes have __dlpack__ too)
+        if issubclass(array_type, np.ndarray | np.generic | type):
+            return NotImplemented
+        if not hasattr(array_type, "__dlpack__"):
             return NotImplemented
         with sklearn.config_context(array_api_dispatch=True):
             xp, _ = get_namespace(obj)

@@ -15,6 +15,7 @@ import warnings
 import hydra
 import mlflow
 import pandas as pd
+from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import GridSearchCV
@@ -22,20 +23,24 @@ from sklearn.model_selection import GridSearchCV
 from pipelines import config_dir
 from pipelines.data import load_data
 from pipelines.device import resolve_device
+from pipelines.summary import OBJECTIVE_TAG, log_sweep_summary, short_name
 from pipelines.tracking import log_run_context, setup_experiment, tracking_uri
 from pipelines.training import build_pipeline
+from pipelines.ui import announce, training_dataset
 from pipelines.utils import metric_value, task_wrapper
 
 log = logging.getLogger(__name__)
 
 
-def log_candidates(results, experiment_id):
-    """One child run per candidate of ``cv_results_`` under the active run."""
+def log_candidates(results, experiment_id, swept, dataset):
+    """One child run per candidate of ``cv_results_`` under the active run, named by
+    its values of the ``swept`` parameters."""
     for i, params in enumerate(results["params"]):
-        with mlflow.start_run(
-            experiment_id=experiment_id, nested=True, run_name=f"candidate-{i}"
-        ):
+        name = short_name({key: params[key] for key in swept})
+        with mlflow.start_run(experiment_id=experiment_id, nested=True, run_name=name):
             mlflow.log_params(params)
+            mlflow.log_input(dataset, context="training")
+            mlflow.set_tag(OBJECTIVE_TAG, "mean_cv_accuracy")
             mlflow.log_metrics(
                 {
                     "mean_cv_accuracy": float(results["mean_test_score"][i]),
@@ -72,24 +77,24 @@ def search(cfg, data, device):
 @task_wrapper
 def grid_search(cfg: DictConfig) -> dict:
     """The search as one parent run (candidates as children); returns its metrics."""
-    device = resolve_device(
-        cfg.device
-    )  # a missing GPU or library fails before any work
+    # a missing GPU or library fails here, before any work
+    device = resolve_device(cfg.device)
     data = load_data(cfg.data, cfg.seed)
-    experiment_id = setup_experiment(
-        tracking_uri(cfg.tracking.uri), cfg.tracking.experiment_name
-    )
-    mlflow.start_run(experiment_id=experiment_id, run_name="grid-search")
+    uri = tracking_uri(cfg.tracking.uri)
+    experiment_id = setup_experiment(uri, cfg.tracking.experiment_name)
+    parent = mlflow.start_run(experiment_id=experiment_id, run_name="grid-search")
     log_run_context(cfg, data, device.tags())
     start = time.perf_counter()
     grid, test_accuracy = search(cfg, data, device)
-    log_candidates(grid.cv_results_, experiment_id)
+    swept = [key for key, values in grid.param_grid.items() if len(values) > 1]
+    dataset = training_dataset(data.X_train, data.y_train, cfg.data.name)
+    log_candidates(grid.cv_results_, experiment_id, swept, dataset)
+    view_id = log_sweep_summary(MlflowClient(uri), parent.info.run_id, swept)
     metrics = {
         "best_cv_accuracy": float(grid.best_score_),
         "final_test_accuracy": test_accuracy,
         "search_seconds": time.perf_counter() - start,
     }
-    mlflow.log_params({f"best.{k}": v for k, v in grid.best_params_.items()})
     mlflow.log_metrics(metrics)
     table = pd.DataFrame(grid.cv_results_).drop(columns="params").astype(str)
     mlflow.log_table(table, "cv_results.json")
@@ -100,6 +105,7 @@ def grid_search(cfg: DictConfig) -> dict:
         metrics["best_cv_accuracy"],
         metrics["final_test_accuracy"],
     )
+    announce(uri, experiment_id, view_id)
     return metrics
 
 

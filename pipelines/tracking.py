@@ -2,6 +2,7 @@
 
 import atexit
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -13,7 +14,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
+from pipelines.device import resolve_device
 from pipelines.store import open_store
+from pipelines.summary import SWEPT_TAG, log_sweep_summary, swept_keys
+from pipelines.ui import EXPERIMENT_TAGS, announce, training_dataset
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PARENT_RUN_ENV = "SKMLP_PARENT_RUN_ID"
@@ -55,7 +59,9 @@ def setup_experiment(uri, name):
         store_dir.mkdir(parents=True, exist_ok=True)
         location = (store_dir / "artifacts" / name).as_uri()
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(
+            name, artifact_location=location, tags=EXPERIMENT_TAGS
+        )
     except MlflowException:  # created meanwhile by a parallel job
         return client.get_experiment_by_name(name).experiment_id
 
@@ -111,6 +117,8 @@ def log_run_context(cfg, data, tags=None):
         }
     )
     mlflow.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
+    dataset = training_dataset(data.X_train, data.y_train, cfg.data.name)
+    mlflow.log_input(dataset, context="training")
 
 
 def raise_on_sigterm():
@@ -134,15 +142,24 @@ class MLflowSweepCallback(Callback):
     def __init__(self):
         self._parent = None
         self._uri = None
+        self._swept = []
 
     def on_multirun_start(self, config, **kwargs):
+        resolve_device(config.get("device", "cpu"))  # a missing GPU: no parent, no job
         uri = tracking_uri(config.tracking.uri)
         experiment_id = setup_experiment(uri, config.tracking.experiment_name)
         sweep_dir = config.hydra.sweep.dir
+        self._swept = swept_keys(
+            config.hydra.overrides.task, config.hydra.sweeper.get("params")
+        )
         run = MlflowClient(uri).create_run(
             experiment_id,
             run_name=f"sweep-{Path(sweep_dir).name}",
-            tags={"skmlp.sweep_dir": str(sweep_dir), "skmlp.git_commit": git_commit()},
+            tags={
+                "skmlp.sweep_dir": str(sweep_dir),
+                "skmlp.git_commit": git_commit(),
+                SWEPT_TAG: json.dumps(self._swept),
+            },
         )
         self._parent, self._uri = run.info.run_id, uri
         os.environ[PARENT_RUN_ENV] = self._parent
@@ -150,6 +167,11 @@ class MLflowSweepCallback(Callback):
         raise_on_sigterm()
 
     def on_multirun_end(self, config, **kwargs):
+        if self._parent is not None:
+            client = MlflowClient(self._uri)
+            view_id = log_sweep_summary(client, self._parent, self._swept)
+            experiment_id = client.get_run(self._parent).info.experiment_id
+            announce(self._uri, experiment_id, view_id)
         self._end("FINISHED")
 
     def _end(self, status):

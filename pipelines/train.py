@@ -10,9 +10,6 @@ import hydra
 from omegaconf import DictConfig
 
 from pipelines import config_dir
-from pipelines.data import load_data
-from pipelines.device import resolve_device
-from pipelines.training import tracked_run
 from pipelines.utils import metric_value, task_wrapper
 
 
@@ -25,6 +22,11 @@ def run_name(cfg):
 @task_wrapper
 def train(cfg: DictConfig) -> dict:
     """One tracked training run; returns its final metrics."""
+    # Imported here: --cfg job and --help need neither scikit-learn nor MLflow.
+    from pipelines.data import load_data
+    from pipelines.device import resolve_device
+    from pipelines.training import tracked_run
+
     resolve_device(cfg.device)  # a missing GPU or library fails here, before any work
     data = load_data(cfg.data, cfg.seed)
     metrics, _ = tracked_run(cfg, data, name=run_name(cfg))

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 from mlflow.entities import Metric
 from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import log_loss
@@ -18,12 +19,14 @@ from sklearn.pipeline import Pipeline
 
 from pipelines.callbacks import EpochScoring
 from pipelines.device import resolve_device, to_numpy
+from pipelines.summary import OBJECTIVE_TAG, sweep_run_name
 from pipelines.tracking import (
     PARENT_RUN_ENV,
     log_run_context,
     setup_experiment,
     tracking_uri,
 )
+from pipelines.ui import announce, save_runs_view
 from skmlp.inspection import noise_confidence
 from skmlp.plots import (
     plot_confusion_matrix,
@@ -33,12 +36,17 @@ from skmlp.plots import (
 
 log = logging.getLogger(__name__)
 
-# What the skops format must trust to load our pipeline (instead of pickle).
-TRUSTED_TYPES = [
-    "skmlp._classifier.SGDMLPClassifier",
-    "skmlp._engine.EpochRecord",
-    "skmlp._engine.TrainingState",
-    "skmlp._optimizers.SGDOptimizer",
+# cloudpickle, not skops: importing skops walks every scikit-learn module (importing
+# torch where it is installed), 2 to 4 s of each run's start-up. A pickle is loaded
+# only from a store you trust, like any joblib file of a scikit-learn model.
+MODEL_REQUIREMENTS = ["skmlp", "scikit-learn", "numpy", "pandas", "cloudpickle"]
+
+# The parameters that the runs-table view of single runs shows (pipelines.ui).
+SINGLE_RUN_PARAMS = [
+    "data.name",
+    "model.hidden_layer_sizes",
+    "model.activation",
+    "model.learning_rate_init",
 ]
 
 
@@ -188,8 +196,8 @@ def log_artifacts(pipeline, data, cfg, curves):
             name="model",
             signature=infer_signature(example, pipeline.predict(example)),
             input_example=example,
-            skops_trusted_types=TRUSTED_TYPES,
-            pip_requirements=["skmlp", "scikit-learn", "numpy", "pandas", "skops"],
+            serialization_format="cloudpickle",
+            pip_requirements=MODEL_REQUIREMENTS,
         )
 
 
@@ -199,18 +207,20 @@ def tracked_run(cfg, data, *, name, tags=None, extra_metrics=None):
 
     ``extra_metrics(curves) -> dict`` adds metrics derived from the per-epoch curves.
     """
-    experiment_id = setup_experiment(
-        tracking_uri(cfg.tracking.uri), cfg.tracking.experiment_name
-    )
+    uri = tracking_uri(cfg.tracking.uri)
+    experiment_id = setup_experiment(uri, cfg.tracking.experiment_name)
+    parent_id = os.environ.get(PARENT_RUN_ENV)
     # Started here and ended below on success; on failure or interrupt the task
     # wrapper (pipelines.utils.task_wrapper) ends it with the right status.
     active = mlflow.start_run(
         experiment_id=experiment_id,
-        run_name=name,
-        parent_run_id=os.environ.get(PARENT_RUN_ENV),
+        run_name=sweep_run_name(MlflowClient(uri), parent_id) or name,
+        parent_run_id=parent_id,
         log_system_metrics=False,
     )
-    log_run_context(cfg, data, {**resolve_device(cfg.device).tags(), **(tags or {})})
+    objective = cfg.get("optimized_metric")
+    tags = {**({OBJECTIVE_TAG: objective} if objective else {}), **(tags or {})}
+    log_run_context(cfg, data, {**resolve_device(cfg.device).tags(), **tags})
     pipeline, seconds, curves = fit(cfg, data, eval_sets(cfg, data))
     log_learning_rates(curves)
     metrics = evaluate(pipeline, data, seconds, cfg)
@@ -227,4 +237,20 @@ def tracked_run(cfg, data, *, name, tags=None, extra_metrics=None):
         metrics["n_epochs"],
         seconds,
     )
+    if parent_id is None:  # a sweep's jobs leave it to the sweep's end
+        announce_single_run(uri, experiment_id, objective)
     return metrics, curves
+
+
+def announce_single_run(uri, experiment_id, objective):
+    """Save the experiment's runs-table view of single runs; say how to open it."""
+    metrics = [objective or "final_test_accuracy", "final_test_accuracy", "fit_seconds"]
+    view_id = save_runs_view(
+        MlflowClient(uri),
+        experiment_id,
+        "skmlp-runs",
+        "skmlp runs",
+        list(dict.fromkeys(metrics)),
+        SINGLE_RUN_PARAMS,
+    )
+    announce(uri, experiment_id, view_id)

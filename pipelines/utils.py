@@ -4,11 +4,8 @@ import functools
 import logging
 import os
 
-import mlflow
 from hydra.core.hydra_config import HydraConfig
 from threadpoolctl import threadpool_limits
-
-from pipelines.tracking import raise_on_sigterm
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +20,8 @@ def task_wrapper(task):
 
     @functools.wraps(task)
     def wrapped(cfg):
+        from pipelines.tracking import raise_on_sigterm  # MLflow: only when running
+
         raise_on_sigterm()
         try:
             with threadpool_limits(blas_threads(cfg.blas_threads)):
@@ -39,6 +38,8 @@ def task_wrapper(task):
 
 
 def _end_open_runs(status):
+    import mlflow
+
     while mlflow.active_run() is not None:
         mlflow.end_run(status)
 

@@ -148,3 +148,55 @@ def plot_memorization_summary(table, curves):
     )
     figures["capacity"] = fig
     return figures
+
+
+def plot_objective(table, objective, params):
+    """A sweep's objective against each parameter it varies, one panel per parameter.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        One row per run: a column ``objective`` and one column per name in ``params``
+        (values as strings, the way they were logged).
+    objective : str
+        The column to draw on the y axes; the best (highest) run is ringed.
+    params : sequence of str
+        The varied parameters; each gets a panel with its values on the x axis, in
+        numeric order where they are all numbers.
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure
+    """
+    params = list(params) or ["run"]
+    fig = Figure(figsize=(3.2 * len(params), 3), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(params), sharey=True))
+    best = table[objective].idxmax()
+    for ax, param in zip(axes, params, strict=True):
+        values = table[param].astype(str)
+        levels = sorted(values.unique(), key=_numeric_first)
+        x = values.map({level: i for i, level in enumerate(levels)})
+        ax.scatter(x, table[objective], zorder=2)
+        ax.scatter(
+            x[best],
+            table[objective][best],
+            s=160,
+            facecolors="none",
+            edgecolors="tab:red",
+            label="best",
+            zorder=3,
+        )
+        ax.set_xticks(range(len(levels)), levels, rotation=30, ha="right")
+        ax.set(xlabel=param, xlim=(-0.5, len(levels) - 0.5))
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel(objective)
+    axes[0].legend()
+    return fig
+
+
+def _numeric_first(value):
+    """Sort key: numbers by value, before any other strings (alphabetical)."""
+    try:
+        return (0, float(value), "")
+    except ValueError:
+        return (1, 0.0, value)

@@ -108,9 +108,12 @@ def test_labels_that_are_not_numbers_are_refused():
 def test_data_moves_once_and_the_fitted_pipeline_comes_back_as_numpy(digits):
     X, y = digits
     device = resolve_device("torch:cpu")
-    sets = device.put_sets({"fit": (X, y), "train": (X, y), "test": (X[:50], y[:50])})
+    sets = device.put_sets(
+        {"fit": (X, y), "train": (X[:], y[:]), "test": (X[:50], y[:50])}
+    )
     assert sets["fit"][0] is sets["train"][0] and sets["fit"][1] is sets["train"][1]
     assert sets["test"][0] is not sets["fit"][0]
+    assert sets["test"][0].shape == (50, X.shape[1])
     assert all(isinstance(a, torch.Tensor) for pair in sets.values() for a in pair)
     pipeline = make_pipeline(
         StandardScaler(), SGDMLPClassifier((16,), max_iter=3, random_state=0)
@@ -124,6 +127,17 @@ def test_data_moves_once_and_the_fitted_pipeline_comes_back_as_numpy(digits):
     assert b"torch" not in pickle.dumps(back)  # no tensor left anywhere inside
     np.testing.assert_array_equal(back.predict(X), on_device.numpy())
     assert score == np.mean(back.predict(X) == y) > 0.6
+
+
+def test_to_numpy_converts_arrays_and_leaves_classes_and_numpy_alone():
+    values = {"tensor": torch.arange(3), "array": np.ones(2), "class": torch.Tensor}
+    back = to_numpy(values)
+    assert isinstance(back["tensor"], np.ndarray) and back["tensor"].tolist() == [
+        0,
+        1,
+        2,
+    ]
+    assert isinstance(back["array"], np.ndarray) and back["class"] is torch.Tensor
 
 
 def test_scipy_imported_without_its_array_api_mode_is_a_clear_error(tmp_path):
@@ -177,10 +191,15 @@ def test_train_end_to_end(store, tmp_path, setting, tag):
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="this machine has a CUDA GPU")
-def test_a_missing_gpu_fails_before_any_run(store, tmp_path):
+@pytest.mark.parametrize(
+    "command",
+    [["pipelines.train"], ["pipelines.memorization"]],  # a task; a sweep's callback
+    ids=["train", "memorization"],
+)
+def test_a_missing_gpu_fails_before_any_run(store, tmp_path, command):
     uri, env = store
     result = subprocess.run(
-        [sys.executable, "-m", "pipelines.train", *QUICK, "device=cuda"],
+        [sys.executable, "-m", *command, *QUICK, "device=cuda"],
         env=env,
         cwd=tmp_path,
         capture_output=True,

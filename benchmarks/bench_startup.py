@@ -1,0 +1,171 @@
+"""Where the wall time of ``python -m pipelines.train experiment=3b1b`` goes.
+
+Two measurements, each in a fresh process, against a temporary MLflow store:
+
+1. ``breakdown``: the real entry point run in this process, its phases timed by wrapping
+   the functions that do them (imports, Hydra, data, MLflow set-up, training, per-epoch
+   evaluation, final evaluation, figures, other artifacts, model logging, ending).
+   Training is the sum of the epochs' own times, as ``EpochScoring`` measures them;
+   per-epoch evaluation is the rest of the fit (scoring and logging after each epoch).
+2. ``command``: the command itself as a user runs it (a subprocess), its wall time, and
+   wall minus training minus per-epoch evaluation (the fixed cost), read back from the
+   run's metrics; the fixed cost is also printed as a ratio to the training time.
+
+Run:  SKMLP_MNIST_DIR=../shared/data/mnist python benchmarks/bench_startup.py [args...]
+(extra arguments are Hydra overrides, e.g. ``tracking.log_model=false``).
+"""
+
+import time
+
+START = time.perf_counter()
+
+import functools  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+
+COMMAND = ["-m", "pipelines.train", "experiment=3b1b"]
+TIMES = {}
+
+
+def timed(owner, name, phase):
+    """Replace ``owner.name`` by a wrapper adding its run time to ``TIMES[phase]``."""
+    function = getattr(owner, name)
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            TIMES[phase] = TIMES.get(phase, 0.0) + time.perf_counter() - start
+
+    setattr(owner, name, wrapper)
+    return function
+
+
+def breakdown(overrides):
+    """Run the entry point in this process; print the time of each phase."""
+    import pipelines.train as entry
+
+    TIMES["imports"] = time.perf_counter() - START
+    import mlflow
+    import mlflow.sklearn
+
+    from pipelines import training
+
+    timed(entry, "load_data", "data")
+    for name in ("setup_experiment", "log_run_context"):
+        timed(training, name, "MLflow set-up")
+    timed(mlflow, "start_run", "MLflow set-up")
+    timed(training, "fit", "fit")
+    fit = training.fit  # the timed one
+    timed(training, "evaluate", "final evaluation")
+    for name in ("plot_learning_curves", "plot_confusion_matrix"):
+        timed(training, name, "figures")
+    timed(training, "plot_first_layer_weights", "figures")
+    timed(mlflow, "log_figure", "figures")
+    timed(mlflow.sklearn, "log_model", "model logging")
+    timed(training, "log_artifacts", "artifacts")
+    timed(mlflow, "end_run", "ending")
+    seconds = {}
+
+    def fit_and_count(cfg, data, sets):
+        pipeline, elapsed, curves = fit(cfg, data, sets)
+        seconds["training"] = float(curves["seconds"].sum())
+        return pipeline, elapsed, curves
+
+    training.fit = fit_and_count
+    sys.argv = [entry.__file__, *COMMAND[2:], *overrides]
+    main_start = time.perf_counter()
+    try:
+        entry.main()
+    except SystemExit as exit_:
+        if exit_.code:
+            raise
+    total = time.perf_counter() - START
+    report(total, main_start - START, seconds["training"])
+
+
+def report(total, before_main, training_seconds):
+    phases = dict(TIMES)
+    phases["training"] = training_seconds
+    phases["per-epoch evaluation"] = phases.pop("fit") - training_seconds
+    phases["artifacts"] -= phases["figures"] + phases.get("model logging", 0.0)
+    phases["other artifacts"] = phases.pop("artifacts")
+    accounted = sum(phases.values()) - phases["imports"]
+    phases["Hydra and the rest"] = total - before_main - accounted
+    print(f"{'phase':<24}{'seconds':>9}")
+    for name, value in phases.items():
+        print(f"{name:<24}{value:9.2f}")
+    print(f"{'total (in process)':<24}{total:9.2f}")
+    fixed = total - training_seconds - phases["per-epoch evaluation"]
+    print(
+        f"{'fixed cost':<24}{fixed:9.2f}  ({fixed / training_seconds:.2f} x training)"
+    )
+
+
+def command(overrides):
+    """Run the command as a user does; print wall, training and fixed cost."""
+    from mlflow.tracking import MlflowClient
+
+    with tempfile.TemporaryDirectory() as tmp:
+        uri = f"sqlite:///{tmp}/mlflow.db"
+        env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+        _create_store(uri)
+        start = time.perf_counter()
+        subprocess.run(
+            [sys.executable, *COMMAND, *overrides],
+            env=env,
+            cwd=tmp,
+            check=True,
+            capture_output=True,
+        )
+        wall = time.perf_counter() - start
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name("3b1b")
+        (run,) = client.search_runs([experiment.experiment_id])
+        run_id, metrics = run.info.run_id, run.data.metrics
+        training = sum(m.value for m in client.get_metric_history(run_id, "seconds"))
+    # fit_seconds is the whole fit: the epochs plus their evaluation.
+    evaluation = metrics["fit_seconds"] - training
+    fixed = wall - metrics["fit_seconds"]
+    print(
+        f"wall {wall:.2f} s, training {training:.2f} s, per-epoch evaluation "
+        f"{evaluation:.2f} s, fixed cost {fixed:.2f} s "
+        f"({fixed / training:.2f} x training)"
+    )
+
+
+def _create_store(uri):
+    """A store that exists already, as after a user's first run: its one-time
+    creation (MLflow's schema migrations) is not part of a run's start-up."""
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, mlflow; mlflow.MlflowClient(sys.argv[1]).search_experiments()",
+            uri,
+        ],
+        check=True,
+        capture_output=True,
+    )
+
+
+def main():
+    args = sys.argv[1:]
+    if args and args[0] in ("breakdown", "command"):
+        return (breakdown if args[0] == "breakdown" else command)(args[1:])
+    for name in ("breakdown", "command"):
+        print(f"--- {name}", flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            uri = f"sqlite:///{tmp}/mlflow.db"
+            env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+            _create_store(uri)
+            script = os.path.abspath(__file__)
+            subprocess.run([sys.executable, script, name, *args], env=env, cwd=tmp)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""What a user needs to find a run in the MLflow UI: the data set as a run input, the
+experiment's kind, and the command and address that open its runs.
+
+MLflow 3.17's web app opens an experiment in its GenAI view unless the address says
+``workflowType=machine_learning`` (or the browser remembers the "Model training"
+toggle); the experiment tag ``mlflow.experimentKind`` alone does not switch it (the
+app reads the tag only when its workflow-type feature flag is off, and in 3.17 it is
+always on). So the tag is set for MLflow's own bookkeeping, and the printed address
+carries the workflow type.
+
+The runs table hides every metric and parameter until the user picks columns; its
+column choice lives in the browser, not in the address. What the address can name is
+a saved view ("Views" menu): an experiment tag ``mlflow.sharedViewState.<id>`` holding
+the columns and the sort. ``save_runs_view`` writes one (the objective and the
+parameters that matter, best first) and ``runs_url`` opens it.
+"""
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from urllib.parse import urlencode
+
+import numpy as np
+from mlflow.data.numpy_dataset import NumpyDataset, from_numpy
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # + view id: a saved runs-table view
+UI_ADDRESS = "http://127.0.0.1:5000"  # where ``mlflow ui`` listens by default
+_DIGEST_ROWS = 1000  # rows of X that enter the digest (all of y does)
+
+
+def training_dataset(X, y, name) -> NumpyDataset:
+    """The training arrays as an MLflow dataset, for ``mlflow.log_input``.
+
+    MLflow's own digest flattens (copies) the whole feature array; this one hashes
+    the labels, the shapes and at most ``_DIGEST_ROWS`` evenly spaced rows of ``X``,
+    so a corrupted, shuffled or subsampled training set gets its own digest cheaply.
+    """
+    X, y = np.asarray(X), np.asarray(y)
+    digest = hashlib.md5(str((X.shape, X.dtype.str, y.dtype.str)).encode())
+    digest.update(np.ascontiguousarray(y).tobytes())
+    step = max(1, len(X) // _DIGEST_ROWS)
+    digest.update(np.ascontiguousarray(X[::step]).tobytes())
+    return from_numpy(X, targets=y, name=name, digest=digest.hexdigest()[:8])
+
+
+def ui_command(uri):
+    """The ``mlflow ui`` command that serves the store at ``uri`` (None for a server)."""
+    if uri.startswith(("http://", "https://")):
+        return None
+    if uri.startswith("sqlite:///"):
+        uri = f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
+    return f"mlflow ui --backend-store-uri {uri}"
+
+
+def save_runs_view(client, experiment_id, view_id, name, metrics, params):
+    """Save (or replace) a runs-table view of the experiment: the data set, ``metrics``
+    and ``params`` as columns, sorted by the first metric, highest first.
+
+    Returns ``view_id``, for ``runs_url``. The view is the one the UI's "Views" menu
+    saves (MLflow 3.17's format); the UI lists it under ``name``.
+    """
+    state = {
+        "selectedColumns": [
+            "attributes.`Dataset`",
+            *(f"metrics.`{key}`" for key in metrics),
+            *(f"params.`{key}`" for key in params),
+        ],
+        "orderByKey": f"metrics.`{metrics[0]}`",
+        "orderByAsc": False,
+    }
+    now = int(time.time() * 1000)
+    envelope = {"name": name, "createdAt": now, "updatedAt": now}
+    envelope["state"] = json.dumps(state)
+    client.set_experiment_tag(
+        experiment_id, VIEW_TAG_PREFIX + view_id, json.dumps(envelope)
+    )
+    return view_id
+
+
+def runs_url(uri, experiment_id, view_id=None):
+    """Address of the experiment's runs table in the model-training view, opened on
+    the saved view ``view_id`` if given."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI_ADDRESS
+    query = {"workflowType": "machine_learning"}
+    if view_id:
+        query["viewStateShareKey"] = view_id
+    return f"{base}/#/experiments/{experiment_id}/runs?{urlencode(query)}"
+
+
+def announce(uri, experiment_id, view_id=None):
+    """Log (to the terminal and Hydra's log file) how to open these runs in the UI."""
+    command, url = ui_command(uri), runs_url(uri, experiment_id, view_id)
+    if command:
+        log.info("See the runs in the MLflow UI: %s\n  then open %s", command, url)
+    else:
+        log.info("See the runs in the MLflow UI: %s", url)
