@@ -44,6 +44,11 @@ CASES = {
         dict(early_stopping=True, learning_rate_init=0.1, max_iter=5, random_state=3),
         dict(early_stopping=True, validation_fraction=0.2, max_iter=4),
     ],
+    "divergence": [  # the first two diverge in epochs 3 and 2; the third goes on
+        dict(activation="identity", learning_rate_init=0.2, max_iter=6),
+        dict(activation="identity", learning_rate_init=0.25, max_iter=6),
+        dict(activation="identity", learning_rate_init=0.05, max_iter=6),
+    ],
     "shapes": [  # three groups: (16, 8) relu, (16, 8) tanh, (12,) with batch 50
         dict(),
         dict(activation="tanh"),
@@ -103,10 +108,18 @@ def test_members_end_as_their_own_fits(digits, case):
         assert_same_fit(together, reference)
 
 
-def test_stopping_members_really_stop_at_different_epochs(digits):
+@pytest.mark.parametrize("case", ["stopping", "divergence"])
+def test_members_really_stop_at_different_epochs(digits, case):
     X, y = digits
-    estimators = _quietly(fit_together, _members("stopping"), X, y)
+    estimators = _quietly(fit_together, _members(case), X, y)
     assert len({est.n_iter_ for est in estimators}) == 3
+
+
+def test_a_diverging_member_warns_as_its_own_fit(digits):
+    X, y = digits
+    with pytest.warns(ConvergenceWarning, match="diverged in epoch 2") as record:
+        fit_together(_members("divergence")[1:], X, y)
+    assert sum("diverged" in str(w.message) for w in record) == 1
 
 
 def test_each_member_its_own_labels_and_weights(digits):
