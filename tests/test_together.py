@@ -11,7 +11,7 @@ from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import InvalidParameterError
 
-from pipelines.callbacks import EpochScoring
+from pipelines.callbacks import EpochScoring, StopAt
 from skmlp import SGDMLPClassifier, fit_together
 from skmlp._together import _groups, _prepare
 
@@ -204,6 +204,22 @@ def test_each_member_callbacks_see_its_own_fit(digits):
         assert [s.epoch for s in scoring.history] == list(range(1, est.max_iter + 1))
         assert [s.metrics["loss"] for s in scoring.history] == est.loss_curve_
         assert scoring.history[-1].metrics["train_accuracy"] == est.score(X, y)
+
+
+def test_a_callback_stops_its_own_member_only(digits):
+    X, y = digits
+
+    def members():
+        scoring = EpochScoring({"train": (X, y)})
+        stopped = SGDMLPClassifier(**{**BASE, "max_iter": 30})
+        stopped.set_callbacks(scoring, StopAt(scoring, "train_accuracy", 0.8))
+        return [stopped, SGDMLPClassifier(**{**BASE, "max_iter": 12})]
+
+    alone = [_quietly(est.fit, X, y) for est in members()]
+    estimators = _quietly(fit_together, members(), X, y)
+    assert estimators[0].n_iter_ < estimators[1].n_iter_ == 12
+    for together, reference in zip(estimators, alone, strict=True):
+        assert_same_fit(together, reference)
 
 
 @pytest.mark.parametrize(
