@@ -168,7 +168,7 @@ class _Member:
                 f"Stochastic Optimizer: Maximum iterations ({est.max_iter}) reached "
                 "and the optimization hasn't converged yet.",
                 ConvergenceWarning,
-                stacklevel=5,
+                stacklevel=6,  # the call of fit_together
             )
         self.engine.finish()
         est.coefs_, est.intercepts_ = self.engine.layers()

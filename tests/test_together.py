@@ -115,6 +115,7 @@ def test_members_really_stop_at_different_epochs(digits, case):
     assert len({est.n_iter_ for est in estimators}) == 3
 
 
+@pytest.mark.filterwarnings("ignore:Stochastic Optimizer")  # the third: max_iter
 def test_a_diverging_member_warns_as_its_own_fit(digits):
     X, y = digits
     with pytest.warns(ConvergenceWarning, match="diverged in epoch 2") as record:
