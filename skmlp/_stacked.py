@@ -58,6 +58,11 @@ class Stack:
         self.any_alpha = any(e.loss_kwargs["alpha"] for e in engines)
         nesterov = [bool(o.nesterov) for o in optimizers]
         self.nesterov = nesterov[0] if len(set(nesterov)) == 1 else nesterov
+        # shaped once per epoch to broadcast over each array: (lr, momentum) per array
+        self.scalars = [
+            (self._along(self.learning_rate, k), self._along(self.momentum, k))
+            for k in range(len(self.params))
+        ]
 
     def _vector(self, values):
         flat = self.engines[0].params.flat
@@ -258,8 +263,8 @@ class Stack:
         for k, (param, velocity, grad) in enumerate(
             zip(self.params, self.velocities, grads, strict=True)
         ):
-            grad *= self._along(self.learning_rate, k)  # now the plain step lr * g
-            momentum = self._along(self.momentum, k)
+            learning_rate, momentum = self.scalars[k]
+            grad *= learning_rate  # now the plain step lr * g
             velocity *= momentum
             velocity -= grad
             if self.nesterov is True:
