@@ -1,5 +1,6 @@
 """fit_together: every member ends exactly as its own fit would leave it (digits)."""
 
+import copy
 import warnings
 
 import numpy as np
@@ -141,6 +142,16 @@ def test_each_member_its_own_labels_and_weights(digits):
     for together, reference in zip(estimators, alone, strict=True):
         assert_same_fit(together, reference)
     assert estimators[2].classes_[0] == "a" and estimators[3].n_outputs_ == 1
+
+
+def test_warm_started_members_continue_as_their_own_fits(digits):
+    X, y = digits
+    started = _quietly(SGDMLPClassifier(**BASE, warm_start=True).fit, X, y)
+    alone = _quietly(copy.deepcopy(started).fit, X, y)
+    estimators = [copy.deepcopy(started), SGDMLPClassifier(**BASE)]
+    _quietly(fit_together, estimators, X, y)
+    assert_same_fit(estimators[0], alone)
+    assert estimators[0].n_iter_ == 4 and len(estimators[0].loss_curve_) == 8
 
 
 def test_float32_members(digits):
