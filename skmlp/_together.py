@@ -32,6 +32,10 @@ from sklearn.exceptions import ConvergenceWarning
 
 from skmlp._stacked import Stack
 
+# Above this many parameters per network, a group on NumPy trains member by member
+# (see ``_joint``): 784-128-10 has 101,770, 784-512-512-10 has 669,706.
+NUMPY_JOINT_MAX_PARAMS = 2**17
+
 
 def fit_together(estimators, X, y, *, sample_weight=None):
     """Fit several ``SGDMLPClassifier`` on one ``X``, networks of one shape jointly.
@@ -245,9 +249,24 @@ def _groups(members):
     return list(groups.values())
 
 
+def _joint(members):
+    """Whether a group trains jointly, rather than each member by its own engine.
+
+    Not for sparse input, nor on NumPy for networks of more than
+    ``NUMPY_JOINT_MAX_PARAMS`` parameters: those are bound by arithmetic and memory
+    traffic, not by calls, and m stacked copies of their weights leave the caches
+    (6 x 784-512-512-10: a joint step 20-25 % slower than 6 single steps, measured
+    on the 2-core dev box; 6 x 784-16-16-10: faster; benchmarks/bench_together.py).
+    """
+    engine = members[0].engine
+    if len(members) < 2 or sp.issparse(members[0].data.X):
+        return False
+    return engine.xp is not np or engine.params.flat.shape[0] <= NUMPY_JOINT_MAX_PARAMS
+
+
 def _train(members):
     """Train a group to the end: jointly, or each by its own engine."""
-    joint = len(members) > 1 and not sp.issparse(members[0].data.X)
+    joint = _joint(members)
     group = _Group(members) if joint else None
     for member in members:
         member.begin()

@@ -14,7 +14,7 @@ from sklearn.utils._param_validation import InvalidParameterError
 
 from pipelines.callbacks import EpochScoring, StopAt
 from skmlp import SGDMLPClassifier, fit_together
-from skmlp._together import _groups, _prepare
+from skmlp._together import NUMPY_JOINT_MAX_PARAMS, _groups, _joint, _prepare
 
 BASE = dict(hidden_layer_sizes=(16, 8), batch_size=64, max_iter=4, random_state=0)
 
@@ -173,6 +173,31 @@ def test_sparse_input_falls_back_to_separate_engines(digits):
     estimators = _members("learning_rate_init")[:2]
     alone = _separately(estimators, X, [y, y], [None, None])
     _quietly(fit_together, estimators, X, y)
+    for together, reference in zip(estimators, alone, strict=True):
+        assert_same_fit(together, reference)
+
+
+def test_wide_numpy_networks_train_member_by_member(digits):
+    """Above NUMPY_JOINT_MAX_PARAMS a NumPy group is not stacked (cache-bound)."""
+    X, y = digits
+
+    def members(hidden):
+        return [
+            SGDMLPClassifier(
+                **{**BASE, "hidden_layer_sizes": hidden, "max_iter": 2},
+                learning_rate_init=lr,
+            )
+            for lr in (0.01, 0.05)
+        ]
+
+    wide, narrow = (400, 300), BASE["hidden_layer_sizes"]
+    assert not _joint(_prepare(members(wide), X, [y, y], [None, None]))
+    assert _joint(_prepare(members(narrow), X, [y, y], [None, None]))
+    estimators = members(wide)
+    alone = _separately(estimators, X, [y, y], [None, None])
+    _quietly(fit_together, estimators, X, y)
+    n_params = sum(a.size for a in estimators[0].coefs_ + estimators[0].intercepts_)
+    assert n_params > NUMPY_JOINT_MAX_PARAMS
     for together, reference in zip(estimators, alone, strict=True):
         assert_same_fit(together, reference)
 
