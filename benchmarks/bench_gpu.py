@@ -6,6 +6,8 @@ momentum (Nesterov), and L2 term:
 
 - ``skmlp torch``: SGDMLPClassifier on torch tensors (array-API dispatch);
 - ``skmlp cupy``: SGDMLPClassifier on CuPy arrays (skipped without CuPy or a GPU);
+- ``skmlp eager``: as ``skmlp torch`` with ``capture=False`` (no CUDA graph: the gain of
+  capture is ``skmlp eager / skmlp torch``);
 - ``torch loop``: ``nn.Sequential``, autograd and ``torch.optim.SGD``, the loop a torch user
   writes (shuffle with ``randperm``, index the batch, step; the loss is summed on the device
   and read once per epoch). Checked by hand: given skmlp's initial weights and the same
@@ -77,7 +79,7 @@ class EpochClock:
         return np.diff([self.start, *self.ends])
 
 
-def skmlp_epochs(xp_X, xp_y, hidden, batch, epochs):
+def skmlp_epochs(xp_X, xp_y, hidden, batch, epochs, capture=True):
     """Seconds of each epoch of SGDMLPClassifier on the arrays' device, and its last
     epoch's training loss."""
     clock = EpochClock()
@@ -92,6 +94,7 @@ def skmlp_epochs(xp_X, xp_y, hidden, batch, epochs):
         n_iter_no_change=10**6,
         random_state=0,
         dtype="float32",
+        capture=capture,
     )
     model.set_callbacks(clock)
     with warnings.catch_warnings():
@@ -199,7 +202,7 @@ def print_case(name, batch, results):
             f"{seconds[0]:>14.3f} {loss:>10.4f}"
         )
     pairs = [("torch loop", "skmlp torch"), ("torch loop", "skmlp cupy")]
-    pairs.append(("skmlp cupy", "skmlp torch"))
+    pairs += [("skmlp cupy", "skmlp torch"), ("skmlp eager", "skmlp torch")]
     ratios = [
         f"{a} / {b} = {steady[a] / steady[b]:.2f}x"
         for a, b in pairs
@@ -245,6 +248,9 @@ def main():
                 results["skmlp cupy"] = skmlp_epochs(
                     *cupy_data, hidden, batch, args.epochs
                 )
+            results["skmlp eager"] = skmlp_epochs(
+                tX, ty, hidden, batch, args.epochs, capture=False
+            )
             results["torch loop"] = torch_loop_epochs(
                 tX, ty, hidden, batch, args.epochs
             )

@@ -9,9 +9,13 @@ older version of this code, or a process killed while migrating) where no data i
 
 import hashlib
 import logging
+import os
+import socket
 import sqlite3
 import tempfile
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from filelock import FileLock, Timeout
@@ -22,6 +26,10 @@ log = logging.getLogger(__name__)
 
 # Creating a fresh store runs ~70 migrations: seconds, longer on a loaded machine.
 LOCK_TIMEOUT_S = 300
+# A migration in progress moves on within this time; a half-made store stays still.
+MIGRATION_QUIET_S = 2
+# Tags on every run: where its process lives, and why it ended if not by itself.
+HOST_TAG, PID_TAG, REASON_TAG = "skmlp.host", "skmlp.pid", "skmlp.end_reason"
 DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 
 
@@ -104,10 +112,14 @@ def recover_half_made(path: Path) -> None:
     (MLflow creates the tables). A half-made store that holds runs or experiments is
     left untouched too, and StoreError says what to do. Call it holding the lock.
     """
-    has_tables, revision, leftovers, n_records = schema_state(path)
+    state = schema_state(path)
+    has_tables, revision, leftovers, n_records = state
     head = _get_latest_schema_revision()
     if not has_tables or revision == head:
         return
+    time.sleep(MIGRATION_QUIET_S)
+    if schema_state(path) != state:
+        return  # a process outside our lock (mlflow ui, say) is migrating it now
     if n_records:
         raise StoreError(
             f"The MLflow store {path} is at schema revision {revision}, not {head}"
@@ -127,3 +139,152 @@ def recover_half_made(path: Path) -> None:
         leftovers,
         aside,
     )
+
+
+# ----------------------------------------------------------------------------------
+# Checking the store before any work, and reaping the runs of dead processes
+
+CHECK_TIMEOUT_S = 8  # plus ~5 s of imports: a failing start ends within 15 s
+# MLflow's defaults retry an unreachable server 7 times over minutes; bound them
+# (a user's own settings win).
+HTTP_BOUNDS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+WHAT_TO_DO = (
+    "Set MLFLOW_TRACKING_URI (or tracking.uri) to a store this process can reach and "
+    "write, or unset it to use the project's local mlruns/mlflow.db."
+)
+
+
+def check_store(uri: str, timeout: float = CHECK_TIMEOUT_S) -> None:
+    """Fail fast, with a message naming ``uri``, if the store cannot be used.
+
+    A SQLite store's directory must be writable; a server must answer a request
+    within ``timeout`` seconds. Then the store is opened (created, migrated).
+    """
+    for name, value in HTTP_BOUNDS.items():
+        os.environ.setdefault(name, value)
+    path = sqlite_path(uri)
+    if path is not None:
+        _check_writable(uri, path)
+    elif uri.startswith(("http://", "https://")):
+        _check_answers(uri, timeout)
+    open_store(uri)
+
+
+def _check_writable(uri: str, path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+        if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+            raise PermissionError(f"{path} is not readable and writable")
+    except OSError as exc:
+        message = f"The MLflow store {uri} is not writable: {exc}. {WHAT_TO_DO}"
+        raise StoreError(message) from exc
+
+
+def _check_answers(uri: str, timeout: float) -> None:
+    """One search request to the server, in a thread we stop waiting for."""
+    outcome = {}
+
+    def probe():
+        try:
+            with _env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0"):
+                MlflowClient(uri).search_experiments(max_results=1)
+            outcome["ok"] = True
+        except Exception as exc:  # reported below with the URI
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if "ok" in outcome:
+        return
+    reason = outcome.get("error") or f"no answer within {timeout:g} s"
+    raise StoreError(
+        f"The MLflow tracking server {uri} cannot be used: {reason}. Is the server "
+        f"running (mlflow server ...)? {WHAT_TO_DO}"
+    )
+
+
+@contextmanager
+def _env(**values):
+    """Environment variables set for the duration of a block."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def process_alive(pid: int, since_ms: int) -> bool:
+    """Whether process ``pid`` runs and started before ``since_ms`` (so it is not a
+    later process that reuses a dead one's pid). Zombies count as dead."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        boot = next(
+            float(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime")
+        )
+    except (OSError, StopIteration, IndexError):
+        return True  # no /proc (macOS): trust the pid
+    started = boot + int(stat[19]) / os.sysconf("SC_CLK_TCK")
+    return stat[0] != "Z" and started <= since_ms / 1000 + 1
+
+
+def reap_dead_runs(uri: str) -> list[str]:
+    """Mark this host's RUNNING runs whose process is gone as FAILED, tagged with
+    why (``skmlp.end_reason``). Returns their ids."""
+    client = MlflowClient(uri)
+    host = socket.gethostname()
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(
+        experiments,
+        f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'",
+        max_results=50000,
+    )
+    reaped = []
+    for run in runs:
+        pid = int(run.data.tags.get(PID_TAG, 0))
+        if pid > 0 and not process_alive(pid, run.info.start_time):
+            when = time.strftime("%Y-%m-%d %H:%M:%S")
+            reason = f"its process {pid} on {host} was gone at {when} (killed?)"
+            client.set_tag(run.info.run_id, REASON_TAG, reason)
+            client.set_terminated(run.info.run_id, "FAILED")
+            reaped.append(run.info.run_id)
+    return reaped
+
+
+def reap_main(argv=None) -> None:
+    """Console command ``skmlp-reap``: mark this host's runs whose process died as
+    FAILED."""
+    import argparse
+
+    from pipelines.tracking import tracking_uri
+
+    parser = argparse.ArgumentParser(description=reap_main.__doc__)
+    parser.add_argument("--uri", help="tracking URI (default: as the pipelines use)")
+    uri = tracking_uri(parser.parse_args(argv).uri)
+    check_store(uri)
+    reaped = reap_dead_runs(uri)
+    print(f"{len(reaped)} runs of dead processes marked FAILED in {uri}")
+    for run_id in reaped:
+        print(f"  {run_id}")
+
+
+if __name__ == "__main__":
+    reap_main()

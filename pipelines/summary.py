@@ -23,9 +23,8 @@ from skmlp.plots import plot_objective
 SWEPT_TAG = "skmlp.swept_params"
 OBJECTIVE_TAG = "skmlp.objective"
 BEST_RUN_TAG = "skmlp.best_run"
-TEST_ACCURACY = (
-    "final_test_accuracy"  # a column of the sweep's view beside the objective
-)
+# A column of the sweep's runs-table view beside the objective, where runs log it.
+TEST_ACCURACY = "final_test_accuracy"
 # Short labels for the keys that sweeps vary most; a key not here shows its last part.
 ABBREVIATIONS = {
     "learning_rate_init": "lr",
@@ -147,6 +146,7 @@ def log_sweep_summary(client: MlflowClient, parent_id: str, swept) -> str | None
     scored = table.dropna(subset=[objective])
     if not scored.empty:
         _log_best(client, parent_id, scored.iloc[0], params, objective, len(table))
+        _log_best_inputs(client, parent_id, children, scored.iloc[0]["run_id"])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # layout of a tiny figure
             figure = plot_objective(scored, objective, params)
@@ -181,3 +181,10 @@ def _log_best(client, parent_id, best, swept, objective, n_runs):
             RunTag("mlflow.note.content", note),
         ],
     )
+
+
+def _log_best_inputs(client, parent_id, children, best_id):
+    """The best run's data set(s) as the parent's inputs, for its Dataset column."""
+    (best,) = (child for child in children if child.info.run_id == best_id)
+    if best.inputs is not None and best.inputs.dataset_inputs:
+        client.log_inputs(parent_id, datasets=list(best.inputs.dataset_inputs))

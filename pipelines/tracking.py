@@ -4,7 +4,6 @@ import atexit
 import hashlib
 import json
 import os
-import signal
 import subprocess
 from pathlib import Path
 
@@ -15,7 +14,8 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from pipelines.device import resolve_device
-from pipelines.store import open_store
+from pipelines.lifecycle import handle_signals, interrupted, process_tags, stop_children
+from pipelines.store import check_store, open_store
 from pipelines.summary import SWEPT_TAG, log_sweep_summary, swept_keys
 from pipelines.ui import EXPERIMENT_TAGS, announce, training_dataset
 
@@ -121,15 +121,6 @@ def log_run_context(cfg, data, tags=None):
     mlflow.log_input(dataset, context="training")
 
 
-def raise_on_sigterm():
-    """Turn SIGTERM into KeyboardInterrupt, so that runs end KILLED, not RUNNING."""
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt(f"received signal {signum}")
-
-    signal.signal(signal.SIGTERM, handler)
-
-
 class MLflowSweepCallback(Callback):
     """Hydra callback: one parent MLflow run per multirun, its jobs as children.
 
@@ -147,6 +138,7 @@ class MLflowSweepCallback(Callback):
     def on_multirun_start(self, config, **kwargs):
         resolve_device(config.get("device", "cpu"))  # a missing GPU: no parent, no job
         uri = tracking_uri(config.tracking.uri)
+        check_store(uri)
         experiment_id = setup_experiment(uri, config.tracking.experiment_name)
         sweep_dir = config.hydra.sweep.dir
         self._swept = swept_keys(
@@ -159,12 +151,17 @@ class MLflowSweepCallback(Callback):
                 "skmlp.sweep_dir": str(sweep_dir),
                 "skmlp.git_commit": git_commit(),
                 SWEPT_TAG: json.dumps(self._swept),
+                **process_tags(),
             },
         )
         self._parent, self._uri = run.info.run_id, uri
         os.environ[PARENT_RUN_ENV] = self._parent
         atexit.register(self._end, "FAILED")
-        raise_on_sigterm()
+        # On Ctrl-C or SIGTERM, the children end their runs KILLED before joblib
+        # kills its workers.
+        handle_signals(
+            before_raise=lambda: stop_children(MlflowClient(uri), run.info.run_id)
+        )
 
     def on_multirun_end(self, config, **kwargs):
         if self._parent is not None:
@@ -179,12 +176,13 @@ class MLflowSweepCallback(Callback):
             return
         client = MlflowClient(self._uri)
         if client.get_run(self._parent).info.status == "RUNNING":
+            stop_children(client, self._parent)
             children = client.search_runs(
                 [client.get_run(self._parent).info.experiment_id],
                 f"tags.mlflow.parentRunId = '{self._parent}'",
             )
-            if status != "FINISHED" and any(
-                child.info.status == "KILLED" for child in children
+            if status != "FINISHED" and (
+                interrupted() or any(c.info.status == "KILLED" for c in children)
             ):
                 status = "KILLED"
             client.set_terminated(self._parent, status)

@@ -69,15 +69,15 @@ def build_pipeline(cfg, steps=None):
 
 def eval_sets(cfg, data):
     """Per-epoch evaluation sets: the training set (a fixed sample of
-    ``cfg.eval.train_accuracy_samples`` rows, null: all), the test set, validation."""
+    ``cfg.eval.train_accuracy_samples`` rows, null: all, 0: none), the test set,
+    validation."""
     n_train, n_sample = len(data.y_train), cfg.eval.train_accuracy_samples
     rows = slice(None)
     if n_sample is not None and n_sample < n_train:
         rows = np.random.default_rng(cfg.seed).choice(n_train, n_sample, replace=False)
-    sets = {
-        "train": (data.X_train[rows], data.y_train[rows]),
-        "test": (data.X_test, data.y_test),
-    }
+    sets = {"test": (data.X_test, data.y_test)}
+    if n_sample != 0:
+        sets["train"] = (data.X_train[rows], data.y_train[rows])
     if data.X_val is not None:
         sets["val"] = (data.X_val, data.y_val)
     return sets

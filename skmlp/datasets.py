@@ -4,15 +4,18 @@ Where the files are looked for, in order: the ``data_dir`` argument, the data se
 environment variable (``SKMLP_MNIST_DIR``, ``SKMLP_FASHION_MNIST_DIR``), then the cache
 directory (``SKMLP_CACHE_DIR``, default ``~/.cache/skmlp/<name>``). Files missing from all
 of them are downloaded into the cache, trying each mirror in turn, written atomically
-and checked against the known checksums before they are kept.
+(mode 0644) and checked against the known checksums before they are kept. A mirror
+gets ``SKMLP_DOWNLOAD_DEADLINE`` seconds (default 600) per file before the next one is
+tried.
 """
 
 import gzip
 import hashlib
 import os
-import shutil
+import socket
 import struct
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -172,21 +175,56 @@ def _read_verified(path, spec):
     return parse_idx(raw, spec)
 
 
+def download_deadline():
+    """Seconds one file may take from one mirror: ``$SKMLP_DOWNLOAD_DEADLINE``, else
+    600 (MNIST's largest file is 9.9 MB)."""
+    return float(os.environ.get("SKMLP_DOWNLOAD_DEADLINE") or 600)
+
+
+def _fetch(url, out, deadline):
+    """Copy ``url`` into the open file ``out``, giving up ``deadline`` seconds in.
+
+    The socket timeout bounds each read; the deadline bounds the whole transfer, so
+    that a mirror trickling a byte at a time cannot stall a download forever.
+    """
+    end = time.monotonic() + deadline
+    with urllib.request.urlopen(url, timeout=min(30, deadline)) as response:
+        while chunk := response.read1(1 << 16):
+            out.write(chunk)
+            if time.monotonic() > end:
+                raise TimeoutError(
+                    f"too slow: {out.tell()} bytes in {deadline:g} s (the limit, "
+                    "SKMLP_DOWNLOAD_DEADLINE)"
+                )
+
+
+def _remove_stale_parts(directory, name):
+    """Remove partial downloads of ``name`` left by dead processes of this host
+    (killed mid-download); those of live processes are theirs."""
+    host = socket.gethostname()
+    for part in directory.glob(f".{name}.{host}.*.part"):
+        pid = part.name.removeprefix(f".{name}.{host}.").split(".")[0]
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            part.unlink(missing_ok=True)
+        except (ValueError, PermissionError):
+            pass  # not our naming, or another user's live process
+
+
 def _download(spec, directory, mirrors):
     """Fetch ``spec`` from the first mirror that serves a valid copy; return its path."""
     directory.mkdir(parents=True, exist_ok=True)
+    _remove_stale_parts(directory, spec.name)
     target, errors = directory / spec.name, []
+    prefix = f".{spec.name}.{socket.gethostname()}.{os.getpid()}."
     for mirror in mirrors:
-        fd, tmp = tempfile.mkstemp(
-            dir=directory, prefix=f".{spec.name}.", suffix=".part"
-        )
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=".part")
         try:
-            with (
-                os.fdopen(fd, "wb") as out,
-                urllib.request.urlopen(mirror + spec.name, timeout=30) as response,
-            ):
-                shutil.copyfileobj(response, out)
+            with os.fdopen(fd, "wb") as out:
+                _fetch(mirror + spec.name, out, download_deadline())
             _read_verified(Path(tmp), spec)
+            os.chmod(tmp, 0o644)  # a cache readable by all, as any (mkstemp: 0600)
             os.replace(tmp, target)  # atomic: readers never see a partial file
             return target
         except (OSError, urllib.error.URLError) as exc:
@@ -209,7 +247,9 @@ def _locate(dataset, spec, data_dir, mirrors):
             _read_verified(cached, spec)
             return cached
         except DataError:
-            cached.unlink()  # a corrupt cached copy is removed and fetched again
+            # A corrupt cached copy is removed and fetched again (another process
+            # that found it too may have removed it first).
+            cached.unlink(missing_ok=True)
     try:
         return _download(spec, cached.parent, mirrors or dataset.mirrors)
     except DataError as exc:

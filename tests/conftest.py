@@ -39,5 +39,15 @@ def mnist():
 
 
 @pytest.fixture
+def store(tmp_path):
+    """A temporary MLflow store: (tracking URI, environment for a pipeline subprocess,
+    outside any sweep)."""
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONUNBUFFERED": "1"}
+    env.pop("SKMLP_PARENT_RUN_ID", None)
+    return uri, env
+
+
+@pytest.fixture
 def rng():
     return np.random.default_rng(0)

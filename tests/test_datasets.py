@@ -5,8 +5,12 @@ import gzip
 import http.server
 import os
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -180,3 +184,119 @@ def test_digits_need_no_download():
     data = load_digits_split()
     assert data.X_train.shape[1] == 64 and data.X_train.max() <= 1.0
     assert len(data.y_train) + len(data.y_test) == 1797
+
+
+# ---- issue 11, item 5: concurrent corrupt caches, slow mirrors, killed downloads
+
+
+@pytest.fixture
+def serve_trickle():
+    """A mirror on 127.0.0.1 that announces a file, then sends a byte every 0.2 s
+    (for at most 30 s, so that no test can hang on it)."""
+    servers = []
+
+    class Trickle(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "1000000")
+            self.end_headers()
+            for _ in range(150):
+                try:
+                    self.wfile.write(b"\x1f")
+                    self.wfile.flush()
+                except OSError:
+                    return
+                time.sleep(0.2)
+
+        def log_message(self, *args):
+            pass
+
+    def start():
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_port}/"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+LOAD = "import sys; from skmlp.datasets import load_mnist; load_mnist(mirrors=sys.argv[1:])"
+
+
+def test_processes_finding_the_same_corrupt_cached_file_all_load(
+    isolated, serve, mnist_dir, tmp_path
+):
+    isolated.mkdir(parents=True)
+    for name in FILES:
+        shutil.copy(mnist_dir / name, isolated / name)
+    # The first file read, so that every process finds it corrupt at about once.
+    corrupt = isolated / "train-images-idx3-ubyte.gz"
+    corrupt.write_bytes(corrupt.read_bytes()[:-50])
+    mirror = serve(mnist_dir)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", LOAD, mirror],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for _ in range(6)
+    ]
+    outputs = [p.communicate(timeout=300)[0].decode() for p in processes]
+    for process, output in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, output[-3000:]
+    assert load_mnist(mirrors=[closed_port_url()]).y_test.shape == (10000,)
+
+
+def test_a_trickling_mirror_is_given_up_at_the_deadline_and_named(
+    isolated, serve_trickle, monkeypatch
+):
+    monkeypatch.setenv("SKMLP_DOWNLOAD_DEADLINE", "1")
+    slow = serve_trickle()
+    with pytest.raises(DataError) as error:
+        load_mnist(mirrors=[slow])
+    assert f"{slow}: too slow" in str(error.value)
+    assert "SKMLP_DOWNLOAD_DEADLINE" in str(error.value)
+
+
+def test_the_next_mirror_is_used_after_a_trickling_one(
+    isolated, serve, serve_trickle, mnist_dir, monkeypatch
+):
+    monkeypatch.setenv("SKMLP_DOWNLOAD_DEADLINE", "1")
+    data = load_mnist(mirrors=[serve_trickle(), serve(mnist_dir)])
+    assert data.y_test.shape == (10000,)
+
+
+def test_partial_files_of_a_download_killed_by_sigterm_are_removed(
+    isolated, serve, serve_trickle, mnist_dir
+):
+    killed = subprocess.Popen(
+        [sys.executable, "-c", LOAD, serve_trickle()],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not list(isolated.glob("*.part")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        (part,) = isolated.glob("*.part")
+    finally:
+        killed.send_signal(signal.SIGTERM)
+        killed.wait(timeout=30)
+    assert part.exists()  # SIGTERM's default action leaves it
+    load_mnist(mirrors=[serve(mnist_dir)])
+    assert list(isolated.glob("*.part")) == []
+
+
+def test_downloaded_files_are_readable_by_all(isolated, serve, mnist_dir):
+    umask = os.umask(0o022)
+    try:
+        load_mnist(mirrors=[serve(mnist_dir)])
+    finally:
+        os.umask(umask)
+    assert {(isolated / name).stat().st_mode & 0o777 for name in FILES} == {0o644}

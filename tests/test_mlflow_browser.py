@@ -14,13 +14,11 @@ import re
 import shutil
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from test_mlflow_ui import SWEEP_2X2, store  # noqa: F401 - a fixture
-from test_pipelines import QUICK, _free_port, run_entry_point
+from test_mlflow_ui import SWEEP_2X2
+from test_pipelines import QUICK, _free_port, run_entry_point, wait_until_healthy
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +56,7 @@ def printed(pattern, output):
 
 
 @pytest.fixture
-def ui(store, tmp_path):  # noqa: F811 - the fixture imported above
+def ui(store, tmp_path):
     """Run the 2x2 sweep, then serve its store with the ``mlflow ui`` command the
     sweep printed (on a free port). Yields the address the sweep printed, on it."""
     _, env = store
@@ -80,24 +78,11 @@ def ui(store, tmp_path):  # noqa: F811 - the fixture imported above
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_until_healthy(base, server)
+        wait_until_healthy(base, server, timeout=120)
         yield url.replace("http://127.0.0.1:5000", base)
     finally:
         server.terminate()
         server.wait(timeout=30)
-
-
-def _wait_until_healthy(base, server, timeout=120):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise
-            time.sleep(0.5)
 
 
 def test_the_ui_shows_the_sweeps_winner(browser, ui, tmp_path):
