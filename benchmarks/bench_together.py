@@ -11,7 +11,10 @@ The ratios (higher is better for ``fit_together``) are the numbers to read: abso
 times drift on a shared machine. Each ratio is also given as the median of the ratios of
 runs made side by side.
 
-Run:  SKMLP_MNIST_DIR=../shared/data/mnist python benchmarks/bench_together.py
+Run:  OMP_NUM_THREADS=1 SKMLP_MNIST_DIR=../shared/data/mnist \
+      python benchmarks/bench_together.py
+(one BLAS thread: on a loaded 2-core machine two BLAS threads made every timing erratic,
+sklearn's 0.25 to 7 s/epoch.)
 """
 
 import argparse
