@@ -23,6 +23,7 @@ epoch is then ended by its engine, and a member that stops leaves the group.
 import contextlib
 import dataclasses
 import time
+import warnings
 
 import numpy as np
 import scipy.sparse as sp
@@ -166,8 +167,6 @@ class _Member:
     def finish(self, stopped):
         est = self.estimator
         if not stopped:
-            import warnings
-
             warnings.warn(
                 f"Stochastic Optimizer: Maximum iterations ({est.max_iter}) reached "
                 "and the optimization hasn't converged yet.",
