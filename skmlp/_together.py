@@ -10,7 +10,11 @@ Members whose ``random_state`` is the same integer draw the same shuffle order, 
 see the same mini-batches: their first layer is then ONE wide product,
 ``X_batch @ [W_1 | W_2 | ... | W_m]`` of shape (batch, m * n_units), and its gradient
 one product ``X_batch^T @ [delta_1 | ... | delta_m]``. For a 784-16-16-10 network this
-is where almost all the arithmetic is, and where the saving on a CPU comes from.
+is where almost all the arithmetic is. The wide product saves calls, not arithmetic (on
+the 2-core dev box's OpenBLAS, 100x784 @ 784x96 costs what six 784x16 products do);
+the saving on a CPU is the per-call cost of everything else, shared by the group
+(``benchmarks/bench_together.py``: 1.6x one skmlp fit per member, 2.7x
+``MLPClassifier``). Wide NumPy networks are not stacked at all (``_joint``).
 
 Each member keeps its own ``Engine`` (``_engine.py``), built by the estimator itself, so
 the validation, the random initialisation, the records, the stopping rule, divergence,
