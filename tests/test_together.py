@@ -1,6 +1,7 @@
 """fit_together: every member ends exactly as its own fit would leave it (digits)."""
 
 import copy
+import signal
 import warnings
 
 import numpy as np
@@ -257,6 +258,51 @@ def test_a_callback_stops_its_own_member_only(digits):
     assert estimators[0].n_iter_ < estimators[1].n_iter_ == 12
     for together, reference in zip(estimators, alone, strict=True):
         assert_same_fit(together, reference)
+
+
+class InterruptInEpoch:
+    """A callback: Ctrl-C (SIGALRM as KeyboardInterrupt) soon after epoch ``epoch``
+    begins, that is in the middle of the group's joint epoch."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def setup(self, estimator, context):
+        pass
+
+    def teardown(self, estimator, context):
+        pass
+
+    def on_fit_task_begin(self, estimator, context):
+        if context.task_name == "epoch" and context.task_id == self.epoch:
+            signal.setitimer(signal.ITIMER_REAL, 0.02)
+
+    def on_fit_task_end(self, estimator, context, *, fitted_estimator=None):
+        return False
+
+
+def test_ctrl_c_leaves_every_member_at_its_last_complete_epoch(digits):
+    X, y = digits
+    X, y = np.repeat(X, 4, axis=0), np.repeat(y, 4)  # longer epochs
+    params = dict(hidden_layer_sizes=(64,), batch_size=8, tol=0, random_state=0)
+    estimators = [
+        SGDMLPClassifier(**params, max_iter=1000, learning_rate_init=lr)
+        for lr in (0.001, 0.002, 0.004)
+    ]
+    estimators[1].set_callbacks(InterruptInEpoch(2))
+    previous = signal.signal(signal.SIGALRM, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            fit_together(estimators, X, y)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    for est in estimators:
+        assert est.n_iter_ == len(est.loss_curve_) == len(est.history_) == 2
+        alone = _quietly(clone(est).set_params(max_iter=2).fit, X, y)
+        assert_same_fit(est, alone)
+        # and training on gives the same epoch (the shuffle's generator was restored)
+        assert_same_fit(est.partial_fit(X, y), alone.partial_fit(X, y))
 
 
 @pytest.mark.parametrize(
