@@ -2,6 +2,7 @@
 
 from skmlp._classifier import SGDMLPClassifier
 from skmlp._gradient_check import GradientCheckResult, check_gradients
+from skmlp._together import fit_together
 from skmlp.inspection import noise_confidence
 
 __version__ = "0.1.0"
@@ -11,5 +12,6 @@ __all__ = [
     "SGDMLPClassifier",
     "__version__",
     "check_gradients",
+    "fit_together",
     "noise_confidence",
 ]

@@ -376,18 +376,27 @@ class Engine:
             # Overflow is detected below and reported as divergence, once, in words.
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                 loss = self.epoch(data.X, data.Y, data.sample_weight) / data.X.shape[0]
-            if self.diverged(loss, data.Y.shape[1]):
-                self._restore(saved)
-                _warn_diverged(loss, len(self.state.records), self.optimizer)
-                return True
-            self.state.t += data.X.shape[0]
-            self._record(loss, data, time.perf_counter() - start)
-            return self._check_stopping()
+            return self.end_epoch(loss, data, time.perf_counter() - start, saved)
         except (
             BaseException
         ):  # Ctrl-C, SIGTERM turned into an exception, MemoryError...
             self._restore(saved)
             raise
+
+    def end_epoch(self, loss, data, seconds, saved):
+        """Judge and record an epoch of mean cost ``loss``; True when training stops.
+
+        ``saved`` is the ``_snapshot()`` taken before the epoch, put back if it
+        diverged. ``fit_together`` (``_together.py``) runs the epochs of several
+        engines as one computation and ends each engine's epoch here.
+        """
+        if self.diverged(loss, data.Y.shape[1]):
+            self._restore(saved)
+            _warn_diverged(loss, len(self.state.records), self.optimizer)
+            return True
+        self.state.t += data.X.shape[0]
+        self._record(loss, data, seconds)
+        return self._check_stopping()
 
     def epoch(self, X, Y, sample_weight):
         """One pass over the data; the summed cost as a Python float (``epoch_cost``)."""
@@ -543,5 +552,5 @@ def _warn_diverged(loss, n_epochs, optimizer):
         f"weights of epoch {n_epochs} were kept and training stopped; lower "
         f"learning_rate_init (now {optimizer.learning_rate_init}).",
         ConvergenceWarning,
-        stacklevel=5,
+        stacklevel=6,
     )

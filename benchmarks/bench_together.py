@@ -1,0 +1,123 @@
+"""Throughput of ``fit_together`` on MNIST 60k, against fits one at a time.
+
+1. Six 784-16-16-10 networks at batch 100, learning rates 0.002 ... 0.05, one
+   ``random_state``, fitted together: each member's share of the joint epoch, against
+   ``MLPClassifier(solver="sgd")`` and one ``SGDMLPClassifier`` with the same settings
+   (learning rate 0.01), timed in the same run, alternately.
+2. Six 784-512-512-10 networks at batch 128 (same learning rates): together, against the
+   six fitted one after the other by ``SGDMLPClassifier``.
+
+The ratios (higher is better for ``fit_together``) are the numbers to read: absolute
+times drift on a shared machine. Each ratio is also given as the median of the ratios of
+runs made side by side.
+
+Run:  OMP_NUM_THREADS=1 SKMLP_MNIST_DIR=../shared/data/mnist \
+      python benchmarks/bench_together.py
+(one BLAS thread: on a loaded 2-core machine two BLAS threads made every timing erratic,
+sklearn's 0.25 to 7 s/epoch.)
+"""
+
+import argparse
+import time
+import warnings
+
+import numpy as np
+from bench_fit import common_params, seconds_per_epoch
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.neural_network import MLPClassifier
+
+from skmlp import SGDMLPClassifier, fit_together
+from skmlp.datasets import load_mnist
+
+LEARNING_RATES = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05)
+
+
+def members(hidden, batch, epochs):
+    return [
+        SGDMLPClassifier(
+            **{**common_params(hidden, batch, epochs), "learning_rate_init": lr}
+        )
+        for lr in LEARNING_RATES
+    ]
+
+
+def together_seconds_per_member_epoch(hidden, batch, X, y, epochs):
+    estimators = members(hidden, batch, epochs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        start = time.perf_counter()
+        fit_together(estimators, X, y)
+    seconds = time.perf_counter() - start
+    assert all(est.n_iter_ == epochs for est in estimators)
+    return seconds / (epochs * len(estimators))
+
+
+def separate_seconds_per_member_epoch(hidden, batch, X, y, epochs):
+    estimators = members(hidden, batch, epochs)
+    total = sum(seconds_per_epoch(est, X, y, epochs) for est in estimators)
+    return total / len(estimators)
+
+
+def report(name, ours, theirs, peer):
+    paired = float(np.median(np.divide(theirs, ours)))
+    print(
+        f"{name:<34} {min(theirs):>9.3f} s/epoch   together {min(ours):>7.3f} "
+        f"s/epoch per member   {min(theirs) / min(ours):>6.2f}x "
+        f"(median of pairs {paired:.2f}x) vs {peer}"
+    )
+
+
+def small(X, y, epochs, repeats):
+    hidden, batch = (16, 16), 100
+    times = {"together": [], "sklearn": [], "skmlp": []}
+    for _ in range(repeats):  # alternate, so drift hits all alike
+        params = common_params(hidden, batch, epochs)
+        times["together"].append(
+            together_seconds_per_member_epoch(hidden, batch, X, y, epochs)
+        )
+        times["sklearn"].append(
+            seconds_per_epoch(MLPClassifier(solver="sgd", **params), X, y, epochs)
+        )
+        times["skmlp"].append(
+            seconds_per_epoch(SGDMLPClassifier(**params), X, y, epochs)
+        )
+    for peer in ("sklearn", "skmlp"):
+        report("6 x 784-16-16-10, batch 100", times["together"], times[peer], peer)
+
+
+def wide(X, y, epochs, repeats):
+    hidden, batch = (512, 512), 128
+    times = {"together": [], "separate": []}
+    for _ in range(repeats):
+        times["together"].append(
+            together_seconds_per_member_epoch(hidden, batch, X, y, epochs)
+        )
+        times["separate"].append(
+            separate_seconds_per_member_epoch(hidden, batch, X, y, epochs)
+        )
+    report(
+        "6 x 784-512-512-10, batch 128",
+        times["together"],
+        times["separate"],
+        "6 separate skmlp fits",
+    )
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--wide-epochs", type=int, default=1)
+    parser.add_argument("--wide-repeats", type=int, default=1)
+    parser.add_argument("--skip-wide", action="store_true")
+    args = parser.parse_args()
+    data = load_mnist()
+    X, y = data.X_train, data.y_train
+    print(f"MNIST train {X.shape} {X.dtype}; learning rates {LEARNING_RATES}")
+    small(X, y, args.epochs, args.repeats)
+    if not args.skip_wide:
+        wide(X, y, args.wide_epochs, args.wide_repeats)
+
+
+if __name__ == "__main__":
+    main()

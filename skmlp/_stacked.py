@@ -1,0 +1,324 @@
+"""The batched step of ``fit_together``: m networks of one shape, stacked.
+
+The parameters of a group's members are stacked along a model axis:
+
+- the first layer's weights as (n_features, m, n_units): the members that see the
+  same mini-batch (a "stream") multiply it with one wide matrix,
+  ``X_batch @ reshape(W, (n_features, k * n_units))``;
+- every other weight matrix as (m, fan_in, fan_out), every bias as (m, fan_out).
+
+Activations and deltas are (m, n_rows, n_units), and each layer is one batched
+product over the model axis (``matmul`` broadcasts over it), so the group pays one
+call's fixed cost where m separate fits pay m. The arithmetic of each member is that of
+``backprop`` and ``SGDOptimizer.update_params``: the gradient of the batch's mean cost
+(the L2 term included), then the (Nesterov) momentum step, with each member's own
+learning rate, momentum, ``alpha`` and sample weights. Written against the array API:
+it runs on NumPy, torch and CuPy.
+"""
+
+import numpy as np
+
+from skmlp._activations import ACTIVATIONS, DERIVATIVES
+from skmlp._data import take_rows, to_numpy
+from skmlp._engine import CHUNK_ROWS
+from skmlp._losses import LOSSES
+
+
+class Stack:
+    """The parameters and velocities of m engines, stacked; packed once per epoch.
+
+    Parameters
+    ----------
+    engines : list of Engine
+        Engines of networks of one shape; their flat parameters and velocities are
+        copied in here, and back by ``unpack``.
+    xp : array namespace
+    loss_kwargs : dict
+        ``activation``, ``out_activation`` and ``loss`` (``alpha`` is per member).
+    """
+
+    def __init__(self, engines, xp, loss_kwargs):
+        self.engines, self.xp, self.n_coefs = engines, xp, engines[0].params.n_coefs
+        self.activation = loss_kwargs["activation"]
+        self.out_activation = loss_kwargs["out_activation"]
+        self.loss = LOSSES[loss_kwargs["loss"]]
+        layers = [e.params.views() for e in engines]
+        moments = [e.params.views(e.optimizer.velocities[0]) for e in engines]
+        self.axes = [1] + [0] * (len(layers[0]) - 1)  # the model axis of each array
+        self.params = [
+            xp.stack([member[k] for member in layers], axis=axis)
+            for k, axis in enumerate(self.axes)
+        ]
+        self.velocities = [
+            xp.stack([member[k] for member in moments], axis=axis)
+            for k, axis in enumerate(self.axes)
+        ]
+        optimizers = [e.optimizer for e in engines]
+        self.learning_rate = self._vector([o.learning_rate for o in optimizers])
+        self.momentum = self._vector([o.momentum for o in optimizers])
+        self.alpha = self._vector([e.loss_kwargs["alpha"] for e in engines])
+        self.any_alpha = any(e.loss_kwargs["alpha"] for e in engines)
+        nesterov = [bool(o.nesterov) for o in optimizers]
+        self.nesterov = nesterov[0] if len(set(nesterov)) == 1 else nesterov
+        self._scratch = {}  # NumPy: k -> a buffer shaped like self.params[k]
+        # the momentum of each array's members: one Python float where all share it
+        # (a scalar product is faster than a broadcast one), else shaped to broadcast
+        momenta = [o.momentum for o in optimizers]
+        self.momenta = [
+            float(momenta[0])
+            if len(set(momenta)) == 1
+            else self._along(self.momentum, k)
+            for k in range(len(self.params))
+        ]
+
+    def _vector(self, values):
+        flat = self.engines[0].params.flat
+        return self.xp.asarray(values, dtype=flat.dtype, device=flat.device)
+
+    def unpack(self):
+        """Copy the trained parameters and velocities back into each engine."""
+        for j, engine in enumerate(self.engines):
+            engine.params.flat[...] = self._member(self.params, j)
+            if engine.optimizer.momentum:  # without momentum the velocity stays 0
+                engine.optimizer.velocities[0][...] = self._member(self.velocities, j)
+
+    def _member(self, arrays, j):
+        parts = [
+            a[:, j, ...] if axis else a[j, ...]
+            for a, axis in zip(arrays, self.axes, strict=True)
+        ]
+        return self.xp.concat([self.xp.reshape(p, (-1,)) for p in parts])
+
+    def _along(self, vector, k):
+        """``vector`` (one value per member) shaped to broadcast over array ``k``."""
+        shape = [1] * self.params[k].ndim
+        shape[self.axes[k]] = vector.shape[0]
+        return self.xp.reshape(vector, tuple(shape))
+
+    # ------------------------------------------------------------------ one epoch
+
+    def epoch(self, Xs, Ys, sample_weights, orders, streams, batch_size):
+        """One pass of mini-batch SGD for every member (as ``epoch_cost``).
+
+        Parameters
+        ----------
+        Xs, Ys, sample_weights : lists, one entry per member
+            Training inputs (n_samples, n_features), targets (n_samples, n_outputs)
+            and sample weights (n_samples,) or None.
+        orders : list of arrays of shape (n_samples,) or of None
+            Each member's shuffle order.
+        streams : list of (begin, end)
+            Runs of members with the same ``X`` and the same order.
+        batch_size : int
+
+        Returns
+        -------
+        costs : list of float
+            Each member's summed cost (divide by n_samples for the mean).
+        """
+        xp, n_samples = self.xp, Xs[0].shape[0]
+        chunk_rows = max(1, CHUNK_ROWS // batch_size) * batch_size
+        weighted = any(w is not None for w in sample_weights)
+        self.streams, total = streams, 0.0
+        for begin in range(0, n_samples, chunk_rows):
+            end = min(begin + chunk_rows, n_samples)
+            rows = [slice(begin, end) if o is None else o[begin:end] for o in orders]
+            X_chunks = [take_rows(Xs[b], rows[b], xp) for b, _ in streams]
+            Y_chunk = xp.stack(
+                [take_rows(Y, r, xp) for Y, r in zip(Ys, rows, strict=True)]
+            )
+            W_chunk = None
+            if weighted:
+                W_chunk = xp.stack(
+                    [
+                        _weights(w, r, Y_chunk, xp)
+                        for w, r in zip(sample_weights, rows, strict=True)
+                    ]
+                )
+            for start in range(0, end - begin, batch_size):
+                batch = slice(start, min(start + batch_size, end - begin))
+                total = total + self.step(
+                    [X[batch, ...] for X in X_chunks],
+                    Y_chunk[:, batch, :],
+                    None if W_chunk is None else W_chunk[:, batch],
+                )
+        return to_numpy(total).tolist()
+
+    def step(self, X_batches, Y, sample_weight):
+        """Step every member on its batch; return each member's cost times rows.
+
+        Parameters
+        ----------
+        X_batches : list of arrays of shape (n_rows, n_features)
+            The batch of each stream.
+        Y : array of shape (m, n_rows, n_outputs)
+        sample_weight : array of shape (m, n_rows) or None
+
+        Returns
+        -------
+        costs : array of shape (m,)
+            Each member's batch mean cost times ``n_rows`` (0 for a member whose
+            batch weights sum to 0: it makes no step).
+        """
+        xp, n_rows = self.xp, Y.shape[1]
+        activations = self._forward(X_batches)
+        A = activations[-1]
+        delta = self.loss.delta(Y, A, xp)  # dC_i/dz at the output, (m, n_rows, n_out)
+        sample_costs = self._sample_costs(Y, A)
+        keep = None
+        # Each member's delta is scaled by its learning rate: backprop is linear in
+        # delta, so the gradients come out as the plain steps lr * g, and no pass over
+        # weight-sized arrays is spent on the scaling.
+        learning_rate = self.learning_rate[:, None, None]
+        if sample_weight is None:
+            total_weight = float(n_rows)
+            delta = delta * (learning_rate / total_weight)
+            costs = xp.sum(sample_costs, axis=1)
+        else:
+            total_weight = xp.sum(sample_weight, axis=1)  # (m,)
+            keep = total_weight > 0  # no mean cost where the weights sum to 0
+            total_weight = xp.where(keep, total_weight, xp.ones_like(total_weight))
+            row_factors = sample_weight / total_weight[:, None]
+            delta = delta * (row_factors[:, :, None] * learning_rate)
+            costs = xp.sum(sample_weight * sample_costs, axis=1) * (
+                n_rows / total_weight
+            )
+        grads = self._backward(activations, delta, X_batches)
+        if self.any_alpha:
+            costs = costs + self._add_penalty(grads, total_weight, n_rows)
+        if keep is not None and not bool(xp.all(keep)):
+            self._update_kept(grads, keep)
+            return xp.where(keep, costs, xp.zeros_like(costs))
+        self._update(grads)
+        return costs
+
+    def _sample_costs(self, Y, A):
+        """The cost of each sample, (m, n_rows), by the loss's own pure function."""
+        xp, (m, n_rows, n_outputs) = self.xp, Y.shape
+        terms = self.loss.value(
+            xp.reshape(Y, (-1, n_outputs)), xp.reshape(A, (-1, n_outputs)), xp
+        )
+        return xp.reshape(xp.sum(terms, axis=1), (m, n_rows))
+
+    def _forward(self, X_batches):
+        """``a^(l) = f(a^(l-1) W^(l) + b^(l))`` for every member at once."""
+        xp, n_coefs = self.xp, self.n_coefs
+        W, b = self.params[0], self.params[n_coefs]
+        n_features, _, n_units = W.shape
+        parts = [
+            xp.reshape(
+                X @ xp.reshape(W[:, begin:end, :], (n_features, -1)),
+                (X.shape[0], end - begin, n_units),
+            )  # one wide product per stream
+            for (begin, end), X in zip(self.streams, X_batches, strict=True)
+        ]
+        z = parts[0] if len(parts) == 1 else xp.concat(parts, axis=1)
+        z = xp.permute_dims(z, (1, 0, 2)) + b[:, None, :]
+        activations = [None]
+        for k in range(1, n_coefs + 1):
+            function = self.activation if k < n_coefs else self.out_activation
+            activations.append(_activate(z, function, xp))
+            if k < n_coefs:
+                W, b = self.params[k], self.params[n_coefs + k]
+                z = activations[-1] @ W + b[:, None, :]
+        return activations
+
+    def _backward(self, activations, delta, X_batches):
+        """``dC/dW = a^T delta``, ``dC/db = sum of delta's rows``,
+        ``delta^(l-1) = (delta W^T) * f'(a^(l-1))``, every member at once."""
+        xp, n_coefs = self.xp, self.n_coefs
+        derivative = DERIVATIVES[self.activation]
+        coef_grads, intercept_grads = [None] * n_coefs, [None] * n_coefs
+        for k in range(n_coefs - 1, 0, -1):
+            a = activations[k]
+            coef_grads[k] = a.mT @ delta
+            intercept_grads[k] = xp.sum(delta, axis=1)
+            delta = delta @ self.params[k].mT
+            if derivative is not None:
+                delta = delta * derivative(a, xp)
+        intercept_grads[0] = xp.sum(delta, axis=1)
+        n_rows, n_units = delta.shape[1], delta.shape[2]
+        delta = xp.permute_dims(delta, (1, 0, 2))  # (n_rows, m, n_units)
+        parts = [
+            xp.reshape(
+                X.mT @ xp.reshape(delta[:, begin:end, :], (n_rows, -1)),
+                (X.shape[1], end - begin, n_units),
+            )  # one wide product per stream
+            for (begin, end), X in zip(self.streams, X_batches, strict=True)
+        ]
+        coef_grads[0] = parts[0] if len(parts) == 1 else xp.concat(parts, axis=1)
+        return coef_grads + intercept_grads
+
+    def _add_penalty(self, grads, total_weight, n_rows):
+        """Add ``lr * alpha / n * W`` to the weight steps; return the L2 cost x rows."""
+        scale = self.learning_rate * self.alpha / total_weight
+        squares = 0.0
+        for k in range(self.n_coefs):
+            W = self.params[k]
+            squares = squares + self._squares(W, k)
+            grads[k] += self._times(self._along(scale, k), W, k)
+        return 0.5 * self.alpha * squares * (n_rows / total_weight)
+
+    def _squares(self, W, k):
+        """Each member's sum of squared weights of layer ``k``, shape (m,)."""
+        xp, m = self.xp, W.shape[self.axes[k]]
+        squares = self._times(W, W, k)
+        if not self.axes[k]:
+            return xp.sum(xp.reshape(squares, (m, -1)), axis=1)
+        # (n_features, m, n_units): a column sum is one product, faster than a sum
+        # over the first and last axes
+        ones = xp.ones(W.shape[0], dtype=W.dtype, device=W.device)
+        column_sums = ones @ xp.reshape(squares, (W.shape[0], -1))
+        return xp.sum(xp.reshape(column_sums, (m, -1)), axis=1)
+
+    def _times(self, a, b, k):
+        """``a * b``, shaped like array ``k``; on NumPy into a buffer kept per array
+        (a new temporary the size of the weights on every batch costs page faults:
+        20 % of the step on 784-512-512-10)."""
+        if self.xp is not np:
+            return a * b
+        if k not in self._scratch:
+            self._scratch[k] = np.empty_like(self.params[k])
+        return np.multiply(a, b, out=self._scratch[k])
+
+    def _update(self, grads):
+        """``SGDOptimizer.update_params`` for every member, with its own scalars."""
+        for k, (param, velocity, grad) in enumerate(
+            zip(self.params, self.velocities, grads, strict=True)
+        ):
+            momentum = self.momenta[k]  # grad is the plain step lr * g (``step``)
+            velocity *= momentum
+            velocity -= grad
+            if self.nesterov is True:
+                param -= grad
+                param += self._times(momentum, velocity, k)
+            elif self.nesterov is False:
+                param += velocity
+            else:
+                nesterov = self.xp.asarray(self.nesterov, device=param.device)
+                nesterov = self._along(nesterov, k)
+                param += self.xp.where(nesterov, momentum * velocity - grad, velocity)
+
+    def _update_kept(self, grads, keep):
+        """``_update`` for the members in ``keep`` only; the others stay as they were."""
+        xp = self.xp
+        saved = [xp.asarray(a, copy=True) for a in self.params + self.velocities]
+        self._update(grads)
+        arrays = self.params + self.velocities
+        for k, (array, before) in enumerate(zip(arrays, saved, strict=True)):
+            mask = self._along(keep, k % len(self.params))
+            array[...] = xp.where(mask, array, before)
+
+
+def _activate(z, function, xp):
+    if function == "softmax":  # over the last axis: (m, n_rows, n_outputs)
+        exp_z = xp.exp(z - xp.max(z, axis=-1, keepdims=True))
+        return exp_z / xp.sum(exp_z, axis=-1, keepdims=True)
+    return ACTIVATIONS[function](z, xp)
+
+
+def _weights(sample_weight, rows, Y_chunk, xp):
+    """A member's sample weights for a chunk (ones where it has none)."""
+    if sample_weight is None:
+        return xp.ones(Y_chunk.shape[1], dtype=Y_chunk.dtype, device=Y_chunk.device)
+    return take_rows(sample_weight, rows, xp)

@@ -1,0 +1,383 @@
+"""``fit_together``: several networks of one shape trained as one batched computation.
+
+A sweep or the memorization experiment trains many networks of one shape on one ``X``.
+Trained one at a time, each pays NumPy's (or the GPU's) fixed cost per call for every
+mini-batch. Here the members of a group share every call instead: their weights are
+stacked along a leading model axis and each layer is one batched product
+(``np.matmul`` over the model axis).
+
+Members whose ``random_state`` is the same integer draw the same shuffle order, so they
+see the same mini-batches: their first layer is then ONE wide product,
+``X_batch @ [W_1 | W_2 | ... | W_m]`` of shape (batch, m * n_units), and its gradient
+one product ``X_batch^T @ [delta_1 | ... | delta_m]``. For a 784-16-16-10 network this
+is where almost all the arithmetic is. The wide product saves calls, not arithmetic (on
+the 2-core dev box's OpenBLAS, 100x784 @ 784x96 costs what six 784x16 products do);
+the saving on a CPU is the per-call cost of everything else, shared by the group
+(``benchmarks/bench_together.py``: 1.6x one skmlp fit per member, 2.7x
+``MLPClassifier``). Wide NumPy networks are not stacked at all (``_joint``).
+
+Each member keeps its own ``Engine`` (``_engine.py``), built by the estimator itself, so
+the validation, the random initialisation, the records, the stopping rule, divergence,
+rollback and early stopping's best weights are those of ``est.fit``. Each epoch the
+group's stacked parameters and velocities are packed from the members' flat buffers and
+unpacked back into them at the end (two copies of the weights per epoch); each member's
+epoch is then ended by its engine, and a member that stops leaves the group.
+"""
+
+import contextlib
+import dataclasses
+import time
+import warnings
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn import config_context
+from sklearn.callback._callback_support import callback_management_context
+from sklearn.exceptions import ConvergenceWarning
+
+from skmlp._stacked import Stack
+
+# Above this many parameters per network, a group on NumPy trains member by member
+# (see ``_joint``): 784-128-10 has 101,770, 784-512-512-10 has 669,706.
+NUMPY_JOINT_MAX_PARAMS = 2**17
+
+
+def fit_together(estimators, X, y, *, sample_weight=None):
+    """Fit several ``SGDMLPClassifier`` on one ``X``, networks of one shape jointly.
+
+    Each estimator ends exactly as ``est.fit(X, y_i, sample_weight=w_i)`` alone
+    would leave it (weights equal up to float rounding; the same ``n_iter_``,
+    ``loss_curve_``, ``history_`` and ``classes_``, and the same callbacks called):
+    this is a pure speed-up.
+
+    Estimators are grouped by shape: layer sizes, activation, output activation,
+    loss, batch size, dtype, ``shuffle``, namespace and device, and number of training
+    rows (with early stopping, those left after the validation split). The members of
+    a group are trained as one computation, whatever their ``learning_rate_init``,
+    schedule, ``momentum``, ``nesterovs_momentum``, ``alpha``, ``random_state``,
+    ``max_iter``, stopping rule, labels and sample weights; a member that stops
+    leaves the group while the others go on. Members with the same integer
+    ``random_state`` see the same mini-batches, and their first layer is one wide
+    product: give a sweep one ``random_state`` for the largest saving.
+
+    Parameters
+    ----------
+    estimators : sequence of SGDMLPClassifier
+        The estimators to fit, each at most once in the sequence.
+    X : {array-like, sparse matrix} of shape (n_samples, n_features)
+        Training data, shared by all the estimators.
+    y : array-like of shape (n_samples,), or a list of them
+        Class labels: one array for all, or a list or tuple of one per estimator.
+    sample_weight : array-like of shape (n_samples,), a list of them, or None
+        Sample weights: None, one array for all, or one (or None) per estimator.
+
+    Returns
+    -------
+    estimators : list of SGDMLPClassifier
+        The estimators, fitted.
+
+    Notes
+    -----
+    Every estimator is validated and initialised before any training: one that cannot
+    be fitted (an invalid parameter, bad labels) raises an error naming it, and every
+    estimator is then left as it was. A group's ``history_`` gives, as each member's
+    ``seconds``, the wall time of the group's joint epoch. Sparse input, and groups of
+    one, train each network by its own engine.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_digits
+    >>> from skmlp import SGDMLPClassifier, fit_together
+    >>> X, y = load_digits(return_X_y=True)
+    >>> sweep = [
+    ...     SGDMLPClassifier((32,), learning_rate_init=lr, max_iter=20, random_state=0)
+    ...     for lr in (0.01, 0.03, 0.1)
+    ... ]
+    >>> [clf.n_iter_ for clf in fit_together(sweep, X / 16, y)]
+    [20, 20, 20]
+    """
+    estimators = list(estimators)
+    if len({id(est) for est in estimators}) < len(estimators):
+        raise ValueError("fit_together: an estimator appears more than once.")
+    ys = _per_member(y, len(estimators), "y")
+    weights = _per_member(sample_weight, len(estimators), "sample_weight")
+    members = _prepare(estimators, X, ys, weights)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(config_context(skip_parameter_validation=True))
+        for member in members:
+            stack.enter_context(callback_management_context(member.estimator))
+        for group in _groups(members):
+            _train(group)
+    return estimators
+
+
+def _per_member(values, n_members, name):
+    """One entry per estimator: ``values`` itself for all, or its items one each."""
+    if isinstance(values, (list, tuple)) and all(
+        v is None or isinstance(v, (list, tuple)) or getattr(v, "ndim", 0) >= 1
+        for v in values
+    ):
+        if len(values) != n_members:
+            raise ValueError(
+                f"fit_together: {name} has {len(values)} entries for {n_members} "
+                "estimators; give one array for all, or one per estimator."
+            )
+        return list(values)
+    return [values] * n_members
+
+
+@dataclasses.dataclass
+class _Member:
+    """One estimator in ``fit_together``: its engine, data and callback contexts."""
+
+    estimator: object
+    engine: object  # the Engine built by the estimator's own ``_prepare``
+    data: object  # TrainingData
+    task: dict
+    context: object = None
+    epoch_context: object = None
+    n_records: int = 0
+    n_epochs: int = 0
+
+    def begin(self):
+        """The fit's callback task begins (as in ``SGDMLPClassifier._fit``)."""
+        est = self.estimator
+        self.context = est._init_callback_context(max_subtasks=est.max_iter)
+        self.context.call_on_fit_task_begin(**self.task)
+        self.n_records = len(est._records)
+
+    def begin_epoch(self):
+        self.epoch_context = self.context.subcontext(task_name="epoch")
+        self.epoch_context.call_on_fit_task_begin(**self.task)
+
+    def end_epoch(self, converged):
+        """Callbacks of the epoch (as ``_run_epochs``); True when this fit ends."""
+        est, self.n_epochs = self.estimator, self.n_epochs + 1
+        self.sync()
+        stop = self.epoch_context.call_on_fit_task_end(
+            **self.task, reconstruction_attributes=est._reconstruction_attributes
+        )
+        if converged or stop or self.n_epochs == est.max_iter:
+            self.finish(stopped=converged or stop)
+            return True
+        return False
+
+    def sync(self):
+        """``n_iter_``, ``coefs_`` and ``intercepts_`` from the engine."""
+        est = self.estimator
+        est.n_iter_ = len(est._records) - self.n_records
+        est.coefs_, est.intercepts_ = self.engine.layers()
+
+    def finish(self, stopped):
+        est = self.estimator
+        if not stopped:
+            warnings.warn(
+                f"Stochastic Optimizer: Maximum iterations ({est.max_iter}) reached "
+                "and the optimization hasn't converged yet.",
+                ConvergenceWarning,
+                stacklevel=6,  # the call of fit_together
+            )
+        self.engine.finish()
+        est.coefs_, est.intercepts_ = self.engine.layers()
+        self.context.call_on_fit_task_end(**self.task, reconstruction_attributes={})
+
+
+def _prepare(estimators, X, ys, weights):
+    """Validate and initialise every estimator; on any error restore them all."""
+    saved, members = [], []
+    try:
+        for index, (est, y, weight) in enumerate(
+            zip(estimators, ys, weights, strict=True)
+        ):
+            saved.append((dict(est.__dict__), _rng_state(est)))
+            try:
+                est._validate_params()
+                with config_context(skip_parameter_validation=True):
+                    engine, data = est._prepare(X, y, weight, False, None)
+            except Exception as exc:
+                named = _named(exc, index, est)
+                if named is exc:
+                    raise
+                raise named from exc
+            metadata = {} if weight is None else {"sample_weight": weight}
+            task = dict(estimator=est, X=X, y=y, metadata=metadata)
+            members.append(_Member(est, engine, data, task))
+    except BaseException:  # no estimator is left half-prepared
+        for est, (attributes, rng_state) in zip(estimators, saved, strict=False):
+            est.__dict__.clear()
+            est.__dict__.update(attributes)
+            if rng_state is not None:
+                est._state.random_state.set_state(rng_state)
+        raise
+    return members
+
+
+def _rng_state(estimator):
+    state = estimator.__dict__.get("_state")
+    return None if state is None else state.random_state.get_state()
+
+
+def _named(exc, index, estimator):
+    """``exc`` with a message naming the estimator (the same type where possible)."""
+    message = f"fit_together: estimators[{index}] ({estimator!r}) cannot be fitted: "
+    try:
+        return type(exc)(message + str(exc))
+    except Exception:  # an exception type that wants other arguments
+        exc.add_note(message.rstrip(": "))
+        return exc
+
+
+def _group_key(member):
+    est, engine, X = member.estimator, member.engine, member.data.X
+    return (
+        tuple(engine.params.shapes),
+        est.activation,
+        est.out_activation_,
+        est.loss,
+        engine.batch_size,
+        str(X.dtype),
+        est.shuffle,
+        getattr(engine.xp, "__name__", str(engine.xp)),
+        str(engine.device),
+        sp.issparse(X),
+        X.shape[0],
+    )
+
+
+def _groups(members):
+    """Members that share a shape, in order of first appearance."""
+    groups = {}
+    for member in members:
+        groups.setdefault(_group_key(member), []).append(member)
+    return list(groups.values())
+
+
+def _joint(members):
+    """Whether a group trains jointly, rather than each member by its own engine.
+
+    Not for sparse input, nor on NumPy for networks of more than
+    ``NUMPY_JOINT_MAX_PARAMS`` parameters: those are bound by arithmetic and memory
+    traffic, not by calls, and m stacked copies of their weights leave the caches
+    (6 x 784-512-512-10: a joint step 20-25 % slower than 6 single steps, measured
+    on the 2-core dev box; 6 x 784-16-16-10: faster; benchmarks/bench_together.py).
+    """
+    engine = members[0].engine
+    if len(members) < 2 or sp.issparse(members[0].data.X):
+        return False
+    return engine.xp is not np or engine.params.flat.shape[0] <= NUMPY_JOINT_MAX_PARAMS
+
+
+def _train(members):
+    """Train a group to the end: jointly, or each by its own engine."""
+    joint = _joint(members)
+    group = _Group(members) if joint else None
+    for member in members:
+        member.begin()
+    active = list(members)
+    while active:
+        for member in active:
+            member.begin_epoch()
+        try:
+            if joint and len(active) > 1:
+                stops = group.run_epoch(active)
+            else:
+                stops = [m.engine.run_epoch(m.data) for m in active]
+        finally:
+            for member in active:
+                member.sync()
+        active = [
+            m for m, stop in zip(active, stops, strict=True) if not m.end_epoch(stop)
+        ]
+
+
+class _Group:
+    """Members of one shape, trained jointly; the training data shared once.
+
+    Members are ordered so that those with the same ``X`` and the same integer
+    ``random_state`` (hence the same shuffle orders) are neighbours: each run of them
+    is a "stream" whose first layer is one wide product.
+    """
+
+    def __init__(self, members):
+        first = members[0]
+        self.xp, self.device = first.engine.xp, first.engine.device
+        self.batch_size = first.engine.batch_size
+        self.loss_kwargs = first.engine.loss_kwargs
+        inputs = []  # distinct training inputs: equal arrays are stored once
+        for member in members:
+            X = member.data.X
+            same = [i for i, other in enumerate(inputs) if _equal(X, other, self.xp)]
+            if not same:
+                inputs.append(X)
+            member.X = inputs[same[0]] if same else X
+            member.input_index = same[0] if same else len(inputs) - 1
+
+    def run_epoch(self, members):
+        """One joint epoch of ``members``; each engine's ``end_epoch`` verdict."""
+        start, given = time.perf_counter(), members
+        members = sorted(members, key=_stream_key)
+        saved = [m.engine._snapshot() for m in members]
+        try:
+            orders = [_draw_order(m) for m in members]
+            stack = Stack([m.engine for m in members], self.xp, self.loss_kwargs)
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                costs = stack.epoch(
+                    [m.X for m in members],
+                    [m.data.Y for m in members],
+                    [m.data.sample_weight for m in members],
+                    [self._device_order(order) for order in orders],
+                    _streams(members, orders),
+                    self.batch_size,
+                )
+            stack.unpack()
+            seconds = time.perf_counter() - start
+            verdicts = {
+                id(m): m.engine.end_epoch(cost / m.X.shape[0], m.data, seconds, s)
+                for m, cost, s in zip(members, costs, saved, strict=True)
+            }
+        except BaseException:  # Ctrl-C...: every member back to its last epoch
+            for member, state in zip(members, saved, strict=True):
+                member.engine._restore(state)
+            raise
+        return [verdicts[id(m)] for m in given]
+
+    def _device_order(self, order):
+        if order is None or self.xp is np:
+            return order
+        return self.xp.asarray(order, device=self.device)
+
+
+def _equal(a, b, xp):
+    if a is b:
+        return True
+    if a.shape != b.shape or not bool(xp.all(a[:1, ...] == b[:1, ...])):
+        return False  # early stopping's splits differ at once: no full comparison
+    return bool(xp.all(a == b))
+
+
+def _stream_key(member):
+    seed = member.estimator.random_state
+    seed = seed if isinstance(seed, (int, np.integer)) else -1 - id(member)
+    return (member.input_index, int(seed))
+
+
+def _draw_order(member):
+    """The epoch's shuffle order, drawn as ``Engine.epoch`` draws it."""
+    engine = member.engine
+    if not engine.shuffle:
+        return None
+    return engine.state.random_state.permutation(member.X.shape[0])
+
+
+def _streams(members, orders):
+    """Runs of neighbouring members that see the same batches: ``[(begin, end)]``."""
+    bounds = [0]
+    for i in range(1, len(members)):
+        a, b = orders[i - 1], orders[i]
+        same_order = (a is None and b is None) or (
+            a is not None and b is not None and np.array_equal(a, b)
+        )
+        if not (members[i].X is members[i - 1].X and same_order):
+            bounds.append(i)
+    bounds.append(len(members))
+    return list(zip(bounds[:-1], bounds[1:], strict=True))

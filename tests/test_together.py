@@ -1,0 +1,342 @@
+"""fit_together: every member ends exactly as its own fit would leave it (digits)."""
+
+import copy
+import signal
+import warnings
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from numpy.testing import assert_allclose, assert_array_equal
+from sklearn import config_context
+from sklearn.base import clone
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils._param_validation import InvalidParameterError
+
+from pipelines.callbacks import EpochScoring, StopAt
+from skmlp import SGDMLPClassifier, fit_together
+from skmlp._together import NUMPY_JOINT_MAX_PARAMS, _groups, _joint, _prepare
+
+BASE = dict(hidden_layer_sizes=(16, 8), batch_size=64, max_iter=4, random_state=0)
+
+# Members that differ in what a group may mix; each case is fitted jointly and
+# compared with separate fits.
+CASES = {
+    "learning_rate_init": [dict(learning_rate_init=lr) for lr in (0.01, 0.05, 0.2)],
+    "schedules": [
+        dict(learning_rate="constant"),
+        dict(learning_rate="invscaling", learning_rate_init=0.2, power_t=0.3),
+        dict(learning_rate="adaptive", tol=0.5, n_iter_no_change=1, max_iter=6),
+    ],
+    "momentum": [
+        dict(momentum=0.0),
+        dict(momentum=0.5, nesterovs_momentum=False),
+        dict(momentum=0.9, nesterovs_momentum=True),
+    ],
+    "alpha": [dict(alpha=0.0), dict(alpha=1e-4), dict(alpha=0.3)],
+    "random_state": [dict(random_state=0), dict(random_state=1), dict(random_state=0)],
+    "max_iter": [dict(max_iter=2), dict(max_iter=5), dict(max_iter=3)],
+    "stopping": [  # each stops at its own epoch while the others go on
+        dict(tol=0.05, n_iter_no_change=1, max_iter=30),
+        dict(tol=0.01, n_iter_no_change=2, max_iter=30),
+        dict(tol=0.0, max_iter=7),
+    ],
+    "early_stopping": [
+        dict(early_stopping=True, n_iter_no_change=2, tol=0.01, max_iter=20),
+        dict(early_stopping=True, learning_rate_init=0.1, max_iter=5, random_state=3),
+        dict(early_stopping=True, validation_fraction=0.2, max_iter=4),
+    ],
+    "divergence": [  # the first two diverge in epochs 3 and 2; the third goes on
+        dict(activation="identity", learning_rate_init=0.2, max_iter=6),
+        dict(activation="identity", learning_rate_init=0.25, max_iter=6),
+        dict(activation="identity", learning_rate_init=0.05, max_iter=6),
+    ],
+    "shapes": [  # three groups: (16, 8) relu, (16, 8) tanh, (12,) with batch 50
+        dict(),
+        dict(activation="tanh"),
+        dict(hidden_layer_sizes=(12,), batch_size=50),
+        dict(learning_rate_init=0.1),
+        dict(activation="tanh", learning_rate_init=0.1),
+    ],
+}
+
+
+def _members(case):
+    return [SGDMLPClassifier(**{**BASE, **params}) for params in CASES[case]]
+
+
+def _quietly(function, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # max_iter reached
+        return function(*args, **kwargs)
+
+
+def _separately(estimators, X, ys, weights):
+    return [
+        _quietly(clone(est).fit, X, y, sample_weight=w)
+        for est, y, w in zip(estimators, ys, weights, strict=True)
+    ]
+
+
+def assert_same_fit(together, alone, rtol=1e-9, atol=1e-9):
+    """Weights to ``atol``, and the same epochs, records and classes."""
+    assert together.n_iter_ == alone.n_iter_
+    assert together.t_ == alone.t_
+    assert_array_equal(together.classes_, alone.classes_)
+    for ours, theirs in zip(
+        together.coefs_ + together.intercepts_,
+        alone.coefs_ + alone.intercepts_,
+        strict=True,
+    ):
+        assert_allclose(np.asarray(ours), np.asarray(theirs), rtol=rtol, atol=atol)
+    velocities = [est._state.optimizer.velocities[0] for est in (together, alone)]
+    assert_allclose(*map(np.asarray, velocities), rtol=rtol, atol=atol)
+    assert_allclose(together.loss_curve_, alone.loss_curve_, rtol=rtol)
+    ours, theirs = together.history_, alone.history_
+    assert list(ours.columns) == list(theirs.columns)
+    compared = [c for c in ours.columns if c != "seconds"]
+    assert_allclose(ours[compared].to_numpy(), theirs[compared].to_numpy(), rtol=rtol)
+    if alone.validation_scores_ is not None:
+        assert together.validation_scores_ == alone.validation_scores_
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_members_end_as_their_own_fits(digits, case):
+    X, y = digits
+    estimators = _members(case)
+    alone = _separately(estimators, X, [y] * len(estimators), [None] * len(estimators))
+    assert _quietly(fit_together, estimators, X, y) == estimators
+    for together, reference in zip(estimators, alone, strict=True):
+        assert_same_fit(together, reference)
+
+
+@pytest.mark.parametrize("case", ["stopping", "divergence"])
+def test_members_really_stop_at_different_epochs(digits, case):
+    X, y = digits
+    estimators = _quietly(fit_together, _members(case), X, y)
+    assert len({est.n_iter_ for est in estimators}) == 3
+
+
+@pytest.mark.filterwarnings("ignore:Stochastic Optimizer")  # the third: max_iter
+def test_a_diverging_member_warns_as_its_own_fit(digits):
+    X, y = digits
+    with pytest.warns(ConvergenceWarning, match="diverged in epoch 2") as record:
+        fit_together(_members("divergence")[1:], X, y)
+    assert sum("diverged" in str(w.message) for w in record) == 1
+
+
+def test_each_member_its_own_labels_and_weights(digits):
+    """Per-member labels (a corrupted copy, a binary task, strings) and weights,
+    including a batch whose weights sum to 0 (no step for that member only)."""
+    X, y = digits
+    rng = np.random.RandomState(0)
+    shuffled = rng.permutation(y)
+    names = np.array(list("abcdefghij"))[y]
+    weights = rng.uniform(0.5, 2.0, y.shape[0])
+    zero_first_batch = np.ones(y.shape[0])
+    zero_first_batch[:64] = 0.0
+    ys = [y, shuffled, names, y % 2, y]
+    sample_weights = [None, weights, None, weights, zero_first_batch]
+    estimators = [SGDMLPClassifier(**BASE, shuffle=False) for _ in ys]
+    alone = _separately(estimators, X, ys, sample_weights)
+    _quietly(fit_together, estimators, X, ys, sample_weight=sample_weights)
+    for together, reference in zip(estimators, alone, strict=True):
+        assert_same_fit(together, reference)
+    assert estimators[2].classes_[0] == "a" and estimators[3].n_outputs_ == 1
+
+
+def test_warm_started_members_continue_as_their_own_fits(digits):
+    X, y = digits
+    started = _quietly(SGDMLPClassifier(**BASE, warm_start=True).fit, X, y)
+    alone = _quietly(copy.deepcopy(started).fit, X, y)
+    estimators = [copy.deepcopy(started), SGDMLPClassifier(**BASE)]
+    _quietly(fit_together, estimators, X, y)
+    assert_same_fit(estimators[0], alone)
+    assert estimators[0].n_iter_ == 4 and len(estimators[0].loss_curve_) == 8
+
+
+def test_float32_members(digits):
+    X, y = digits
+    estimators = [
+        SGDMLPClassifier(**BASE, dtype="float32", learning_rate_init=lr)
+        for lr in (0.01, 0.1)
+    ]
+    alone = _separately(estimators, X, [y, y], [None, None])
+    _quietly(fit_together, estimators, X, y)
+    for together, reference in zip(estimators, alone, strict=True):
+        assert together.coefs_[0].dtype == np.float32
+        assert_same_fit(together, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_sparse_input_falls_back_to_separate_engines(digits):
+    X, y = digits
+    X = sp.csr_matrix(X)
+    estimators = _members("learning_rate_init")[:2]
+    alone = _separately(estimators, X, [y, y], [None, None])
+    _quietly(fit_together, estimators, X, y)
+    for together, reference in zip(estimators, alone, strict=True):
+        assert_same_fit(together, reference)
+
+
+def test_wide_numpy_networks_train_member_by_member(digits):
+    """Above NUMPY_JOINT_MAX_PARAMS a NumPy group is not stacked (cache-bound)."""
+    X, y = digits
+
+    def members(hidden):
+        return [
+            SGDMLPClassifier(
+                **{**BASE, "hidden_layer_sizes": hidden, "max_iter": 2},
+                learning_rate_init=lr,
+            )
+            for lr in (0.01, 0.05)
+        ]
+
+    wide, narrow = (400, 300), BASE["hidden_layer_sizes"]
+    assert not _joint(_prepare(members(wide), X, [y, y], [None, None]))
+    assert _joint(_prepare(members(narrow), X, [y, y], [None, None]))
+    estimators = members(wide)
+    alone = _separately(estimators, X, [y, y], [None, None])
+    _quietly(fit_together, estimators, X, y)
+    n_params = sum(a.size for a in estimators[0].coefs_ + estimators[0].intercepts_)
+    assert n_params > NUMPY_JOINT_MAX_PARAMS
+    for together, reference in zip(estimators, alone, strict=True):
+        assert_same_fit(together, reference)
+
+
+def test_members_are_grouped_by_shape(digits):
+    X, y = digits
+    estimators = _members("shapes") + [
+        SGDMLPClassifier(**BASE, dtype="float32"),
+        SGDMLPClassifier(**BASE, shuffle=False),
+        SGDMLPClassifier(**BASE, loss="squared_error"),
+    ]
+    ys = [y] * 7 + [y % 2]  # 2 classes: one output, another shape
+    groups = _groups(_prepare(estimators, X, ys, [None] * 8))
+    found = [[estimators.index(m.estimator) for m in group] for group in groups]
+    assert found == [[0, 3], [1, 4], [2], [5], [6], [7]]
+
+
+def test_torch_members_end_as_their_own_fits(digits):
+    torch = pytest.importorskip("torch")
+    X, y = digits
+    X, y = torch.asarray(X.copy()), torch.asarray(y.copy())
+    estimators = _members("momentum") + [
+        SGDMLPClassifier(**{**BASE, "random_state": 1})
+    ]
+    with config_context(array_api_dispatch=True):
+        alone = _separately(estimators, X, [y] * 4, [None] * 4)
+        _quietly(fit_together, estimators, X, y)
+    for together, reference in zip(estimators, alone, strict=True):
+        assert isinstance(together.coefs_[0], torch.Tensor)
+        assert_same_fit(together, reference)
+
+
+def test_each_member_callbacks_see_its_own_fit(digits):
+    X, y = digits
+    estimators = _members("max_iter")
+    scorings = [EpochScoring({"train": (X, y)}) for _ in estimators]
+    for est, scoring in zip(estimators, scorings, strict=True):
+        est.set_callbacks(scoring)
+    _quietly(fit_together, estimators, X, y)
+    for est, scoring in zip(estimators, scorings, strict=True):
+        assert [s.epoch for s in scoring.history] == list(range(1, est.max_iter + 1))
+        assert [s.metrics["loss"] for s in scoring.history] == est.loss_curve_
+        assert scoring.history[-1].metrics["train_accuracy"] == est.score(X, y)
+
+
+def test_a_callback_stops_its_own_member_only(digits):
+    X, y = digits
+
+    def members():
+        scoring = EpochScoring({"train": (X, y)})
+        stopped = SGDMLPClassifier(**{**BASE, "max_iter": 30})
+        stopped.set_callbacks(scoring, StopAt(scoring, "train_accuracy", 0.8))
+        return [stopped, SGDMLPClassifier(**{**BASE, "max_iter": 12})]
+
+    alone = [_quietly(est.fit, X, y) for est in members()]
+    estimators = _quietly(fit_together, members(), X, y)
+    assert estimators[0].n_iter_ < estimators[1].n_iter_ == 12
+    for together, reference in zip(estimators, alone, strict=True):
+        assert_same_fit(together, reference)
+
+
+class InterruptInEpoch:
+    """A callback: Ctrl-C (SIGALRM as KeyboardInterrupt) soon after epoch ``epoch``
+    begins, that is in the middle of the group's joint epoch."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def setup(self, estimator, context):
+        pass
+
+    def teardown(self, estimator, context):
+        pass
+
+    def on_fit_task_begin(self, estimator, context):
+        if context.task_name == "epoch" and context.task_id == self.epoch:
+            signal.setitimer(signal.ITIMER_REAL, 0.02)
+
+    def on_fit_task_end(self, estimator, context, *, fitted_estimator=None):
+        return False
+
+
+def test_ctrl_c_leaves_every_member_at_its_last_complete_epoch(digits):
+    X, y = digits
+    X, y = np.repeat(X, 4, axis=0), np.repeat(y, 4)  # longer epochs
+    params = dict(hidden_layer_sizes=(64,), batch_size=8, tol=0, random_state=0)
+    estimators = [
+        SGDMLPClassifier(**params, max_iter=1000, learning_rate_init=lr)
+        for lr in (0.001, 0.002, 0.004)
+    ]
+    estimators[1].set_callbacks(InterruptInEpoch(2))
+    previous = signal.signal(signal.SIGALRM, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            fit_together(estimators, X, y)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    for est in estimators:
+        assert est.n_iter_ == len(est.loss_curve_) == len(est.history_) == 2
+        alone = _quietly(clone(est).set_params(max_iter=2).fit, X, y)
+        assert_same_fit(est, alone)
+        # and training on gives the same epoch (the shuffle's generator was restored)
+        assert_same_fit(est.partial_fit(X, y), alone.partial_fit(X, y))
+
+
+@pytest.mark.parametrize(
+    ("bad", "error", "match"),
+    [
+        (dict(alpha=-1.0), InvalidParameterError, r"(?s)estimators\[1\].*'alpha'"),
+        (
+            dict(validation_fraction=0.001, early_stopping=True),
+            ValueError,
+            r"(?s)estimators\[1\].*test_size",
+        ),
+        ("one class", ValueError, r"(?s)estimators\[1\].*at least 2 classes"),
+    ],
+)
+def test_a_bad_member_raises_before_any_training(digits, bad, error, match):
+    X, y = digits
+    fitted = _quietly(SGDMLPClassifier(**BASE).fit, X, y)
+    before = [W.copy() for W in fitted.coefs_], fitted.loss_curve_
+    params = {} if bad == "one class" else bad
+    ys = [y, np.zeros_like(y) if bad == "one class" else y, y]
+    estimators = [SGDMLPClassifier(**BASE), SGDMLPClassifier(**BASE, **params), fitted]
+    with pytest.raises(error, match=match):
+        fit_together(estimators, X, ys)
+    assert not hasattr(estimators[0], "coefs_") and not hasattr(estimators[1], "coefs_")
+    for W, W_before in zip(fitted.coefs_, before[0], strict=True):
+        assert_array_equal(W, W_before)
+    assert fitted.loss_curve_ == before[1]
+
+
+def test_wrong_numbers_of_labels_and_repeated_estimators(digits):
+    X, y = digits
+    estimators = _members("alpha")
+    with pytest.raises(ValueError, match="y has 2 entries for 3 estimators"):
+        fit_together(estimators, X, [y, y])
+    with pytest.raises(ValueError, match="more than once"):
+        fit_together([estimators[0], estimators[0]], X, y)
+    assert not any(hasattr(est, "coefs_") for est in estimators)
