@@ -77,7 +77,7 @@ class EpochScoring(_EpochCallback):
         if context.task_name != "epoch" or fitted_estimator is None:
             return False
         seconds = time.perf_counter() - self._start
-        epoch = fitted_estimator.n_iter_
+        epoch = len(fitted_estimator.loss_curve_)  # n_iter_ restarts per warm fit
         if epoch == 0 or (self.history and self.history[-1].epoch == epoch):
             return False  # a diverged epoch was undone: nothing new
         metrics = {"loss": float(fitted_estimator.loss_curve_[-1]), "seconds": seconds}

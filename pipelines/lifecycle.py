@@ -18,19 +18,9 @@ import threading
 import time
 
 import hydra
-import mlflow
-from hydra.core.hydra_config import HydraConfig
-from threadpoolctl import threadpool_limits
 
-from pipelines.store import (
-    HOST_TAG,
-    PID_TAG,
-    REASON_TAG,
-    check_store,
-    reap_dead_runs,
-)
-from skmlp import SGDMLPClassifier
-from skmlp._data import layer_sizes
+# MLflow, the store and skmlp are imported where used: importing an entry point (for
+# --cfg job or --help) stays at Hydra alone.
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +34,8 @@ DATABASE_CODE = tuple(
 
 def process_tags() -> dict:
     """Where this run's process lives, so that a dead one can be found later."""
+    from pipelines.store import HOST_TAG, PID_TAG
+
     return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
 
 
@@ -66,6 +58,8 @@ def handle_signals(before_raise=None) -> None:
     raised = threading.Event()
 
     def handler(signum, frame):
+        if signum == signal.SIGALRM and not _interrupted.is_set():
+            return  # an alarm of someone else's, not our retry
         if raised.is_set() or (_interrupted.is_set() and signum != signal.SIGALRM):
             return  # already raised, or a retry is pending
         _interrupted.set()
@@ -95,6 +89,8 @@ def blas_threads(setting):
     "auto" shares the cores among the jobs a parallel launcher runs at once (the
     joblib launcher's ``n_jobs``), so that a sweep does not oversubscribe them.
     """
+    from hydra.core.hydra_config import HydraConfig
+
     if setting != "auto":
         return setting
     launcher = HydraConfig.get().launcher
@@ -113,6 +109,9 @@ def check_model(cfg) -> None:
 
     ``model.hidden_layer_sizes=16`` becomes ``[16]``, as the estimator reads it.
     """
+    from skmlp import SGDMLPClassifier
+    from skmlp._data import layer_sizes
+
     if isinstance(cfg.model.get("hidden_layer_sizes"), int):
         cfg.model.hidden_layer_sizes = [cfg.model.hidden_layer_sizes]
     steps = [*(cfg.preprocessing.steps if "preprocessing" in cfg else []), cfg.model]
@@ -129,15 +128,20 @@ def task_wrapper(task):
 
     @functools.wraps(task)
     def wrapped(cfg):
+        from threadpoolctl import threadpool_limits
+
         from pipelines.device import resolve_device
+        from pipelines.store import check_store, reap_dead_runs
         from pipelines.tracking import tracking_uri
 
+        # First: a signal while the store is created or migrated waits for the
+        # database call to return, instead of killing the process inside it.
+        handle_signals()
         resolve_device(cfg.get("device", "cpu"))  # a missing GPU: no store, no run
         check_model(cfg)
         uri = tracking_uri(cfg.tracking.uri)
         check_store(uri)
         reap_dead_runs(uri)
-        handle_signals()
         # MLflow adds these tags to every run this process starts (nested ones too).
         context = json.loads(os.environ.get("MLFLOW_RUN_CONTEXT") or "{}")
         os.environ["MLFLOW_RUN_CONTEXT"] = json.dumps({**context, **process_tags()})
@@ -156,6 +160,10 @@ def task_wrapper(task):
 
 
 def _end_open_runs(status, reason):
+    import mlflow
+
+    from pipelines.store import REASON_TAG
+
     while mlflow.active_run() is not None:
         mlflow.set_tag(REASON_TAG, reason)
         mlflow.end_run(status)
@@ -163,12 +171,18 @@ def _end_open_runs(status, reason):
 
 def stop_children(client, parent_id: str) -> None:
     """SIGTERM the RUNNING children of a sweep on this host and wait (at most
-    ``CHILDREN_GRACE_S``) for them to end their runs; mark those left KILLED."""
+    ``CHILDREN_GRACE_S``) for them to end their runs; mark those left KILLED.
+
+    A pid is signalled only if its process started before its run (a pid reused
+    after a ``kill -9`` belongs to someone else)."""
+    from pipelines.store import HOST_TAG, PID_TAG, REASON_TAG, process_alive
+
     deadline = time.monotonic() + CHILDREN_GRACE_S
     for child in running_children(client, parent_id):
         pid = int(child.data.tags.get(PID_TAG, 0))
         on_this_host = child.data.tags.get(HOST_TAG) == socket.gethostname()
-        if on_this_host and pid > 1 and pid != os.getpid():
+        ours = on_this_host and pid > 1 and pid != os.getpid()
+        if ours and process_alive(pid, child.info.start_time):
             try:
                 os.kill(pid, signal.SIGTERM)
             except OSError:

@@ -141,6 +141,10 @@ class MLflowSweepCallback(Callback):
         self._swept = []
 
     def on_multirun_start(self, config, **kwargs):
+        # First, so that a signal from here on ends the parent and its children
+        # KILLED; on Ctrl-C or SIGTERM the children end their runs before joblib
+        # kills its workers.
+        handle_signals(before_raise=self._stop_children)
         resolve_device(config.get("device", "cpu"))  # a missing GPU: no parent, no job
         uri = tracking_uri(config.tracking.uri)
         check_store(uri)
@@ -162,11 +166,10 @@ class MLflowSweepCallback(Callback):
         self._parent, self._uri = run.info.run_id, uri
         os.environ[PARENT_RUN_ENV] = self._parent
         atexit.register(self._end, "FAILED")
-        # On Ctrl-C or SIGTERM, the children end their runs KILLED before joblib
-        # kills its workers.
-        handle_signals(
-            before_raise=lambda: stop_children(MlflowClient(uri), run.info.run_id)
-        )
+
+    def _stop_children(self):
+        if self._parent is not None:
+            stop_children(MlflowClient(self._uri), self._parent)
 
     def on_multirun_end(self, config, **kwargs):
         if self._parent is not None:

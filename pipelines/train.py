@@ -24,10 +24,8 @@ def train(cfg: DictConfig) -> dict:
     """One tracked training run; returns its final metrics."""
     # Imported here: --cfg job and --help need neither scikit-learn nor MLflow.
     from pipelines.data import load_data
-    from pipelines.device import resolve_device
     from pipelines.training import tracked_run
 
-    resolve_device(cfg.device)  # a missing GPU or library fails here, before any work
     data = load_data(cfg.data, cfg.seed)
     metrics, _ = tracked_run(cfg, data, name=run_name(cfg))
     return metrics

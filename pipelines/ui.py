@@ -61,7 +61,10 @@ def log_training_input(dataset, attempts=3):
         try:
             return mlflow.log_input(dataset, context="training")
         except MlflowException as exc:
-            if "UNIQUE constraint failed" not in str(exc) or attempt == attempts - 1:
+            message = str(exc).lower()  # sqlite: UNIQUE constraint; others: duplicate
+            if not ("unique" in message or "duplicate" in message):
+                raise
+            if attempt == attempts - 1:
                 raise
             time.sleep(0.2 * (attempt + 1))
 

@@ -71,3 +71,13 @@ def test_the_wheel_ships_the_configs(tmp_path):
     assert where.stdout.strip() == str(target / "pipelines" / "conf")
     result = _run([str(target / "bin" / "skmlp-train"), "--cfg", "job"], tmp_path, env)
     assert "hidden_layer_sizes" in result.stdout
+
+
+def test_importing_the_train_entry_point_loads_neither_mlflow_nor_scikit_learn():
+    # `python -m pipelines.train --cfg job` (and --help) pay for Hydra alone.
+    code = (
+        "import sys, pipelines.train; "
+        "print(sorted({'mlflow', 'sklearn', 'skmlp'} & set(sys.modules)))"
+    )
+    result = _run([sys.executable, "-c", code], cwd=ROOT)
+    assert result.stdout.strip() == "[]"

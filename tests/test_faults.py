@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -20,7 +21,8 @@ from mlflow.tracking import MlflowClient
 from pipelines.store import open_store
 
 QUICK = ["data=digits", "model.max_iter=3", "tracking.log_model=false"]
-LONG = ["data=digits", "model.max_iter=400", "model.n_iter_no_change=1000"]
+# Runs until killed (each test that starts one kills it).
+LONG = ["data=digits", "model.max_iter=100000", "model.n_iter_no_change=100000"]
 
 
 @pytest.fixture
@@ -33,15 +35,23 @@ def store(tmp_path):
 
 
 def start(args, env, cwd, module="pipelines.train"):
-    """Start an entry point in its own process group (so the group can be signalled)."""
-    return subprocess.Popen(
-        [sys.executable, "-m", module, *args],
-        env=env,
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    """Start an entry point in its own process group (so the group can be signalled).
+
+    Its output goes to a file, not a pipe: an unread pipe fills up and blocks the
+    process, which would hide whether it really runs.
+    """
+    log = Path(cwd) / f"output-{time.monotonic_ns()}.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", module, *args],
+            env=env,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    process.log = log
+    return process
 
 
 def all_runs(uri):
@@ -60,7 +70,7 @@ def wait_for(condition, what, process=None, timeout=180):
             return value
         if process is not None and process.poll() is not None:
             pytest.fail(
-                f"ended before {what}: {process.stdout.read().decode()[-3000:]}"
+                f"ended before {what}: {process.log.read_text(errors='replace')[-3000:]}"
             )
         time.sleep(0.5)
     pytest.fail(f"no {what} after {timeout} s")
@@ -69,12 +79,12 @@ def wait_for(condition, what, process=None, timeout=180):
 def finish(process, timeout=120):
     """Wait for ``process``; kill it (and fail) if it does not end in time."""
     try:
-        out, _ = process.communicate(timeout=timeout)
+        process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
+        process.wait()
         pytest.fail(f"still running {timeout} s later")
-    return out.decode(errors="replace")
+    return process.log.read_text(errors="replace")
 
 
 def running_children(uri):
@@ -106,15 +116,34 @@ def test_an_interrupted_parallel_sweep_ends_every_run_killed(
     assert {r.info.status for r in runs} == {"KILLED"}, output[-3000:]
 
 
+# Makes the real mlflow.sklearn.log_model announce itself and take its time, so that
+# the signal lands inside it whatever the machine's speed.
+SLOW_LOG_MODEL = """
+import os, pathlib, time
+import mlflow.sklearn
+_log_model = mlflow.sklearn.log_model
+def log_model(*args, **kwargs):
+    pathlib.Path(os.environ["SKMLP_TEST_MARKER"]).touch()
+    time.sleep(60)
+    return _log_model(*args, **kwargs)
+mlflow.sklearn.log_model = log_model
+"""
+
+
 def test_sigterm_while_logging_the_model_ends_the_run_killed(store, tmp_path):
     uri, env = store
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(SLOW_LOG_MODEL)
+    marker = tmp_path / "logging-the-model"
+    env = {
+        **env,
+        "PYTHONPATH": os.pathsep.join([str(hook), env.get("PYTHONPATH", "")]),
+        "SKMLP_TEST_MARKER": str(marker),
+    }
     process = start([*QUICK, "tracking.log_model=true"], env, tmp_path)
-    # final metrics are logged just before the figures and the model
-    (run,) = wait_for(
-        lambda: [r for r in all_runs(uri) if "final_test_accuracy" in r.data.metrics],
-        "final metrics",
-        process,
-    )
+    wait_for(marker.exists, "log_model", process)
+    (run,) = all_runs(uri)
     process.send_signal(signal.SIGTERM)
     output = finish(process)
     assert process.returncode != 0, output[-3000:]
@@ -130,7 +159,7 @@ def kill_9_a_running_training(uri, env, cwd):
     assert run.data.tags["skmlp.pid"] == str(process.pid)
     assert run.data.tags["skmlp.host"] == socket.gethostname()
     process.kill()
-    process.communicate(timeout=30)
+    process.wait(timeout=30)
     assert MlflowClient(uri).get_run(run.info.run_id).info.status == "RUNNING"
     return run
 
@@ -170,7 +199,7 @@ def test_the_next_pipeline_run_reaps_runs_of_killed_processes(store, tmp_path):
         assert statuses[str(alive.pid)] == "RUNNING", output[-3000:]  # alive: kept
     finally:
         alive.kill()
-        alive.communicate(timeout=30)
+        alive.wait(timeout=30)
 
 
 @contextmanager
