@@ -34,15 +34,6 @@ needs_cupy = pytest.mark.skipif(not HAS_CUPY_GPU, reason="needs CuPy and a GPU")
 QUICK = ["data=digits", "model.max_iter=3", "tracking.log_model=false"]
 
 
-@pytest.fixture
-def store(tmp_path):
-    """A temporary MLflow store: (tracking URI, environment for the subprocess)."""
-    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONUNBUFFERED": "1"}
-    env.pop("SKMLP_PARENT_RUN_ID", None)
-    return uri, env
-
-
 @pytest.mark.parametrize(
     "setting, name, library",
     [

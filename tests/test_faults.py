@@ -26,12 +26,10 @@ LONG = ["data=digits", "model.max_iter=100000", "model.n_iter_no_change=100000"]
 
 
 @pytest.fixture
-def store(tmp_path):
-    """A temporary MLflow store: (tracking URI, environment for the subprocesses)."""
-    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1"}
-    env.pop("SKMLP_PARENT_RUN_ID", None)
-    return uri, env
+def store(store):
+    """conftest's temporary store, with one BLAS thread per pipeline process."""
+    uri, env = store
+    return uri, {**env, "OMP_NUM_THREADS": "1"}
 
 
 def start(args, env, cwd, module="pipelines.train"):
