@@ -54,12 +54,22 @@ def serve(tmp_path):
             http.server.SimpleHTTPRequestHandler, directory=str(directory)
         )
         handler.log_message = lambda *args: None
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_port}/"
+        return _start_server(handler, servers)
 
     yield start
+    _stop_servers(servers)
+
+
+def _start_server(handler, servers):
+    """Serve ``handler`` on a free port of 127.0.0.1 (added to ``servers``); its URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    servers.append(server)
+    return f"http://127.0.0.1:{server.server_port}/"
+
+
+def _stop_servers(servers):
     for server in servers:
         server.shutdown()
         server.server_close()
@@ -211,17 +221,8 @@ def serve_trickle():
         def log_message(self, *args):
             pass
 
-    def start():
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
-        server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_port}/"
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+    yield lambda: _start_server(Trickle, servers)
+    _stop_servers(servers)
 
 
 LOAD = "import sys; from skmlp.datasets import load_mnist; load_mnist(mirrors=sys.argv[1:])"
