@@ -116,10 +116,20 @@ class _ReadsScores(_EpochCallback):
 
 
 class MLflowEpochLogger(_ReadsScores):
-    """Logs each epoch's scores to the active MLflow run, at step ``epoch``."""
+    """Logs each epoch's scores to the MLflow run active when it was made, at step
+    ``epoch``.
+
+    The run is addressed by id: a joint fit (``pipelines.together``) calls the
+    callbacks of several runs from one thread, and MLflow's active run is per thread.
+    """
+
+    def __init__(self, scoring):
+        super().__init__(scoring)
+        run = mlflow.active_run()
+        self.run_id = None if run is None else run.info.run_id
 
     def on_new_scores(self, estimator, scores):
-        mlflow.log_metrics(scores.metrics, step=scores.epoch)
+        mlflow.log_metrics(scores.metrics, step=scores.epoch, run_id=self.run_id)
 
 
 class EpochLog(_ReadsScores):

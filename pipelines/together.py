@@ -1,0 +1,218 @@
+"""A sweep's jobs of one network shape fitted as one ``skmlp.fit_together`` call.
+
+The ``together`` launcher (``hydra_plugins.skmlp_launcher``) runs each Hydra job with
+Hydra's own ``run_job``, in a thread of its own, ONE THREAD AT A TIME: Hydra's config
+singleton, the working directory and the logging set-up are global to the process.
+A job runs until its fit (:func:`fit_estimator`, called by ``pipelines.training.fit``):
+there it parks, and the next job starts. Once every job has parked or ended,
+:func:`fit_groups` fits the parked networks that share a shape and the training inputs
+together, in the launcher's thread; then each parked job resumes, with its Hydra
+config, working directory and log file restored, and ends as it would have alone
+(evaluation, artifacts, the end of its MLflow run).
+
+Without a launcher (any other launcher, a single run), :func:`fit_estimator` is
+``estimator.fit(X, y)``.
+"""
+
+import dataclasses
+import logging
+import os
+import threading
+import time
+import warnings
+
+import scipy.sparse as sp
+import sklearn
+from sklearn.exceptions import ConvergenceWarning
+
+log = logging.getLogger(__name__)
+
+# A run's tag: how many networks its fit shared (1: fitted alone by the launcher).
+GROUP_TAG = "skmlp.fit_together"
+_current = threading.local()  # .job: the SweptJob this thread runs, if any
+
+
+@dataclasses.dataclass
+class ParkedFit:
+    """A job's fit, waiting for the launcher: what to fit, and how it went."""
+
+    estimator: object
+    X: object
+    y: object
+    config: dict  # the job's scikit-learn config (array API dispatch, ...)
+    cwd: str
+    group_size: int = 1
+    seconds: float = 0.0
+    error: BaseException | None = None
+
+
+class SweptJob:
+    """One Hydra job in its own thread, taking turns with the launcher.
+
+    Parameters
+    ----------
+    config : DictConfig
+        The job's config (``hydra`` node included), as given to ``run(...)``.
+    run : callable
+        ``run() -> JobReturn``: Hydra's ``run_job`` for this job.
+    """
+
+    def __init__(self, config, run):
+        self.config = config
+        self.parked = None  # a ParkedFit while the job waits for its fit
+        self.job_return = None
+        self.error = None  # what escaped run_job (KeyboardInterrupt, ...)
+        self._run = run
+        self._turn = threading.Event()
+        self._yielded = threading.Event()
+        self._thread = threading.Thread(target=self._main, daemon=True)
+
+    def _main(self):
+        _current.job = self
+        try:
+            self.job_return = self._run()
+        except BaseException as exc:  # run_job returns a job's Exception itself
+            self.error = exc
+        finally:
+            self.parked = None
+            self._yielded.set()
+
+    def step(self):
+        """Start or resume the job; return once it parks at its fit or ends."""
+        self._yielded.clear()
+        if self._thread.ident is None:
+            self._thread.start()
+        else:
+            self._restore()
+            self._turn.set()
+        self._yielded.wait()
+
+    def park(self, fit):
+        """(In the job's thread.) Hand ``fit`` to the launcher; wait to be resumed."""
+        self.parked = fit
+        self._turn.clear()
+        self._yielded.set()
+        self._turn.wait()
+        self.parked = None
+
+    def _restore(self):
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.core.utils import configure_log
+
+        HydraConfig.instance().set_config(self.config)
+        os.chdir(self.parked.cwd)
+        configure_log(self.config.hydra.job_logging, self.config.hydra.verbose)
+
+
+def run_together(jobs, launcher_logging=None):
+    """Run ``jobs`` (SweptJob) to their fits, fit those fits in groups, finish them.
+
+    Returns their ``JobReturn`` in order. ``launcher_logging()`` sets the launcher's
+    logging up while groups are fitted (their epochs are logged there).
+    """
+    for job in jobs:
+        job.step()
+    parked = [job for job in jobs if job.parked is not None]
+    if launcher_logging is not None:
+        launcher_logging()
+    try:
+        fit_groups([job.parked for job in parked])
+    except BaseException as exc:  # Ctrl-C, SIGTERM: every parked job ends KILLED
+        for job in parked:
+            job.parked.error = exc
+        raise
+    finally:
+        for job in parked:
+            job.step()
+    for job in jobs:
+        if job.error is not None:
+            raise job.error
+    return [job.job_return for job in jobs]
+
+
+def fit_estimator(estimator, X, y):
+    """Fit ``estimator`` on ``X, y``; jointly with the sweep's other jobs of the same
+    shape when the ``together`` launcher runs this thread's job.
+
+    Returns the seconds the fit took (a joint fit's: the group's wall time).
+    """
+    job = getattr(_current, "job", None)
+    start = time.perf_counter()
+    if job is None:
+        estimator.fit(X, y)
+        return time.perf_counter() - start
+    fit = ParkedFit(estimator, X, y, sklearn.get_config(), os.getcwd())
+    job.park(fit)
+    if isinstance(fit.error, Exception) and fit.group_size > 1:
+        log.warning("the joint fit failed (%s); fitting this job alone", fit.error)
+        fit.group_size, start = 1, time.perf_counter()
+    elif fit.error is not None:
+        raise fit.error
+    if fit.group_size == 1:
+        estimator.fit(X, y)
+        fit.seconds = time.perf_counter() - start
+    import mlflow
+
+    mlflow.set_tag(GROUP_TAG, fit.group_size)
+    log.info("fitted in a group of %d networks (%.1f s)", fit.group_size, fit.seconds)
+    return fit.seconds
+
+
+def fit_groups(fits):
+    """Fit the parked ``fits`` that share a shape and ``X`` with one
+    ``fit_together`` call per group; a group of one is left to its job."""
+    groups = []
+    for fit in fits:
+        group = next((g for g in groups if _same_group(g[0], fit)), None)
+        if group is None:
+            groups.append([fit])
+        else:
+            group.append(fit)
+    for group in groups:
+        if len(group) > 1:
+            _fit_group(group)
+
+
+def _fit_group(group):
+    from skmlp import fit_together
+
+    log.info("fitting %d networks together", len(group))
+    start = time.perf_counter()
+    try:
+        with sklearn.config_context(**group[0].config), warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            fit_together([f.estimator for f in group], group[0].X, [f.y for f in group])
+    except Exception as exc:  # each job then fits alone, and a bad one fails alone
+        for fit in group:
+            fit.error = exc
+    seconds = time.perf_counter() - start
+    for fit in group:
+        fit.group_size, fit.seconds = len(group), seconds
+
+
+def shape_key(fit):
+    """What ``fit_together`` groups by, from the estimator's parameters and data."""
+    params = fit.estimator.get_params()
+    return (
+        tuple(params["hidden_layer_sizes"]),
+        params["activation"],
+        params["loss"],
+        params["batch_size"],
+        params["dtype"],
+        params["shuffle"],
+        params["early_stopping"] and params["validation_fraction"],
+        type(fit.X),
+        tuple(fit.X.shape),
+        str(fit.X.dtype),
+        sorted(fit.config.items()),
+    )
+
+
+def _same_group(a, b):
+    if shape_key(a) != shape_key(b) or a.config != b.config:
+        return False
+    if a.X is b.X:
+        return True
+    if sp.issparse(a.X) or sp.issparse(b.X):
+        return False
+    return bool((a.X == b.X).all())

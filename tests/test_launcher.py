@@ -1,0 +1,128 @@
+"""The ``together`` Hydra launcher, run as a user runs it (a subprocess), read back
+from a temporary MLflow store: joint fits that leave every job as it would be alone."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipelines.together import GROUP_TAG
+
+# A few float64 epochs on the digits (the engine's joint fits equal separate ones to 1e-9).
+QUICK = [
+    "-m",
+    "data=digits",
+    "model.max_iter=4",
+    "model.tol=0",
+    "model.dtype=float64",
+    "tracking.log_model=false",
+]
+FINAL = ["final_train_log_loss", "final_test_log_loss", "final_test_accuracy"]
+
+
+def sweep(env, cwd, *args, check=True):
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.train", *QUICK, *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if check:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def children(uri, experiment):
+    """The sweep's parent and its children, by their swept parameters."""
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([found.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    kids = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    key = ("model.hidden_layer_sizes", "model.learning_rate_init", "model.alpha")
+    return client, parents[0], {tuple(r.data.params[k] for k in key): r for r in kids}
+
+
+def test_together_sweep_equals_the_basic_launchers(store, tmp_path):
+    uri, env = store
+    grid = ["model.learning_rate_init=0.02,0.1", "model.alpha=0.0001,0.01"]
+    sweep(env, tmp_path, "hydra/launcher=together", *grid, "tracking.experiment_name=t")
+    sweep(env, tmp_path, *grid, "tracking.experiment_name=basic")
+    client, parent, together = children(uri, "t")
+    _, _, alone = children(uri, "basic")
+    assert parent.info.status == "FINISHED"
+    assert len(together) == 4 and together.keys() == alone.keys()
+    for key, run in together.items():
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.tags[GROUP_TAG] == "4"  # one fit_together call for all
+        assert GROUP_TAG not in alone[key].data.tags
+        assert run.data.metrics["n_epochs"] == 4
+        for curve in ("loss", "train_accuracy", "test_accuracy", "learning_rate"):
+            history = client.get_metric_history(run.info.run_id, curve)
+            assert sorted(m.step for m in history) == [1, 2, 3, 4], curve
+        losses = [m.value for m in client.get_metric_history(run.info.run_id, "loss")]
+        expected = client.get_metric_history(alone[key].info.run_id, "loss")
+        np.testing.assert_allclose(losses, [m.value for m in expected], rtol=1e-9)
+        for name in FINAL:
+            np.testing.assert_allclose(
+                run.data.metrics[name], alone[key].data.metrics[name], rtol=1e-9
+            )
+    # Every job kept its own Hydra job dir: .hydra files and its own log file.
+    job_dirs = sorted((tmp_path / "multirun" / "train").glob("*/*/[0-9]"))
+    assert len(job_dirs) == 8  # 4 together + 4 basic
+    for job_dir in job_dirs:
+        assert (job_dir / ".hydra" / "overrides.yaml").is_file()
+    logs = [p.read_text() for d in job_dirs for p in d.glob("*.log")]
+    assert sum("fitted in a group of 4 networks" in text for text in logs) == 4
+
+
+def test_mixed_shapes_fit_in_one_group_per_shape(store, tmp_path):
+    uri, env = store
+    sweep(
+        env,
+        tmp_path,
+        "hydra/launcher=together",
+        "model.hidden_layer_sizes=[8],[16]",
+        "model.learning_rate_init=0.02,0.1",
+        "tracking.experiment_name=mixed",
+    )
+    _, _, runs = children(uri, "mixed")
+    assert len(runs) == 4
+    assert all(run.info.status == "FINISHED" for run in runs.values())
+    assert {run.data.tags[GROUP_TAG] for run in runs.values()} == {"2"}
+    assert {key[0] for key in runs} == {"[8]", "[16]"}
+
+
+@pytest.mark.parametrize("launcher", ["together", "basic"])
+def test_a_failing_job_fails_alone(store, tmp_path, launcher):
+    """A callback that raises in one job only (it stops on a score that does not
+    exist): that job is FAILED, the other FINISHED, the sweep exits non-zero."""
+    uri, env = store
+    result = sweep(
+        env,
+        tmp_path,
+        f"hydra/launcher={launcher}",
+        "+callbacks.stop_at._target_=pipelines.callbacks.StopAt",
+        "+callbacks.stop_at.threshold=2",
+        "+callbacks.stop_at.metric=train_accuracy,no_such_score",
+        "tracking.experiment_name=failing",
+        check=False,
+    )
+    assert result.returncode != 0
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("failing")
+    runs = client.search_runs([experiment.experiment_id])
+    jobs = {
+        r.data.params["callbacks.stop_at.metric"]: r
+        for r in runs
+        if "mlflow.parentRunId" in r.data.tags
+    }
+    assert jobs["train_accuracy"].info.status == "FINISHED"
+    assert jobs["no_such_score"].info.status == "FAILED"
+    assert "no_such_score" in jobs["no_such_score"].data.tags["skmlp.end_reason"]
