@@ -1,6 +1,7 @@
 """Load the configured data set and cut the subsets a run asks for."""
 
 import hydra
+from omegaconf import OmegaConf
 from sklearn.model_selection import train_test_split
 from sklearn.utils import Bunch
 
@@ -10,7 +11,22 @@ def load_data(cfg, seed):
 
     ``n_train`` / ``n_test`` take stratified random subsets; ``validation_size``
     (a count or a fraction) holds part of the training set out for validation.
+
+    The jobs of a sweep that run in one process (the together launcher) get the same
+    arrays for the same data config and seed: one copy of MNIST, not one per job, and
+    the same ``X`` lets their fits be grouped at once. Treat them as read-only.
     """
+    key = (OmegaConf.to_yaml(cfg, resolve=True), seed)
+    if key not in _LOADED:
+        _LOADED.clear()  # the newest only: a sweep's jobs share one data config
+        _LOADED[key] = _load(cfg, seed)
+    return Bunch(**_LOADED[key])
+
+
+_LOADED = {}
+
+
+def _load(cfg, seed):
     data = hydra.utils.instantiate(cfg.loader)
     X_train, y_train = _subset(data.X_train, data.y_train, cfg.n_train, seed)
     X_test, y_test = _subset(data.X_test, data.y_test, cfg.n_test, seed)

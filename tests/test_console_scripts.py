@@ -71,6 +71,16 @@ def test_the_wheel_ships_the_configs(tmp_path):
     assert where.stdout.strip() == str(target / "pipelines" / "conf")
     result = _run([str(target / "bin" / "skmlp-train"), "--cfg", "job"], tmp_path, env)
     assert "hidden_layer_sizes" in result.stdout
+    # The together launcher is a Hydra plugin, found in the wheel's hydra_plugins.
+    code = (
+        "import pipelines; from hydra.core.plugins import Plugins; "
+        "from hydra.plugins.launcher import Launcher; "
+        "found = {c.__name__: c for c in Plugins.instance().discover(Launcher)}; "
+        "import sys; print(sys.modules[found['TogetherLauncher'].__module__].__file__)"
+    )
+    where = _run([sys.executable, "-c", code], tmp_path, env)
+    launcher = target / "hydra_plugins" / "skmlp_launcher" / "together_launcher.py"
+    assert where.stdout.strip() == str(launcher)
 
 
 def test_importing_the_train_entry_point_loads_neither_mlflow_nor_scikit_learn():

@@ -13,6 +13,7 @@ from sklearn.utils import Bunch
 from test_pipelines import parent_and_children
 
 from pipelines.memorization import corrupt, time_to_fit
+from pipelines.together import GROUP_TAG
 
 
 def test_time_to_fit_is_the_first_epoch_over_the_threshold():
@@ -49,8 +50,13 @@ def test_unknown_corruption_is_refused(rng):
 
 
 @pytest.mark.slow
-def test_quick_configuration_end_to_end(tmp_path, mnist):  # noqa: ARG001 - needs MNIST
-    """The quick configuration, smaller still: 500 images, p in {0, 1}, two networks."""
+@pytest.mark.parametrize(
+    "together", [[], ["together=false"]], ids=["together", "alone"]
+)
+def test_quick_configuration_end_to_end(tmp_path, mnist, together):  # noqa: ARG001
+    """The quick configuration, smaller still: 500 images, p in {0, 1}, two networks;
+    by default each network's two levels are fitted together, with together=false one
+    network at a time (the joblib launcher)."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
     env.pop("SKMLP_PARENT_RUN_ID", None)
@@ -64,6 +70,7 @@ def test_quick_configuration_end_to_end(tmp_path, mnist):  # noqa: ARG001 - need
             "model.max_iter=40",
             "corruption.p=0.0,1.0",
             "model.hidden_layer_sizes=[16,16],[512]",
+            *together,
         ],
         env=env,
         cwd=tmp_path,
@@ -77,6 +84,8 @@ def test_quick_configuration_end_to_end(tmp_path, mnist):  # noqa: ARG001 - need
     runs = client.search_runs([experiment.experiment_id])
     (parent,), children = parent_and_children(runs)
     assert len(children) == 4 and parent.info.status == "FINISHED"
+    groups = [child.data.tags.get(GROUP_TAG) for child in children]
+    assert groups == (["2"] * 4 if not together else [None] * 4)
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {
         "summary.csv",

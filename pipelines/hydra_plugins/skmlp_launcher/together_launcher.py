@@ -1,5 +1,6 @@
 """The ``together`` launcher: a sweep's jobs of one network shape as one joint fit."""
 
+import copy
 import logging
 from functools import partial
 from pathlib import Path
@@ -17,19 +18,45 @@ class TogetherLauncher(Launcher):
     a shape and the training inputs with one ``skmlp.fit_together`` call.
 
     See :func:`pipelines.together.run_together` for how the jobs take turns.
+
+    Parameters
+    ----------
+    fallback : DictConfig
+        The launcher config that runs the jobs instead when the task config says
+        ``together: false`` (the memorization experiment's switch).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, fallback=None) -> None:
+        self.fallback = fallback
         self.config = self.task_function = self.hydra_context = None
+        self._fallback_launcher = None
 
     def setup(self, *, hydra_context, task_function, config) -> None:
         self.config = config
         self.hydra_context = hydra_context
         self.task_function = task_function
+        if config.get("together", True) is False:
+            self._fallback_launcher = self._setup_fallback()
+
+    def _setup_fallback(self):
+        """The fallback launcher, set up with a config that names it (each job's
+        ``hydra.launcher``, which ``blas_threads: auto`` reads)."""
+        from hydra.core.plugins import Plugins
+
+        config = copy.deepcopy(self.config)
+        with open_dict(config):
+            config.hydra.launcher = self.fallback
+        return Plugins.instance().instantiate_launcher(
+            hydra_context=self.hydra_context,
+            task_function=self.task_function,
+            config=config,
+        )
 
     def launch(self, job_overrides, initial_job_idx):
         from pipelines.together import SweptJob, run_together
 
+        if self._fallback_launcher is not None:
+            return self._fallback_launcher.launch(job_overrides, initial_job_idx)
         setup_globals()
         self._configure_log()
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
