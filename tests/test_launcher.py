@@ -12,7 +12,6 @@ from pipelines.together import GROUP_TAG
 
 # A few float64 epochs on the digits (the engine's joint fits equal separate ones to 1e-9).
 QUICK = [
-    "-m",
     "data=digits",
     "model.max_iter=4",
     "model.tol=0",
@@ -45,14 +44,22 @@ def children(uri, experiment):
     assert len(parents) == 1
     kids = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     key = ("model.hidden_layer_sizes", "model.learning_rate_init", "model.alpha")
+    key += ("model.random_state",)
     return client, parents[0], {tuple(r.data.params[k] for k in key): r for r in kids}
 
 
 def test_together_sweep_equals_the_basic_launchers(store, tmp_path):
     uri, env = store
     grid = ["model.learning_rate_init=0.02,0.1", "model.alpha=0.0001,0.01"]
-    sweep(env, tmp_path, "hydra/launcher=together", *grid, "tracking.experiment_name=t")
-    sweep(env, tmp_path, *grid, "tracking.experiment_name=basic")
+    sweep(
+        env,
+        tmp_path,
+        "-m",
+        "hydra/launcher=together",
+        *grid,
+        "tracking.experiment_name=t",
+    )
+    sweep(env, tmp_path, "-m", *grid, "tracking.experiment_name=basic")
     client, parent, together = children(uri, "t")
     _, _, alone = children(uri, "basic")
     assert parent.info.status == "FINISHED"
@@ -87,6 +94,7 @@ def test_mixed_shapes_fit_in_one_group_per_shape(store, tmp_path):
     sweep(
         env,
         tmp_path,
+        "-m",
         "hydra/launcher=together",
         "model.hidden_layer_sizes=[8],[16]",
         "model.learning_rate_init=0.02,0.1",
@@ -107,6 +115,7 @@ def test_a_failing_job_fails_alone(store, tmp_path, launcher):
     result = sweep(
         env,
         tmp_path,
+        "-m",
         f"hydra/launcher={launcher}",
         "+callbacks.stop_at._target_=pipelines.callbacks.StopAt",
         "+callbacks.stop_at.threshold=2",
@@ -126,3 +135,15 @@ def test_a_failing_job_fails_alone(store, tmp_path, launcher):
     assert jobs["train_accuracy"].info.status == "FINISHED"
     assert jobs["no_such_score"].info.status == "FAILED"
     assert "no_such_score" in jobs["no_such_score"].data.tags["skmlp.end_reason"]
+
+
+def test_learning_rates_preset_is_one_joint_fit(store, tmp_path):
+    uri, env = store
+    sweep(env, tmp_path, "sweep=learning_rates", "tracking.experiment_name=preset")
+    _, parent, runs = children(uri, "preset")
+    assert parent.info.status == "FINISHED" and len(runs) == 8
+    assert {run.data.tags[GROUP_TAG] for run in runs.values()} == {"8"}
+    assert {run.data.params["model.random_state"] for run in runs.values()} == {
+        "0",
+        "1",
+    }
