@@ -23,7 +23,7 @@ FINAL = ["final_train_log_loss", "final_test_log_loss", "final_test_accuracy"]
 
 def sweep(env, cwd, *args, check=True):
     result = subprocess.run(
-        [sys.executable, "-m", "pipelines.train", *QUICK, *args],
+        [sys.executable, "-m", "pipelines.train", *args, *QUICK],  # flags first
         env=env,
         cwd=cwd,
         capture_output=True,
