@@ -147,3 +147,35 @@ def test_learning_rates_preset_is_one_joint_fit(store, tmp_path):
         "0",
         "1",
     }
+
+
+def test_fit_groups_groups_by_shape_and_equal_inputs(digits):
+    """Equal arrays (a copy included) share a fit; another shape or other X do not;
+    each member ends as its own fit would leave it."""
+    import sklearn
+
+    from pipelines.together import ParkedFit, fit_groups
+    from skmlp import SGDMLPClassifier
+
+    X, y = digits
+    X = X[:300]
+    y = y[:300]
+
+    def parked(sizes, lr, data):
+        est = SGDMLPClassifier(sizes, learning_rate_init=lr, max_iter=3, random_state=0)
+        return ParkedFit(est, data, y, sklearn.get_config(), ".")
+
+    fits = [
+        parked((8,), 0.01, X),
+        parked((8,), 0.1, X.copy()),
+        parked((16,), 0.1, X),
+        parked((8,), 0.1, X + 1),
+    ]
+    fit_groups(fits)
+    assert [fit.group_size for fit in fits] == [2, 2, 1, 1]
+    assert all(fit.error is None for fit in fits)
+    alone = SGDMLPClassifier((8,), learning_rate_init=0.1, max_iter=3, random_state=0)
+    alone.fit(X, y)
+    for got, expected in zip(fits[1].estimator.coefs_, alone.coefs_, strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
+    assert not hasattr(fits[2].estimator, "coefs_")  # a group of one: its job fits it
