@@ -4,11 +4,12 @@ The ``together`` launcher (``hydra_plugins.skmlp_launcher``) runs each Hydra job
 Hydra's own ``run_job``, in a thread of its own, ONE THREAD AT A TIME: Hydra's config
 singleton, the working directory and the logging set-up are global to the process.
 A job runs until its fit (:func:`fit_estimator`, called by ``pipelines.training.fit``):
-there it parks, and the next job starts. Once every job has parked or ended,
-:func:`fit_groups` fits the parked networks that share a shape and the training inputs
-together, in the launcher's thread; then each parked job resumes, with its Hydra
-config, working directory and log file restored, and ends as it would have alone
-(evaluation, artifacts, the end of its MLflow run).
+there it parks, and the next job starts. Once every job has parked or ended, the
+parked networks that share a shape and the training inputs are fitted together
+(:func:`group_fits`, :func:`fit_group`), one group at a time, in the launcher's thread;
+after each group, its jobs resume, with their Hydra config, working directory and log
+file restored, and end as they would have alone (evaluation, artifacts, the end of
+their MLflow run) before the next group is fitted.
 
 Without a launcher (any other launcher, a single run), :func:`fit_estimator` is
 ``estimator.fit(X, y)``.
@@ -105,24 +106,29 @@ class SweptJob:
 
 
 def run_together(jobs, launcher_logging=None):
-    """Run ``jobs`` (SweptJob) to their fits, fit those fits in groups, finish them.
+    """Run ``jobs`` (SweptJob) to their fits, then fit those fits group by group,
+    each group's jobs finishing (evaluation, artifacts, end of run) before the next
+    group is fitted.
 
     Returns their ``JobReturn`` in order. ``launcher_logging()`` sets the launcher's
-    logging up while groups are fitted (their epochs are logged there).
+    logging up while a group is fitted (its epochs are logged there).
     """
     for job in jobs:
         job.step()
-    parked = [job for job in jobs if job.parked is not None]
-    if launcher_logging is not None:
-        launcher_logging()
-    try:
-        fit_groups([job.parked for job in parked])
-    except BaseException as exc:  # Ctrl-C, SIGTERM: every parked job ends KILLED
-        for job in parked:
-            job.parked.error = exc
-        raise
-    finally:
-        for job in parked:
+    parked = {id(job.parked): job for job in jobs if job.parked is not None}
+    fits = [job.parked for job in parked.values()]
+    groups = [[parked[id(fit)] for fit in group] for group in group_fits(fits)]
+    for at, group in enumerate(groups):
+        if launcher_logging is not None:
+            launcher_logging()
+        try:
+            fit_group([job.parked for job in group])
+        except BaseException as exc:  # Ctrl-C, SIGTERM: the waiting jobs end KILLED
+            for job in (job for rest in groups[at:] for job in rest):
+                job.parked.error = exc
+                job.step()
+            raise
+        for job in group:
             job.step()
     for job in jobs:
         if job.error is not None:
@@ -158,9 +164,8 @@ def fit_estimator(estimator, X, y):
     return fit.seconds
 
 
-def fit_groups(fits):
-    """Fit the parked ``fits`` that share a shape and ``X`` with one
-    ``fit_together`` call per group; a group of one is left to its job."""
+def group_fits(fits):
+    """The parked ``fits`` (an iterable) that share a shape and ``X``, in groups."""
     groups = []
     for fit in fits:
         group = next((g for g in groups if _same_group(g[0], fit)), None)
@@ -168,12 +173,14 @@ def fit_groups(fits):
             groups.append([fit])
         else:
             group.append(fit)
-    for group in groups:
-        if len(group) > 1:
-            _fit_group(group)
+    return groups
 
 
-def _fit_group(group):
+def fit_group(group):
+    """One ``fit_together`` call for a group of parked fits; a group of one is left
+    to its job. A failed joint fit leaves each job to fit alone."""
+    if len(group) == 1:
+        return
     from skmlp import fit_together
 
     log.info("fitting %d networks together", len(group))

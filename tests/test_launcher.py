@@ -149,12 +149,12 @@ def test_learning_rates_preset_is_one_joint_fit(store, tmp_path):
     }
 
 
-def test_fit_groups_groups_by_shape_and_equal_inputs(digits):
+def test_group_fits_by_shape_and_equal_inputs(digits):
     """Equal arrays (a copy included) share a fit; another shape or other X do not;
     each member ends as its own fit would leave it."""
     import sklearn
 
-    from pipelines.together import ParkedFit, fit_groups
+    from pipelines.together import ParkedFit, fit_group, group_fits
     from skmlp import SGDMLPClassifier
 
     X, y = digits
@@ -171,7 +171,10 @@ def test_fit_groups_groups_by_shape_and_equal_inputs(digits):
         parked((16,), 0.1, X),
         parked((8,), 0.1, X + 1),
     ]
-    fit_groups(fits)
+    groups = group_fits(fits)
+    assert [len(group) for group in groups] == [2, 1, 1]
+    for group in groups:
+        fit_group(group)
     assert [fit.group_size for fit in fits] == [2, 2, 1, 1]
     assert all(fit.error is None for fit in fits)
     alone = SGDMLPClassifier((8,), learning_rate_init=0.1, max_iter=3, random_state=0)
