@@ -1,5 +1,6 @@
 """The library the entry points share: build, fit, evaluate and log one pipeline."""
 
+import inspect
 import logging
 import os
 import time
@@ -84,12 +85,17 @@ def eval_sets(cfg, data):
 
 
 def instantiate_callbacks(callbacks_cfg, scoring):
-    """The callbacks of ``cfg.callbacks`` (each reading ``scoring``), after ``scoring``."""
-    return [scoring] + [
-        hydra.utils.instantiate(callback, scoring=scoring)
-        for callback in (callbacks_cfg or {}).values()
-        if callback is not None
-    ]
+    """The callbacks of ``cfg.callbacks``, after ``scoring``; those that take a
+    ``scoring`` argument (``pipelines.callbacks``) read it, others (sklearn's
+    ``ProgressBar``) are built from their config alone."""
+    callbacks = [scoring]
+    for callback in (callbacks_cfg or {}).values():
+        if callback is not None:
+            target = hydra.utils.get_object(callback._target_)
+            reads = "scoring" in inspect.signature(target).parameters
+            extra = {"scoring": scoring} if reads else {}
+            callbacks.append(hydra.utils.instantiate(callback, **extra))
+    return callbacks
 
 
 def fit(cfg, data, sets):
