@@ -113,6 +113,14 @@ def runs_url(uri, experiment_id, view_id=None):
     return f"{base}/#/experiments/{experiment_id}/runs?{urlencode(query)}"
 
 
+def run_link(experiment_id, run_id):
+    """Relative address of a run's page in the model-training view, for links that the
+    UI renders (a run's note): the UI keeps the workflow type only in the address (or
+    a browser that clicked the toggle), so its own links to runs fall back to GenAI."""
+    query = urlencode({"workflowType": "machine_learning"})
+    return f"#/experiments/{experiment_id}/runs/{run_id}?{query}"
+
+
 def announce(uri, experiment_id, view_id=None):
     """Log (to the terminal and Hydra's log file) how to open these runs in the UI."""
     command, url = ui_command(uri), runs_url(uri, experiment_id, view_id)

@@ -114,8 +114,9 @@ def test_the_ui_shows_the_sweeps_winner(browser, ui, tmp_path):
     page.get_by_role("cell", name="final_test_accuracy").wait_for()
     for param in ("model.learning_rate_init", "model.activation"):
         page.get_by_role("cell", name=param, exact=True).wait_for()
-    for name in CHILDREN:  # "Child runs", under "About this run"
-        page.get_by_role("link", name=name, exact=True).wait_for()
+    child_runs = page.get_by_test_id("key-value-Child runs")  # under "About this run"
+    for name in CHILDREN:
+        child_runs.get_by_role("link", name=name, exact=True).wait_for()
     _close_assistant(page)
     page.set_viewport_size({"width": 1440, "height": 700})
     page.screenshot(path=shots / "parent_run.png")
@@ -126,6 +127,22 @@ def test_the_ui_shows_the_sweeps_winner(browser, ui, tmp_path):
     page.get_by_text("objective.png").click()
     page.locator("img[src*='objective.png'], img").first.wait_for()
     page.screenshot(path=shots / "objective.png")
+
+    # Parent -> child (the note's link; MLflow opens note links in a new tab) -> the
+    # experiment's runs: still in the model-training view, the children shown.
+    page.get_by_role("tab", name="Overview").click()
+    note_links = page.get_by_test_id("note-editor-preview-content")
+    with page.expect_popup() as popup:
+        note_links.get_by_role("link", name=best, exact=True).click()
+    child = popup.value
+    child.get_by_role("cell", name="model.activation", exact=True).wait_for()
+    child.get_by_role("list").get_by_role("link", name="Runs", exact=True).click()
+    child.wait_for_url(re.compile(r"/runs\?.*workflowType=machine_learning"))
+    child.get_by_role(
+        "heading", name="Runs", exact=True
+    ).wait_for()  # GenAI: "Training runs"
+    child.get_by_role("link", name=re.compile(r"^sweep-")).wait_for()
+    child.close()
     page.close()
 
 
