@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # + view id: a saved runs-table view
+# The metric that the runs page's chart view (its "Compare" mode) charts first.
+PRIMARY_METRIC_TAG = "mlflow.experiment.primaryMetric.name"
 UI_ADDRESS = "http://127.0.0.1:5000"  # where ``mlflow ui`` listens by default
 _DIGEST_ROWS = 1000  # rows of X that enter the digest (all of y does)
 
@@ -80,7 +82,9 @@ def ui_command(uri):
 
 def save_runs_view(client, experiment_id, view_id, name, metrics, params):
     """Save (or replace) a runs-table view of the experiment: the data set, ``metrics``
-    and ``params`` as columns, sorted by the first metric, highest first.
+    and ``params`` as columns, sorted by the first metric, highest first. The first
+    metric also becomes the experiment's primary metric, which the chart view (the
+    runs page's compare mode, in a browser with no charts of its own) charts first.
 
     Returns ``view_id``, for ``runs_url``. The view is the one the UI's "Views" menu
     saves (MLflow 3.17's format); the UI lists it under ``name``.
@@ -100,6 +104,7 @@ def save_runs_view(client, experiment_id, view_id, name, metrics, params):
     client.set_experiment_tag(
         experiment_id, VIEW_TAG_PREFIX + view_id, json.dumps(envelope)
     )
+    client.set_experiment_tag(experiment_id, PRIMARY_METRIC_TAG, metrics[0])
     return view_id
 
 
