@@ -18,7 +18,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from pipelines.ui import run_link, save_runs_view
+from pipelines.ui import run_link, runs_link, save_runs_view
 from skmlp.plots import plot_objective
 
 SWEPT_TAG = "skmlp.swept_params"
@@ -154,7 +154,7 @@ def log_sweep_summary(client: MlflowClient, parent_id: str, swept) -> str | None
         client.log_figure(parent_id, figure, "objective.png")
     has_test = any(TEST_ACCURACY in child.data.metrics for child in children)
     metrics = list(dict.fromkeys([objective, *([TEST_ACCURACY] if has_test else [])]))
-    view_id = f"skmlp-sweep-{parent_id[:8]}"
+    view_id = sweep_view_id(parent_id)
     return save_runs_view(
         client,
         parent.info.experiment_id,
@@ -163,6 +163,11 @@ def log_sweep_summary(client: MlflowClient, parent_id: str, swept) -> str | None
         metrics,
         params,
     )
+
+
+def sweep_view_id(parent_id):
+    """Id of the saved runs view of the sweep whose parent run is ``parent_id``."""
+    return f"skmlp-sweep-{parent_id[:8]}"
 
 
 def _log_best(client, parent, scored, swept, objective, n_runs):
@@ -174,9 +179,11 @@ def _log_best(client, parent, scored, swept, objective, n_runs):
         f"[{row['run']}]({link(row['run_id'])}) {row[objective]:.4f}"
         for _, row in scored.iterrows()
     )
+    compare = runs_link(parent.info.experiment_id, sweep_view_id(parent_id), True)
     note = (
         f"Best of {n_runs} runs: **{best['run']}**, {objective} = "
-        f"{best[objective]:.4f}.\n\nBy {objective}: {runs}.\n\nAll runs: artifact "
+        f"{best[objective]:.4f}.\n\nBy {objective}: {runs}. [Compare them]({compare})"
+        f".\n\nAll runs: artifact "
         "`sweep_summary.json`; the objective against each swept parameter: "
         "`objective.png`."
     )

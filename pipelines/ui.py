@@ -97,6 +97,7 @@ def save_runs_view(client, experiment_id, view_id, name, metrics, params):
         ],
         "orderByKey": f"metrics.`{metrics[0]}`",
         "orderByAsc": False,
+        **_view_charts(metrics[0], params),
     }
     now = int(time.time() * 1000)
     envelope = {"name": name, "createdAt": now, "updatedAt": now}
@@ -108,14 +109,37 @@ def save_runs_view(client, experiment_id, view_id, name, metrics, params):
     return view_id
 
 
-def runs_url(uri, experiment_id, view_id=None):
+def _view_charts(objective, params):
+    """The chart view's charts in a saved view: the objective against the ``params``
+    (parallel coordinates) and the objective of each run (bars), in one section."""
+    section = "skmlp-objective"
+    common = {"metricSectionId": section, "runsCountToCompare": 10, "deleted": False}
+    common["isGenerated"] = False
+    parallel = {"uuid": "skmlp-parallel", "type": "PARALLEL", **common}
+    parallel.update(selectedParams=list(params), selectedMetrics=[objective])
+    bars = {"uuid": "skmlp-bars", "type": "BAR", "metricKey": objective, **common}
+    sections = [{"uuid": section, "name": f"Objective: {objective}", "display": True}]
+    sections[0].update(isReordered=False, deleted=False, isGenerated=False)
+    return {"compareRunCharts": [parallel, bars], "compareRunSections": sections}
+
+
+def runs_url(uri, experiment_id, view_id=None, charts=False):
     """Address of the experiment's runs table in the model-training view, opened on
-    the saved view ``view_id`` if given."""
+    the saved view ``view_id`` if given; ``charts``: its chart view (what "Compare"
+    opens), which a saved view fills with the objective against the swept parameters.
+    """
     base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI_ADDRESS
+    return base + "/" + runs_link(experiment_id, view_id, charts)
+
+
+def runs_link(experiment_id, view_id=None, charts=False):
+    """``runs_url`` relative to the UI's address, for links that the UI renders."""
     query = {"workflowType": "machine_learning"}
+    if charts:
+        query["compareRunsMode"] = "CHART"
     if view_id:
         query["viewStateShareKey"] = view_id
-    return f"{base}/#/experiments/{experiment_id}/runs?{urlencode(query)}"
+    return f"#/experiments/{experiment_id}/runs?{urlencode(query)}"
 
 
 def run_link(experiment_id, run_id):
@@ -129,7 +153,7 @@ def run_link(experiment_id, run_id):
 def announce(uri, experiment_id, view_id=None):
     """Log (to the terminal and Hydra's log file) how to open these runs in the UI."""
     command, url = ui_command(uri), runs_url(uri, experiment_id, view_id)
-    if command:
-        log.info("See the runs in the MLflow UI: %s\n  then open %s", command, url)
-    else:
-        log.info("See the runs in the MLflow UI: %s", url)
+    message = f"{command}\n  then open {url}" if command else url
+    if view_id:
+        message += f"\n  compare them: {runs_url(uri, experiment_id, view_id, True)}"
+    log.info("See the runs in the MLflow UI: %s", message)

@@ -17,3 +17,10 @@ def test_the_view_makes_its_objective_the_experiments_primary_metric(store):
     assert tags[PRIMARY_METRIC_TAG] == "final_train_accuracy"
     state = json.loads(json.loads(tags[VIEW_TAG_PREFIX + "v1"])["state"])
     assert state["orderByKey"] == "metrics.`final_train_accuracy`"
+    parallel, bars = state["compareRunCharts"]
+    assert parallel["selectedParams"] == ["seed"]
+    assert (
+        parallel["selectedMetrics"] == [bars["metricKey"]] == ["final_train_accuracy"]
+    )
+    (section,) = state["compareRunSections"]
+    assert parallel["metricSectionId"] == bars["metricSectionId"] == section["uuid"]
