@@ -16,6 +16,8 @@ learning rate, momentum, ``alpha`` and sample weights. Written against the array
 it runs on NumPy, torch and CuPy.
 """
 
+import math
+
 import numpy as np
 
 from skmlp._activations import ACTIVATIONS, DERIVATIVES
@@ -45,31 +47,47 @@ class Stack:
         layers = [e.params.views() for e in engines]
         moments = [e.params.views(e.optimizer.velocities[0]) for e in engines]
         self.axes = [1] + [0] * (len(layers[0]) - 1)  # the model axis of each array
-        self.params = [
-            xp.stack([member[k] for member in layers], axis=axis)
-            for k, axis in enumerate(self.axes)
+        # parameters, velocities and gradients each live in ONE flat buffer, the
+        # arrays of the layers being views of it (weights first, then biases): the
+        # momentum step is then three or four calls for the whole group
+        shapes = [
+            _stacked_shape(member.shape, len(engines), axis)
+            for member, axis in zip(layers[0], self.axes, strict=True)
         ]
-        self.velocities = [
-            xp.stack([member[k] for member in moments], axis=axis)
-            for k, axis in enumerate(self.axes)
-        ]
-        optimizers = [e.optimizer for e in engines]
+        flat = engines[0].params.flat
+        size = sum(math.prod(shape) for shape in shapes)
+        self.flat, self.velocity_flat, self.grad_flat = (
+            xp.zeros(size, dtype=flat.dtype, device=flat.device) for _ in range(3)
+        )
+        self.params = _views(self.flat, shapes, xp)
+        self.velocities = _views(self.velocity_flat, shapes, xp)
+        self.grads = _views(self.grad_flat, shapes, xp)
+        for k, axis in enumerate(self.axes):
+            self.params[k][...] = xp.stack([member[k] for member in layers], axis=axis)
+            self.velocities[k][...] = xp.stack(
+                [member[k] for member in moments], axis=axis
+            )
+        self.n_weights = sum(math.prod(shape) for shape in shapes[: self.n_coefs])
+        self._scratch = np.empty_like(self.flat) if xp is np else None
+        self._set_scalars([e.optimizer for e in engines], engines)
+
+    def _set_scalars(self, optimizers, engines):
+        """Each member's learning rate, momentum, Nesterov flag and ``alpha``."""
         self.learning_rate = self._vector([o.learning_rate for o in optimizers])
         self.momentum = self._vector([o.momentum for o in optimizers])
         self.alpha = self._vector([e.loss_kwargs["alpha"] for e in engines])
         self.any_alpha = any(e.loss_kwargs["alpha"] for e in engines)
+        self._decays = {}  # n_rows -> lr * alpha / n_rows over the weights
+        # one Python float where all members share it (a scalar product is faster
+        # than a broadcast one), else one value per element of the flat buffer
+        momenta = [o.momentum for o in optimizers]
+        self.momenta = (
+            float(momenta[0]) if len(set(momenta)) == 1 else self._spread(self.momentum)
+        )
         nesterov = [bool(o.nesterov) for o in optimizers]
         self.nesterov = nesterov[0] if len(set(nesterov)) == 1 else nesterov
-        self._scratch = {}  # NumPy: k -> a buffer shaped like self.params[k]
-        # the momentum of each array's members: one Python float where all share it
-        # (a scalar product is faster than a broadcast one), else shaped to broadcast
-        momenta = [o.momentum for o in optimizers]
-        self.momenta = [
-            float(momenta[0])
-            if len(set(momenta)) == 1
-            else self._along(self.momentum, k)
-            for k in range(len(self.params))
-        ]
+        if isinstance(self.nesterov, list):
+            self.nesterov = self._spread(self._vector(self.nesterov)) > 0
 
     def _vector(self, values):
         flat = self.engines[0].params.flat
@@ -88,6 +106,17 @@ class Stack:
             for a, axis in zip(arrays, self.axes, strict=True)
         ]
         return self.xp.concat([self.xp.reshape(p, (-1,)) for p in parts])
+
+    def _spread(self, vector):
+        """``vector`` (one value per member) repeated over each member's elements of
+        the flat buffer."""
+        xp = self.xp
+        return xp.concat(
+            [
+                xp.reshape(xp.broadcast_to(self._along(vector, k), p.shape), (-1,))
+                for k, p in enumerate(self.params)
+            ]
+        )
 
     def _along(self, vector, k):
         """``vector`` (one value per member) shaped to broadcast over array ``k``."""
@@ -164,7 +193,7 @@ class Stack:
         activations = self._forward(X_batches)
         A = activations[-1]
         delta = self.loss.delta(Y, A, xp)  # dC_i/dz at the output, (m, n_rows, n_out)
-        sample_costs = self._sample_costs(Y, A)
+        terms = self._cost_terms(Y, A)
         keep = None
         # Each member's delta is scaled by its learning rate: backprop is linear in
         # delta, so the gradients come out as the plain steps lr * g, and no pass over
@@ -173,32 +202,35 @@ class Stack:
         if sample_weight is None:
             total_weight = float(n_rows)
             delta = delta * (learning_rate / total_weight)
-            costs = xp.sum(sample_costs, axis=1)
+            costs = xp.sum(terms, axis=1)  # (m, n_rows * n_outputs): one reduction
         else:
+            sample_costs = xp.reshape(terms, (-1, Y.shape[2])) @ xp.ones_like(Y[0, 0])
             total_weight = xp.sum(sample_weight, axis=1)  # (m,)
             keep = total_weight > 0  # no mean cost where the weights sum to 0
             total_weight = xp.where(keep, total_weight, xp.ones_like(total_weight))
             row_factors = sample_weight / total_weight[:, None]
             delta = delta * (row_factors[:, :, None] * learning_rate)
+            sample_costs = xp.reshape(sample_costs, sample_weight.shape)
             costs = xp.sum(sample_weight * sample_costs, axis=1) * (
                 n_rows / total_weight
             )
-        grads = self._backward(activations, delta, X_batches)
+        self._backward(activations, delta, X_batches)
         if self.any_alpha:
-            costs = costs + self._add_penalty(grads, total_weight, n_rows)
+            costs = costs + self._add_penalty(total_weight, n_rows)
         if keep is not None and not bool(xp.all(keep)):
-            self._update_kept(grads, keep)
+            self._update_kept(keep)
             return xp.where(keep, costs, xp.zeros_like(costs))
-        self._update(grads)
+        self._update()
         return costs
 
-    def _sample_costs(self, Y, A):
-        """The cost of each sample, (m, n_rows), by the loss's own pure function."""
-        xp, (m, n_rows, n_outputs) = self.xp, Y.shape
+    def _cost_terms(self, Y, A):
+        """The loss's own terms, (m, n_rows * n_outputs): a row sum is a member's
+        cost (times ``n_rows``); NumPy sums short rows slowly, so no reduction here."""
+        xp, m, n_outputs = self.xp, Y.shape[0], Y.shape[2]
         terms = self.loss.value(
             xp.reshape(Y, (-1, n_outputs)), xp.reshape(A, (-1, n_outputs)), xp
         )
-        return xp.reshape(xp.sum(terms, axis=1), (m, n_rows))
+        return xp.reshape(terms, (m, -1))
 
     def _forward(self, X_batches):
         """``a^(l) = f(a^(l-1) W^(l) + b^(l))`` for every member at once."""
@@ -225,96 +257,121 @@ class Stack:
 
     def _backward(self, activations, delta, X_batches):
         """``dC/dW = a^T delta``, ``dC/db = sum of delta's rows``,
-        ``delta^(l-1) = (delta W^T) * f'(a^(l-1))``, every member at once."""
-        xp, n_coefs = self.xp, self.n_coefs
+        ``delta^(l-1) = (delta W^T) * f'(a^(l-1))``, every member at once, written
+        into ``self.grads`` (row sums as a product with ones: a NumPy reduction over
+        the middle axis costs ten times more)."""
+        xp, n_coefs, grads = self.xp, self.n_coefs, self.grads
         derivative = DERIVATIVES[self.activation]
-        coef_grads, intercept_grads = [None] * n_coefs, [None] * n_coefs
+        n_rows = delta.shape[1]
+        ones = xp.ones(n_rows, dtype=delta.dtype, device=delta.device)
         for k in range(n_coefs - 1, 0, -1):
             a = activations[k]
-            coef_grads[k] = a.mT @ delta
-            intercept_grads[k] = xp.sum(delta, axis=1)
+            self._product(a.mT, delta, grads[k])
+            self._product(ones, delta, grads[n_coefs + k])
             delta = delta @ self.params[k].mT
             if derivative is not None:
                 delta = delta * derivative(a, xp)
-        intercept_grads[0] = xp.sum(delta, axis=1)
-        n_rows, n_units = delta.shape[1], delta.shape[2]
+        self._product(ones, delta, grads[n_coefs])
         delta = xp.permute_dims(delta, (1, 0, 2))  # (n_rows, m, n_units)
-        parts = [
-            xp.reshape(
-                X.mT @ xp.reshape(delta[:, begin:end, :], (n_rows, -1)),
-                (X.shape[1], end - begin, n_units),
-            )  # one wide product per stream
-            for (begin, end), X in zip(self.streams, X_batches, strict=True)
-        ]
-        coef_grads[0] = parts[0] if len(parts) == 1 else xp.concat(parts, axis=1)
-        return coef_grads + intercept_grads
+        n_features = grads[0].shape[0]
+        for (begin, end), X in zip(self.streams, X_batches, strict=True):
+            self._product(  # one wide product per stream
+                X.mT,
+                xp.reshape(delta[:, begin:end, :], (n_rows, -1)),
+                xp.reshape(grads[0][:, begin:end, :], (n_features, -1)),
+            )
 
-    def _add_penalty(self, grads, total_weight, n_rows):
+    def _product(self, a, b, out):
+        """``out[...] = a @ b``; on NumPy without a temporary."""
+        if self.xp is np:
+            np.matmul(a, b, out=out)
+        else:
+            out[...] = a @ b
+
+    def _add_penalty(self, total_weight, n_rows):
         """Add ``lr * alpha / n * W`` to the weight steps; return the L2 cost x rows."""
-        scale = self.learning_rate * self.alpha / total_weight
         squares = 0.0
         for k in range(self.n_coefs):
-            W = self.params[k]
-            squares = squares + self._squares(W, k)
-            grads[k] += self._times(self._along(scale, k), W, k)
+            squares = squares + self._squares(self.params[k], k)
+        if isinstance(total_weight, float):  # one flat product over all the weights
+            if n_rows not in self._decays:
+                decay = self.learning_rate * self.alpha / total_weight
+                self._decays[n_rows] = self._spread(decay)[: self.n_weights]
+            weights = self.flat[: self.n_weights]
+            self.grad_flat[: self.n_weights] += self._times(
+                self._decays[n_rows], weights, weights
+            )
+        else:  # each member's own total weight: layer by layer
+            scale = self.learning_rate * self.alpha / total_weight
+            for k in range(self.n_coefs):
+                W = self.params[k]
+                self.grads[k] += self._times(self._along(scale, k), W, W)
         return 0.5 * self.alpha * squares * (n_rows / total_weight)
 
     def _squares(self, W, k):
         """Each member's sum of squared weights of layer ``k``, shape (m,)."""
         xp, m = self.xp, W.shape[self.axes[k]]
-        squares = self._times(W, W, k)
         if not self.axes[k]:
-            return xp.sum(xp.reshape(squares, (m, -1)), axis=1)
+            members = xp.reshape(W, (m, -1))
+            return xp.vecdot(members, members)
         # (n_features, m, n_units): a column sum is one product, faster than a sum
         # over the first and last axes
+        squares = self._times(W, W, W)
         ones = xp.ones(W.shape[0], dtype=W.dtype, device=W.device)
         column_sums = ones @ xp.reshape(squares, (W.shape[0], -1))
         return xp.sum(xp.reshape(column_sums, (m, -1)), axis=1)
 
-    def _times(self, a, b, k):
-        """``a * b``, shaped like array ``k``; on NumPy into a buffer kept per array
-        (a new temporary the size of the weights on every batch costs page faults:
-        20 % of the step on 784-512-512-10)."""
+    def _times(self, a, b, like):
+        """``a * b``, shaped like ``like``; on NumPy into a buffer kept for the
+        purpose (a new temporary the size of the weights on every batch costs page
+        faults: 20 % of the step on 784-512-512-10)."""
         if self.xp is not np:
             return a * b
-        if k not in self._scratch:
-            self._scratch[k] = np.empty_like(self.params[k])
-        return np.multiply(a, b, out=self._scratch[k])
+        out = np.reshape(self._scratch[: like.size], like.shape)
+        return np.multiply(a, b, out=out)
 
-    def _update(self, grads):
-        """``SGDOptimizer.update_params`` for every member, with its own scalars."""
-        for k, (param, velocity, grad) in enumerate(
-            zip(self.params, self.velocities, grads, strict=True)
-        ):
-            momentum = self.momenta[k]  # grad is the plain step lr * g (``step``)
-            velocity *= momentum
-            velocity -= grad
-            if self.nesterov is True:
-                param -= grad
-                param += self._times(momentum, velocity, k)
-            elif self.nesterov is False:
-                param += velocity
-            else:
-                nesterov = self.xp.asarray(self.nesterov, device=param.device)
-                nesterov = self._along(nesterov, k)
-                param += self.xp.where(nesterov, momentum * velocity - grad, velocity)
+    def _update(self):
+        """``SGDOptimizer.update_params`` for every member, with its own scalars, as
+        a few calls over the flat buffers (``grad_flat`` holds the plain steps
+        ``lr * g``: see ``step``)."""
+        param, velocity, grad = self.flat, self.velocity_flat, self.grad_flat
+        momentum = self.momenta
+        velocity *= momentum
+        velocity -= grad
+        if self.nesterov is True:
+            param -= grad
+            param += self._times(momentum, velocity, velocity)
+        elif self.nesterov is False:
+            param += velocity
+        else:
+            param += self.xp.where(self.nesterov, momentum * velocity - grad, velocity)
 
-    def _update_kept(self, grads, keep):
+    def _update_kept(self, keep):
         """``_update`` for the members in ``keep`` only; the others stay as they were."""
         xp = self.xp
-        saved = [xp.asarray(a, copy=True) for a in self.params + self.velocities]
-        self._update(grads)
-        arrays = self.params + self.velocities
-        for k, (array, before) in enumerate(zip(arrays, saved, strict=True)):
-            mask = self._along(keep, k % len(self.params))
-            array[...] = xp.where(mask, array, before)
+        saved = [xp.asarray(a, copy=True) for a in (self.flat, self.velocity_flat)]
+        self._update()
+        for flat, before in zip((self.flat, self.velocity_flat), saved, strict=True):
+            flat[...] = xp.where(self._spread(keep), flat, before)
 
 
 def _activate(z, function, xp):
     if function == "softmax":  # over the last axis: (m, n_rows, n_outputs)
-        exp_z = xp.exp(z - xp.max(z, axis=-1, keepdims=True))
-        return exp_z / xp.sum(exp_z, axis=-1, keepdims=True)
+        exp_z = xp.exp(z - _row_max(z, xp))
+        n_outputs = z.shape[-1]
+        ones = xp.ones((n_outputs, 1), dtype=z.dtype, device=z.device)
+        sums = xp.reshape(exp_z, (-1, n_outputs)) @ ones  # faster than a NumPy sum
+        return exp_z / xp.reshape(sums, (*z.shape[:-1], 1))
     return ACTIVATIONS[function](z, xp)
+
+
+def _row_max(z, xp):
+    """``max(z, axis=-1, keepdims=True)`` by halving the rows (overlapping halves
+    where the width is odd): NumPy reduces short rows slowly, 40 us for 6 x 100 x 10."""
+    while z.shape[-1] > 1:
+        half = (z.shape[-1] + 1) // 2
+        z = xp.maximum(z[..., :half], z[..., z.shape[-1] - half :])
+    return z
 
 
 def _weights(sample_weight, rows, Y_chunk, xp):
@@ -322,3 +379,18 @@ def _weights(sample_weight, rows, Y_chunk, xp):
     if sample_weight is None:
         return xp.ones(Y_chunk.shape[1], dtype=Y_chunk.dtype, device=Y_chunk.device)
     return take_rows(sample_weight, rows, xp)
+
+
+def _stacked_shape(shape, m, axis):
+    """The shape of m stacked arrays of ``shape``, the model axis at ``axis``."""
+    return tuple(shape[:axis]) + (m,) + tuple(shape[axis:])
+
+
+def _views(flat, shapes, xp):
+    """Consecutive arrays of ``shapes``, views of the 1-D ``flat``."""
+    views, offset = [], 0
+    for shape in shapes:
+        size = math.prod(shape)
+        views.append(xp.reshape(flat[offset : offset + size], shape))
+        offset += size
+    return views
