@@ -77,6 +77,7 @@ class Stack:
         self.momentum = self._vector([o.momentum for o in optimizers])
         self.alpha = self._vector([e.loss_kwargs["alpha"] for e in engines])
         self.any_alpha = any(e.loss_kwargs["alpha"] for e in engines)
+        self._ones_by_size = {}
         self._decays = {}  # n_rows -> lr * alpha / n_rows over the weights
         # one Python float where all members share it (a scalar product is faster
         # than a broadcast one), else one value per element of the flat buffer
@@ -149,6 +150,16 @@ class Stack:
         chunk_rows = max(1, CHUNK_ROWS // batch_size) * batch_size
         weighted = any(w is not None for w in sample_weights)
         self.streams, total = streams, 0.0
+        n_features = self.params[0].shape[0]
+        # each stream's first-layer weights and gradients as (n_features, k * n_units)
+        # matrices, views made once per epoch rather than on every batch
+        self._wide = [
+            tuple(
+                xp.reshape(array[:, begin:end, :], (n_features, -1))
+                for array in (self.params[0], self.grads[0])
+            )
+            for begin, end in streams
+        ]
         for begin in range(0, n_samples, chunk_rows):
             end = min(begin + chunk_rows, n_samples)
             rows = [slice(begin, end) if o is None else o[begin:end] for o in orders]
@@ -235,14 +246,12 @@ class Stack:
     def _forward(self, X_batches):
         """``a^(l) = f(a^(l-1) W^(l) + b^(l))`` for every member at once."""
         xp, n_coefs = self.xp, self.n_coefs
-        W, b = self.params[0], self.params[n_coefs]
-        n_features, _, n_units = W.shape
+        b, n_units = self.params[n_coefs], self.params[0].shape[2]
         parts = [
-            xp.reshape(
-                X @ xp.reshape(W[:, begin:end, :], (n_features, -1)),
-                (X.shape[0], end - begin, n_units),
-            )  # one wide product per stream
-            for (begin, end), X in zip(self.streams, X_batches, strict=True)
+            xp.reshape(X @ W, (X.shape[0], end - begin, n_units))  # one wide product
+            for (begin, end), X, (W, _) in zip(
+                self.streams, X_batches, self._wide, strict=True
+            )
         ]
         z = parts[0] if len(parts) == 1 else xp.concat(parts, axis=1)
         z = xp.permute_dims(z, (1, 0, 2)) + b[:, None, :]
@@ -263,7 +272,7 @@ class Stack:
         xp, n_coefs, grads = self.xp, self.n_coefs, self.grads
         derivative = DERIVATIVES[self.activation]
         n_rows = delta.shape[1]
-        ones = xp.ones(n_rows, dtype=delta.dtype, device=delta.device)
+        ones = self._ones(n_rows)
         for k in range(n_coefs - 1, 0, -1):
             a = activations[k]
             self._product(a.mT, delta, grads[k])
@@ -273,13 +282,20 @@ class Stack:
                 delta = delta * derivative(a, xp)
         self._product(ones, delta, grads[n_coefs])
         delta = xp.permute_dims(delta, (1, 0, 2))  # (n_rows, m, n_units)
-        n_features = grads[0].shape[0]
-        for (begin, end), X in zip(self.streams, X_batches, strict=True):
-            self._product(  # one wide product per stream
-                X.mT,
-                xp.reshape(delta[:, begin:end, :], (n_rows, -1)),
-                xp.reshape(grads[0][:, begin:end, :], (n_features, -1)),
+        for (begin, end), X, (_, grad) in zip(
+            self.streams, X_batches, self._wide, strict=True
+        ):
+            delta_stream = xp.reshape(delta[:, begin:end, :], (n_rows, -1))
+            self._product(X.mT, delta_stream, grad)  # one wide product per stream
+
+    def _ones(self, n_rows):
+        """A vector of ``n_rows`` ones (kept: a batch size repeats)."""
+        if n_rows not in self._ones_by_size:
+            flat = self.flat
+            self._ones_by_size[n_rows] = self.xp.ones(
+                n_rows, dtype=flat.dtype, device=flat.device
             )
+        return self._ones_by_size[n_rows]
 
     def _product(self, a, b, out):
         """``out[...] = a @ b``; on NumPy without a temporary."""
