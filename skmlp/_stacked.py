@@ -69,6 +69,10 @@ class Stack:
             )
         self.n_weights = sum(math.prod(shape) for shape in shapes[: self.n_coefs])
         self._scratch = np.empty_like(self.flat) if xp is np else None
+        m, n_features = len(engines), shapes[0][0]
+        self._weight_views = [xp.reshape(self.params[0], (n_features, -1))] + [
+            xp.reshape(W, (m, -1)) for W in self.params[1 : self.n_coefs]
+        ]
         self._set_scalars([e.optimizer for e in engines], engines)
 
     def _set_scalars(self, optimizers, engines):
@@ -77,7 +81,8 @@ class Stack:
         self.momentum = self._vector([o.momentum for o in optimizers])
         self.alpha = self._vector([e.loss_kwargs["alpha"] for e in engines])
         self.any_alpha = any(e.loss_kwargs["alpha"] for e in engines)
-        self._ones_by_size = {}
+        self._half_alpha = 0.5 * self.alpha
+        self._ones_by_size, self._delta_scales = {}, {}
         self._decays = {}  # n_rows -> lr * alpha / n_rows over the weights
         # one Python float where all members share it (a scalar product is faster
         # than a broadcast one), else one value per element of the flat buffer
@@ -212,7 +217,9 @@ class Stack:
         learning_rate = self.learning_rate[:, None, None]
         if sample_weight is None:
             total_weight = float(n_rows)
-            delta = delta * (learning_rate / total_weight)
+            if n_rows not in self._delta_scales:
+                self._delta_scales[n_rows] = learning_rate / total_weight
+            delta = delta * self._delta_scales[n_rows]
             costs = xp.sum(terms, axis=1)  # (m, n_rows * n_outputs): one reduction
         else:
             sample_costs = xp.reshape(terms, (-1, Y.shape[2])) @ xp.ones_like(Y[0, 0])
@@ -306,9 +313,7 @@ class Stack:
 
     def _add_penalty(self, total_weight, n_rows):
         """Add ``lr * alpha / n * W`` to the weight steps; return the L2 cost x rows."""
-        squares = 0.0
-        for k in range(self.n_coefs):
-            squares = squares + self._squares(self.params[k], k)
+        squares = self._squares()
         if isinstance(total_weight, float):  # one flat product over all the weights
             if n_rows not in self._decays:
                 decay = self.learning_rate * self.alpha / total_weight
@@ -322,20 +327,20 @@ class Stack:
             for k in range(self.n_coefs):
                 W = self.params[k]
                 self.grads[k] += self._times(self._along(scale, k), W, W)
-        return 0.5 * self.alpha * squares * (n_rows / total_weight)
+            squares = squares * (n_rows / total_weight)
+        return self._half_alpha * squares
 
-    def _squares(self, W, k):
-        """Each member's sum of squared weights of layer ``k``, shape (m,)."""
-        xp, m = self.xp, W.shape[self.axes[k]]
-        if not self.axes[k]:
-            members = xp.reshape(W, (m, -1))
-            return xp.vecdot(members, members)
-        # (n_features, m, n_units): a column sum is one product, faster than a sum
-        # over the first and last axes
-        squares = self._times(W, W, W)
-        ones = xp.ones(W.shape[0], dtype=W.dtype, device=W.device)
-        column_sums = ones @ xp.reshape(squares, (W.shape[0], -1))
-        return xp.sum(xp.reshape(column_sums, (m, -1)), axis=1)
+    def _squares(self):
+        """Each member's sum of squared weights, shape (m,)."""
+        xp, (columns, *layers) = self.xp, self._weight_views
+        # the first layer as (n_features, m * n_units): a column sum is one product,
+        # faster than a sum over the first and last axes
+        squares = self._times(columns, columns, columns)
+        column_sums = self._ones(columns.shape[0]) @ squares
+        total = xp.sum(xp.reshape(column_sums, (self.alpha.shape[0], -1)), axis=1)
+        for W in layers:  # (m, fan_in * fan_out)
+            total = total + xp.vecdot(W, W)
+        return total
 
     def _times(self, a, b, like):
         """``a * b``, shaped like ``like``; on NumPy into a buffer kept for the
