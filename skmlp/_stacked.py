@@ -7,6 +7,11 @@ The parameters of a group's members are stacked along a model axis:
   ``X_batch @ reshape(W, (n_features, k * n_units))``;
 - every other weight matrix as (m, fan_in, fan_out), every bias as (m, fan_out).
 
+These arrays are views of one flat buffer (weights, then biases), and so are the
+velocities and the gradients, which backprop writes in place: the momentum step of the
+whole group is three or four calls over the flat buffers, with per-member scalars
+spread over them once per epoch, and no Python loop over members runs per batch.
+
 Activations and deltas are (m, n_rows, n_units), and each layer is one batched
 product over the model axis (``matmul`` broadcasts over it), so the group pays one
 call's fixed cost where m separate fits pay m. The arithmetic of each member is that of

@@ -13,15 +13,16 @@ one product ``X_batch^T @ [delta_1 | ... | delta_m]``. For a 784-16-16-10 networ
 is where almost all the arithmetic is. The wide product saves calls, not arithmetic (on
 the 2-core dev box's OpenBLAS, 100x784 @ 784x96 costs what six 784x16 products do);
 the saving on a CPU is the per-call cost of everything else, shared by the group
-(``benchmarks/bench_together.py``: 1.6x one skmlp fit per member, 2.7x
-``MLPClassifier``). Wide NumPy networks are not stacked at all (``_joint``).
+(``benchmarks/bench_together.py``, which also times the two wide products alone: the
+floor of a joint epoch). Wide NumPy networks are not stacked at all (``_joint``).
 
 Each member keeps its own ``Engine`` (``_engine.py``), built by the estimator itself, so
 the validation, the random initialisation, the records, the stopping rule, divergence,
 rollback and early stopping's best weights are those of ``est.fit``. Each epoch the
 group's stacked parameters and velocities are packed from the members' flat buffers and
 unpacked back into them at the end (two copies of the weights per epoch); each member's
-epoch is then ended by its engine, and a member that stops leaves the group.
+epoch is then ended by its engine, its callbacks run by the same ``FitRun`` as in
+``est.fit``, and a member that stops leaves the group.
 """
 
 import contextlib
