@@ -185,16 +185,22 @@ class Stack:
                         for w, r in zip(sample_weights, rows, strict=True)
                     ]
                 )
+            # without sample weights a batch's cost is a plain sum: the outputs of
+            # the chunk's batches are kept, and their cost taken once per chunk
+            outputs = None if weighted else xp.empty_like(Y_chunk)
             for start in range(0, end - begin, batch_size):
                 batch = slice(start, min(start + batch_size, end - begin))
                 total = total + self.step(
                     [X[batch, ...] for X in X_chunks],
                     Y_chunk[:, batch, :],
                     None if W_chunk is None else W_chunk[:, batch],
+                    None if outputs is None else outputs[:, batch, :],
                 )
+            if outputs is not None:
+                total = total + xp.sum(self._cost_terms(Y_chunk, outputs), axis=1)
         return to_numpy(total).tolist()
 
-    def step(self, X_batches, Y, sample_weight):
+    def step(self, X_batches, Y, sample_weight, outputs=None):
         """Step every member on its batch; return each member's cost times rows.
 
         Parameters
@@ -203,6 +209,9 @@ class Stack:
             The batch of each stream.
         Y : array of shape (m, n_rows, n_outputs)
         sample_weight : array of shape (m, n_rows) or None
+        outputs : array of shape (m, n_rows, n_outputs) or None
+            Without sample weights, where the output layer's activations are written
+            for the caller to cost (then only the L2 term is returned).
 
         Returns
         -------
@@ -214,7 +223,6 @@ class Stack:
         activations = self._forward(X_batches)
         A = activations[-1]
         delta = self.loss.delta(Y, A, xp)  # dC_i/dz at the output, (m, n_rows, n_out)
-        terms = self._cost_terms(Y, A)
         keep = None
         # Each member's delta is scaled by its learning rate: backprop is linear in
         # delta, so the gradients come out as the plain steps lr * g, and no pass over
@@ -225,9 +233,14 @@ class Stack:
             if n_rows not in self._delta_scales:
                 self._delta_scales[n_rows] = learning_rate / total_weight
             delta = delta * self._delta_scales[n_rows]
-            costs = xp.sum(terms, axis=1)  # (m, n_rows * n_outputs): one reduction
+            if outputs is None:
+                costs = xp.sum(self._cost_terms(Y, A), axis=1)
+            else:
+                outputs[...] = A
+                costs = 0.0
         else:
-            sample_costs = xp.reshape(terms, (-1, Y.shape[2])) @ xp.ones_like(Y[0, 0])
+            terms = xp.reshape(self._cost_terms(Y, A), (-1, Y.shape[2]))
+            sample_costs = terms @ xp.ones_like(Y[0, 0])
             total_weight = xp.sum(sample_weight, axis=1)  # (m,)
             keep = total_weight > 0  # no mean cost where the weights sum to 0
             total_weight = xp.where(keep, total_weight, xp.ones_like(total_weight))
