@@ -224,8 +224,9 @@ def _joint(members):
     Not for sparse input, nor on NumPy for networks of more than
     ``NUMPY_JOINT_MAX_PARAMS`` parameters: those are bound by arithmetic and memory
     traffic, not by calls, and m stacked copies of their weights leave the caches
-    (6 x 784-512-512-10: a joint step 20-25 % slower than 6 single steps, measured
-    on the 2-core dev box; 6 x 784-16-16-10: faster; benchmarks/bench_together.py).
+    (6 x 784-512-512-10: a joint epoch 11 % slower than 6 single ones in CPU time,
+    measured on the 2-core dev box; 6 x 784-16-16-10: faster;
+    benchmarks/bench_together.py).
     """
     engine = members[0].engine
     if len(members) < 2 or sp.issparse(members[0].data.X):
