@@ -3,7 +3,8 @@
 1. Six 784-16-16-10 networks at batch 100, learning rates 0.002 ... 0.05, one
    ``random_state``, fitted together: each member's share of the joint epoch, against
    ``MLPClassifier(solver="sgd")`` and one ``SGDMLPClassifier`` with the same settings
-   (learning rate 0.01), timed in the same run, alternately.
+   (learning rate 0.01), timed in the same run, alternately; and the bound: the time of
+   the joint epoch's two wide first-layer products alone, against sklearn.
 2. Six 784-512-512-10 networks at batch 128 (same learning rates): together, against the
    six fitted one after the other by ``SGDMLPClassifier``.
 
@@ -14,7 +15,8 @@ runs made side by side.
 Run:  OMP_NUM_THREADS=1 SKMLP_MNIST_DIR=../shared/data/mnist \
       python benchmarks/bench_together.py
 (one BLAS thread: on a loaded 2-core machine two BLAS threads made every timing erratic,
-sklearn's 0.25 to 7 s/epoch.)
+sklearn's 0.25 to 7 s/epoch.) Add ``--cpu-time`` on a shared machine: with one thread
+per side, the process's CPU time leaves out the waits for a core.
 """
 
 import argparse
@@ -22,7 +24,7 @@ import time
 import warnings
 
 import numpy as np
-from bench_fit import common_params, seconds_per_epoch
+from bench_fit import common_params
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 
@@ -30,6 +32,17 @@ from skmlp import SGDMLPClassifier, fit_together
 from skmlp.datasets import load_mnist
 
 LEARNING_RATES = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05)
+# wall time by default; --cpu-time: the process's CPU time, which leaves out the waits
+# for a core on a shared machine (both sides run in one thread: one BLAS thread)
+CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def seconds_per_epoch(estimator, X, y, epochs, clock="wall"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        start = CLOCK[clock]()
+        estimator.fit(X, y)
+    return (CLOCK[clock]() - start) / epochs
 
 
 def members(hidden, batch, epochs):
@@ -41,21 +54,37 @@ def members(hidden, batch, epochs):
     ]
 
 
-def together_seconds_per_member_epoch(hidden, batch, X, y, epochs):
+def together_seconds_per_member_epoch(hidden, batch, X, y, epochs, clock):
     estimators = members(hidden, batch, epochs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        start = time.perf_counter()
+        start = CLOCK[clock]()
         fit_together(estimators, X, y)
-    seconds = time.perf_counter() - start
+    seconds = CLOCK[clock]() - start
     assert all(est.n_iter_ == epochs for est in estimators)
     return seconds / (epochs * len(estimators))
 
 
-def separate_seconds_per_member_epoch(hidden, batch, X, y, epochs):
+def separate_seconds_per_member_epoch(hidden, batch, X, y, epochs, clock):
     estimators = members(hidden, batch, epochs)
-    total = sum(seconds_per_epoch(est, X, y, epochs) for est in estimators)
+    total = sum(seconds_per_epoch(est, X, y, epochs, clock) for est in estimators)
     return total / len(estimators)
+
+
+def first_layer_seconds_per_member_epoch(hidden, batch, X, clock):
+    """The floor of a joint epoch: only its two wide first-layer products per batch,
+    ``X_b @ W`` (batch x 784 @ 784 x 6*16) and ``X_b^T @ delta``, per member."""
+    rng = np.random.default_rng(0)
+    width = len(LEARNING_RATES) * hidden[0]
+    W = rng.standard_normal((X.shape[1], width)).astype(X.dtype)
+    delta = rng.standard_normal((batch, width)).astype(X.dtype)
+    z, grad = np.empty((batch, width), X.dtype), np.empty_like(W)
+    start = CLOCK[clock]()
+    for begin in range(0, X.shape[0] - batch + 1, batch):
+        X_batch = X[begin : begin + batch]
+        np.matmul(X_batch, W, out=z)
+        np.matmul(X_batch.T, delta, out=grad)
+    return (CLOCK[clock]() - start) / len(LEARNING_RATES)
 
 
 def report(name, ours, theirs, peer):
@@ -67,33 +96,40 @@ def report(name, ours, theirs, peer):
     )
 
 
-def small(X, y, epochs, repeats):
+def small(X, y, epochs, repeats, clock):
     hidden, batch = (16, 16), 100
-    times = {"together": [], "sklearn": [], "skmlp": []}
+    times = {"together": [], "sklearn": [], "skmlp": [], "products": []}
     for _ in range(repeats):  # alternate, so drift hits all alike
         params = common_params(hidden, batch, epochs)
         times["together"].append(
-            together_seconds_per_member_epoch(hidden, batch, X, y, epochs)
+            together_seconds_per_member_epoch(hidden, batch, X, y, epochs, clock)
         )
-        times["sklearn"].append(
-            seconds_per_epoch(MLPClassifier(solver="sgd", **params), X, y, epochs)
-        )
-        times["skmlp"].append(
-            seconds_per_epoch(SGDMLPClassifier(**params), X, y, epochs)
+        sklearn = MLPClassifier(solver="sgd", **params)
+        times["sklearn"].append(seconds_per_epoch(sklearn, X, y, epochs, clock))
+        skmlp = SGDMLPClassifier(**params)
+        times["skmlp"].append(seconds_per_epoch(skmlp, X, y, epochs, clock))
+        times["products"].append(
+            first_layer_seconds_per_member_epoch(hidden, batch, X, clock)
         )
     for peer in ("sklearn", "skmlp"):
         report("6 x 784-16-16-10, batch 100", times["together"], times[peer], peer)
+    report(
+        "  bound: first-layer products only",
+        times["products"],
+        times["sklearn"],
+        "sklearn (the most any joint epoch could reach)",
+    )
 
 
-def wide(X, y, epochs, repeats):
+def wide(X, y, epochs, repeats, clock):
     hidden, batch = (512, 512), 128
     times = {"together": [], "separate": []}
     for _ in range(repeats):
         times["together"].append(
-            together_seconds_per_member_epoch(hidden, batch, X, y, epochs)
+            together_seconds_per_member_epoch(hidden, batch, X, y, epochs, clock)
         )
         times["separate"].append(
-            separate_seconds_per_member_epoch(hidden, batch, X, y, epochs)
+            separate_seconds_per_member_epoch(hidden, batch, X, y, epochs, clock)
         )
     report(
         "6 x 784-512-512-10, batch 128",
@@ -110,13 +146,20 @@ def main():
     parser.add_argument("--wide-epochs", type=int, default=1)
     parser.add_argument("--wide-repeats", type=int, default=1)
     parser.add_argument("--skip-wide", action="store_true")
+    parser.add_argument(
+        "--cpu-time", action="store_true", help="time by CPU time, not wall time"
+    )
     args = parser.parse_args()
+    clock = "cpu" if args.cpu_time else "wall"
     data = load_mnist()
     X, y = data.X_train, data.y_train
-    print(f"MNIST train {X.shape} {X.dtype}; learning rates {LEARNING_RATES}")
-    small(X, y, args.epochs, args.repeats)
+    print(
+        f"MNIST train {X.shape} {X.dtype}; learning rates {LEARNING_RATES}; "
+        f"{clock} time"
+    )
+    small(X, y, args.epochs, args.repeats, clock)
     if not args.skip_wide:
-        wide(X, y, args.wide_epochs, args.wide_repeats)
+        wide(X, y, args.wide_epochs, args.wide_repeats, clock)
 
 
 if __name__ == "__main__":

@@ -13,21 +13,13 @@ import time
 import warnings
 
 import hydra
-import mlflow
-import pandas as pd
-from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.model_selection import GridSearchCV
 
 from pipelines import config_dir
-from pipelines.data import load_data
-from pipelines.device import resolve_device
-from pipelines.summary import OBJECTIVE_TAG, log_sweep_summary, short_name
-from pipelines.tracking import log_run_context, setup_experiment, tracking_uri
-from pipelines.training import build_pipeline
-from pipelines.ui import announce, log_training_input, training_dataset
 from pipelines.utils import metric_value, task_wrapper
+
+# scikit-learn, MLflow and skmlp are imported where used: importing the entry point
+# (for --cfg job or --help) stays at Hydra alone.
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +27,11 @@ log = logging.getLogger(__name__)
 def log_candidates(results, experiment_id, swept, dataset):
     """One child run per candidate of ``cv_results_`` under the active run, named by
     its values of the ``swept`` parameters."""
+    import mlflow
+
+    from pipelines.summary import OBJECTIVE_TAG, short_name
+    from pipelines.ui import log_training_input
+
     for i, params in enumerate(results["params"]):
         name = short_name({key: params[key] for key in swept})
         with mlflow.start_run(experiment_id=experiment_id, nested=True, run_name=name):
@@ -57,6 +54,11 @@ def search(cfg, data, device):
     The data moves to ``device`` once. On a GPU the candidates run one after the other:
     parallel workers would each get their own copy of the data.
     """
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.model_selection import GridSearchCV
+
+    from pipelines.training import build_pipeline
+
     grid = GridSearchCV(
         build_pipeline(cfg),
         OmegaConf.to_container(cfg.search.param_grid, resolve=True),
@@ -77,6 +79,16 @@ def search(cfg, data, device):
 @task_wrapper
 def grid_search(cfg: DictConfig) -> dict:
     """The search as one parent run (candidates as children); returns its metrics."""
+    import mlflow
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.data import load_data
+    from pipelines.device import resolve_device
+    from pipelines.summary import log_sweep_summary
+    from pipelines.tracking import log_run_context, setup_experiment, tracking_uri
+    from pipelines.ui import announce, training_dataset
+
     # a missing GPU or library fails here, before any work
     device = resolve_device(cfg.device)
     data = load_data(cfg.data, cfg.seed)

@@ -61,14 +61,21 @@ def lock_path(uri: str) -> Path | None:
     return None
 
 
+# The stores this process has opened: MLflow caches the store it builds per URI, so a
+# second open (the task wrapper checks the store, then the run sets up its experiment)
+# would only repeat the lock, the schema check and a query.
+_opened = set()
+
+
 def open_store(uri: str) -> None:
     """Create, migrate or simply open the store at ``uri``, one process at a time.
 
     The store MLflow builds is cached per process, so later clients of ``uri`` in this
-    process skip the migration. Raises StoreError if the store cannot be made usable.
+    process skip the migration, and later calls of this function return at once.
+    Raises StoreError if the store cannot be made usable.
     """
     lock = lock_path(uri)
-    if lock is None:
+    if lock is None or uri in _opened:
         return
     lock.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -77,6 +84,7 @@ def open_store(uri: str) -> None:
             if path is not None and path.exists():
                 recover_half_made(path)
             MlflowClient(uri).search_experiments(max_results=1)
+        _opened.add(uri)
     except Timeout as exc:
         raise StoreError(
             f"Another process has held the lock {lock} of the MLflow store {uri} for "

@@ -7,6 +7,7 @@ the parent the best objective, the best run's name and parameters, a table of al
 children and a figure of the objective against each swept parameter.
 """
 
+import functools
 import json
 import time
 import warnings
@@ -17,7 +18,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from pipelines.ui import save_runs_view
+from pipelines.ui import run_link, runs_link, save_runs_view
 from skmlp.plots import plot_objective
 
 SWEPT_TAG = "skmlp.swept_params"
@@ -145,7 +146,7 @@ def log_sweep_summary(client: MlflowClient, parent_id: str, swept) -> str | None
     params = [key for key in swept if table[key].notna().any()]
     scored = table.dropna(subset=[objective])
     if not scored.empty:
-        _log_best(client, parent_id, scored.iloc[0], params, objective, len(table))
+        _log_best(client, parent, scored, params, objective, len(table))
         _log_best_inputs(client, parent_id, children, scored.iloc[0]["run_id"])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # layout of a tiny figure
@@ -153,7 +154,7 @@ def log_sweep_summary(client: MlflowClient, parent_id: str, swept) -> str | None
         client.log_figure(parent_id, figure, "objective.png")
     has_test = any(TEST_ACCURACY in child.data.metrics for child in children)
     metrics = list(dict.fromkeys([objective, *([TEST_ACCURACY] if has_test else [])]))
-    view_id = f"skmlp-sweep-{parent_id[:8]}"
+    view_id = sweep_view_id(parent_id)
     return save_runs_view(
         client,
         parent.info.experiment_id,
@@ -164,11 +165,27 @@ def log_sweep_summary(client: MlflowClient, parent_id: str, swept) -> str | None
     )
 
 
-def _log_best(client, parent_id, best, swept, objective, n_runs):
+def sweep_view_id(parent_id):
+    """Id of the saved runs view of the sweep whose parent run is ``parent_id``."""
+    return f"skmlp-sweep-{parent_id[:8]}"
+
+
+def _log_best(client, parent, scored, swept, objective, n_runs):
+    """The best run's objective, swept parameters and tags, and a note linking to the
+    scored runs, best first (links that keep the UI in its model-training view)."""
+    parent_id, best = parent.info.run_id, scored.iloc[0]
+    link = functools.partial(run_link, parent.info.experiment_id)
+    runs = ", ".join(
+        f"[{row['run']}]({link(row['run_id'])}) {row[objective]:.4f}"
+        for _, row in scored.iterrows()
+    )
+    compare = runs_link(parent.info.experiment_id, sweep_view_id(parent_id), True)
     note = (
         f"Best of {n_runs} runs: **{best['run']}**, {objective} = "
-        f"{best[objective]:.4f}. All runs: artifact `sweep_summary.json`; "
-        "the objective against each swept parameter: `objective.png`."
+        f"{best[objective]:.4f}.\n\nBy {objective}: {runs}. [Compare them]({compare})"
+        f".\n\nAll runs: artifact "
+        "`sweep_summary.json`; the objective against each swept parameter: "
+        "`objective.png`."
     )
     client.log_batch(
         parent_id,

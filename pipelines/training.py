@@ -1,5 +1,6 @@
 """The library the entry points share: build, fit, evaluate and log one pipeline."""
 
+import inspect
 import logging
 import os
 import time
@@ -38,9 +39,33 @@ from skmlp.plots import (
 log = logging.getLogger(__name__)
 
 # cloudpickle, not skops: importing skops walks every scikit-learn module (importing
-# torch where it is installed), 2 to 4 s of each run's start-up. A pickle is loaded
-# only from a store you trust, like any joblib file of a scikit-learn model.
+# torch where it is installed), 3.6 to 6.3 s of each run against 0.7 to 1.1 s for the
+# whole log_model (digits, 2-core box). A pickle is loaded only from a store you trust,
+# like any joblib file of a scikit-learn model: MLflow says so once per process.
 MODEL_REQUIREMENTS = ["skmlp", "scikit-learn", "numpy", "pandas", "cloudpickle"]
+PICKLE_CAUTION = "Saving scikit-learn models in the pickle or cloudpickle format"
+
+
+class _Once(logging.Filter):
+    """Lets the first record that starts with ``prefix`` through, drops its repeats."""
+
+    def __init__(self, prefix):
+        super().__init__()
+        self.prefix, self.seen = prefix, False
+
+    def filter(self, record):
+        if not record.getMessage().startswith(self.prefix):
+            return True
+        seen, self.seen = self.seen, True
+        return not seen
+
+
+def caution_once(logger_name="mlflow.sklearn", prefix=PICKLE_CAUTION):
+    """Let ``logger_name`` log its message starting with ``prefix`` once per process."""
+    logger = logging.getLogger(logger_name)
+    if not any(isinstance(f, _Once) and f.prefix == prefix for f in logger.filters):
+        logger.addFilter(_Once(prefix))
+
 
 # The parameters that the runs-table view of single runs shows (pipelines.ui).
 SINGLE_RUN_PARAMS = [
@@ -85,12 +110,17 @@ def eval_sets(cfg, data):
 
 
 def instantiate_callbacks(callbacks_cfg, scoring):
-    """The callbacks of ``cfg.callbacks`` (each reading ``scoring``), after ``scoring``."""
-    return [scoring] + [
-        hydra.utils.instantiate(callback, scoring=scoring)
-        for callback in (callbacks_cfg or {}).values()
-        if callback is not None
-    ]
+    """The callbacks of ``cfg.callbacks``, after ``scoring``; those that take a
+    ``scoring`` argument (``pipelines.callbacks``) read it, others (sklearn's
+    ``ProgressBar``) are built from their config alone."""
+    callbacks = [scoring]
+    for callback in (callbacks_cfg or {}).values():
+        if callback is not None:
+            target = hydra.utils.get_object(callback._target_)
+            reads = "scoring" in inspect.signature(target).parameters
+            extra = {"scoring": scoring} if reads else {}
+            callbacks.append(hydra.utils.instantiate(callback, **extra))
+    return callbacks
 
 
 def fit(cfg, data, sets):
@@ -194,6 +224,7 @@ def log_artifacts(pipeline, data, cfg, curves):
         )
     if cfg.tracking.log_model:
         example = data.X_test[:5]
+        caution_once()  # MLflow's caution on pickled models, not once per run
         mlflow.sklearn.log_model(
             pipeline,
             name="model",

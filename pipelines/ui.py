@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # + view id: a saved runs-table view
+# The metric that the runs page's chart view (its "Compare" mode) charts first.
+PRIMARY_METRIC_TAG = "mlflow.experiment.primaryMetric.name"
 UI_ADDRESS = "http://127.0.0.1:5000"  # where ``mlflow ui`` listens by default
 _DIGEST_ROWS = 1000  # rows of X that enter the digest (all of y does)
 
@@ -80,7 +82,9 @@ def ui_command(uri):
 
 def save_runs_view(client, experiment_id, view_id, name, metrics, params):
     """Save (or replace) a runs-table view of the experiment: the data set, ``metrics``
-    and ``params`` as columns, sorted by the first metric, highest first.
+    and ``params`` as columns, sorted by the first metric, highest first. The first
+    metric also becomes the experiment's primary metric, which the chart view (the
+    runs page's compare mode, in a browser with no charts of its own) charts first.
 
     Returns ``view_id``, for ``runs_url``. The view is the one the UI's "Views" menu
     saves (MLflow 3.17's format); the UI lists it under ``name``.
@@ -93,6 +97,7 @@ def save_runs_view(client, experiment_id, view_id, name, metrics, params):
         ],
         "orderByKey": f"metrics.`{metrics[0]}`",
         "orderByAsc": False,
+        **_view_charts(metrics[0], params),
     }
     now = int(time.time() * 1000)
     envelope = {"name": name, "createdAt": now, "updatedAt": now}
@@ -100,23 +105,55 @@ def save_runs_view(client, experiment_id, view_id, name, metrics, params):
     client.set_experiment_tag(
         experiment_id, VIEW_TAG_PREFIX + view_id, json.dumps(envelope)
     )
+    client.set_experiment_tag(experiment_id, PRIMARY_METRIC_TAG, metrics[0])
     return view_id
 
 
-def runs_url(uri, experiment_id, view_id=None):
+def _view_charts(objective, params):
+    """The chart view's charts in a saved view: the objective against the ``params``
+    (parallel coordinates) and the objective of each run (bars), in one section."""
+    section = "skmlp-objective"
+    common = {"metricSectionId": section, "runsCountToCompare": 10, "deleted": False}
+    common["isGenerated"] = False
+    parallel = {"uuid": "skmlp-parallel", "type": "PARALLEL", **common}
+    parallel.update(selectedParams=list(params), selectedMetrics=[objective])
+    bars = {"uuid": "skmlp-bars", "type": "BAR", "metricKey": objective, **common}
+    sections = [{"uuid": section, "name": f"Objective: {objective}", "display": True}]
+    sections[0].update(isReordered=False, deleted=False, isGenerated=False)
+    return {"compareRunCharts": [parallel, bars], "compareRunSections": sections}
+
+
+def runs_url(uri, experiment_id, view_id=None, charts=False):
     """Address of the experiment's runs table in the model-training view, opened on
-    the saved view ``view_id`` if given."""
+    the saved view ``view_id`` if given; ``charts``: its chart view (what "Compare"
+    opens), which a saved view fills with the objective against the swept parameters.
+    """
     base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI_ADDRESS
+    return base + "/" + runs_link(experiment_id, view_id, charts)
+
+
+def runs_link(experiment_id, view_id=None, charts=False):
+    """``runs_url`` relative to the UI's address, for links that the UI renders."""
     query = {"workflowType": "machine_learning"}
+    if charts:
+        query["compareRunsMode"] = "CHART"
     if view_id:
         query["viewStateShareKey"] = view_id
-    return f"{base}/#/experiments/{experiment_id}/runs?{urlencode(query)}"
+    return f"#/experiments/{experiment_id}/runs?{urlencode(query)}"
+
+
+def run_link(experiment_id, run_id):
+    """Relative address of a run's page in the model-training view, for links that the
+    UI renders (a run's note): the UI keeps the workflow type only in the address (or
+    a browser that clicked the toggle), so its own links to runs fall back to GenAI."""
+    query = urlencode({"workflowType": "machine_learning"})
+    return f"#/experiments/{experiment_id}/runs/{run_id}?{query}"
 
 
 def announce(uri, experiment_id, view_id=None):
     """Log (to the terminal and Hydra's log file) how to open these runs in the UI."""
     command, url = ui_command(uri), runs_url(uri, experiment_id, view_id)
-    if command:
-        log.info("See the runs in the MLflow UI: %s\n  then open %s", command, url)
-    else:
-        log.info("See the runs in the MLflow UI: %s", url)
+    message = f"{command}\n  then open {url}" if command else url
+    if view_id:
+        message += f"\n  compare them: {runs_url(uri, experiment_id, view_id, True)}"
+    log.info("See the runs in the MLflow UI: %s", message)

@@ -512,40 +512,17 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
                 self._state.random_state.set_state(before[1])
             raise
         epochs = 1 if incremental else self.max_iter
-        metadata = {} if sample_weight is None else {"sample_weight": sample_weight}
-        task = dict(estimator=self, X=X, y=y, metadata=metadata)
-        context = self._init_callback_context(max_subtasks=epochs)
-        context.call_on_fit_task_begin(**task)
-        stopped = self._run_epochs(engine, data, context, task, epochs, incremental)
-        if not stopped and not incremental:
-            warnings.warn(
-                f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached "
-                "and the optimization hasn't converged yet.",
-                ConvergenceWarning,
-                stacklevel=3,
-            )
-        engine.finish()
-        self.coefs_, self.intercepts_ = engine.layers()
-        context.call_on_fit_task_end(**task, reconstruction_attributes={})
-        return self
-
-    def _run_epochs(self, engine, data, context, task, epochs, incremental):
-        """Up to ``epochs`` epochs, each a callback subtask; True if stopped early."""
-        n_iter, n_records = self.n_iter_ if incremental else 0, len(self._records)
-        for _ in range(epochs):
-            epoch_context = context.subcontext(task_name="epoch")
-            epoch_context.call_on_fit_task_begin(**task)
+        run = FitRun(self, engine, X, y, sample_weight, epochs, incremental)
+        stopped = False
+        while not stopped and run.n_epochs < epochs:
+            run.begin_epoch()
             try:
                 converged = engine.run_epoch(data)
-            finally:  # n_iter_: the epochs of this fit (partial_fit: one more each)
-                self.n_iter_ = n_iter + len(self._records) - n_records
-                self.coefs_, self.intercepts_ = engine.layers()
-            stop = epoch_context.call_on_fit_task_end(
-                **task, reconstruction_attributes=self._reconstruction_attributes
-            )
-            if converged or stop:
-                return True
-        return False
+            finally:
+                run.sync()
+            stopped = run.end_epoch(converged)
+        run.finish(stopped, warn=not incremental, stacklevel=3)
+        return self
 
     def _prepare(self, X, y, sample_weight, incremental, classes):
         """Validate, initialise where needed, build the engine and the training data."""
@@ -624,3 +601,68 @@ def _rng_state(estimator):
 def _copy(array):
     xp, _ = namespace(array)
     return xp.asarray(array, copy=True)
+
+
+class FitRun:
+    """The callbacks and fitted attributes of one ``fit`` or ``partial_fit`` call.
+
+    Shared by ``SGDMLPClassifier._fit`` and ``fit_together`` (one per member), so a
+    member's callbacks, ``n_iter_``, ``coefs_`` and warning are those of its own fit.
+
+    Parameters
+    ----------
+    estimator : SGDMLPClassifier
+    engine : Engine
+        The engine that trains ``estimator``.
+    X, y, sample_weight :
+        The call's arguments, as the callbacks see them.
+    epochs : int
+        At most this many epochs (one per ``partial_fit``).
+    incremental : bool
+        A ``partial_fit`` call: ``n_iter_`` counts on from its value.
+    """
+
+    def __init__(self, estimator, engine, X, y, sample_weight, epochs, incremental):
+        self.estimator, self.engine, self.n_epochs = estimator, engine, 0
+        metadata = {} if sample_weight is None else {"sample_weight": sample_weight}
+        self.task = dict(estimator=estimator, X=X, y=y, metadata=metadata)
+        self.n_iter = estimator.n_iter_ if incremental else 0
+        self.n_records = len(estimator._records)
+        self.context = estimator._init_callback_context(max_subtasks=epochs)
+        self.context.call_on_fit_task_begin(**self.task)
+        self.epoch_context = None
+
+    def begin_epoch(self):
+        self.epoch_context = self.context.subcontext(task_name="epoch")
+        self.epoch_context.call_on_fit_task_begin(**self.task)
+
+    def sync(self):
+        """``n_iter_`` (the epochs of this call), ``coefs_`` and ``intercepts_``."""
+        est = self.estimator
+        est.n_iter_ = self.n_iter + len(est._records) - self.n_records
+        est.coefs_, est.intercepts_ = self.engine.layers()
+
+    def end_epoch(self, converged):
+        """The epoch's callbacks; True when training stops early (converged or a
+        callback asked for it)."""
+        self.n_epochs += 1
+        stop = self.epoch_context.call_on_fit_task_end(
+            **self.task,
+            reconstruction_attributes=self.estimator._reconstruction_attributes,
+        )
+        return bool(converged or stop)
+
+    def finish(self, stopped, *, warn, stacklevel):
+        """End the fit: warn where it did not converge (``warn``), the engine's last
+        word (rollback, best weights), and the fit's callbacks."""
+        est = self.estimator
+        if warn and not stopped:
+            warnings.warn(
+                f"Stochastic Optimizer: Maximum iterations ({est.max_iter}) reached "
+                "and the optimization hasn't converged yet.",
+                ConvergenceWarning,
+                stacklevel=stacklevel + 1,
+            )
+        self.engine.finish()
+        est.coefs_, est.intercepts_ = self.engine.layers()
+        self.context.call_on_fit_task_end(**self.task, reconstruction_attributes={})

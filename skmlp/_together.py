@@ -13,28 +13,28 @@ one product ``X_batch^T @ [delta_1 | ... | delta_m]``. For a 784-16-16-10 networ
 is where almost all the arithmetic is. The wide product saves calls, not arithmetic (on
 the 2-core dev box's OpenBLAS, 100x784 @ 784x96 costs what six 784x16 products do);
 the saving on a CPU is the per-call cost of everything else, shared by the group
-(``benchmarks/bench_together.py``: 1.6x one skmlp fit per member, 2.7x
-``MLPClassifier``). Wide NumPy networks are not stacked at all (``_joint``).
+(``benchmarks/bench_together.py``, which also times the two wide products alone: the
+floor of a joint epoch). Wide NumPy networks are not stacked at all (``_joint``).
 
 Each member keeps its own ``Engine`` (``_engine.py``), built by the estimator itself, so
 the validation, the random initialisation, the records, the stopping rule, divergence,
 rollback and early stopping's best weights are those of ``est.fit``. Each epoch the
 group's stacked parameters and velocities are packed from the members' flat buffers and
 unpacked back into them at the end (two copies of the weights per epoch); each member's
-epoch is then ended by its engine, and a member that stops leaves the group.
+epoch is then ended by its engine, its callbacks run by the same ``FitRun`` as in
+``est.fit``, and a member that stops leaves the group.
 """
 
 import contextlib
 import dataclasses
 import time
-import warnings
 
 import numpy as np
 import scipy.sparse as sp
 from sklearn import config_context
 from sklearn.callback._callback_support import callback_management_context
-from sklearn.exceptions import ConvergenceWarning
 
+from skmlp._classifier import FitRun
 from skmlp._stacked import Stack
 
 # Above this many parameters per network, a group on NumPy trains member by member
@@ -128,58 +128,26 @@ def _per_member(values, n_members, name):
 
 @dataclasses.dataclass
 class _Member:
-    """One estimator in ``fit_together``: its engine, data and callback contexts."""
+    """One estimator in ``fit_together``: its engine, data and the call's arguments."""
 
     estimator: object
     engine: object  # the Engine built by the estimator's own ``_prepare``
     data: object  # TrainingData
-    task: dict
-    context: object = None
-    epoch_context: object = None
-    n_records: int = 0
-    n_epochs: int = 0
+    arguments: tuple  # (X, y, sample_weight) as the callbacks see them
+    run: object = None  # FitRun: callbacks and fitted attributes, as in ``_fit``
 
     def begin(self):
-        """The fit's callback task begins (as in ``SGDMLPClassifier._fit``)."""
+        """The fit begins, as in ``SGDMLPClassifier._fit``."""
         est = self.estimator
-        self.context = est._init_callback_context(max_subtasks=est.max_iter)
-        self.context.call_on_fit_task_begin(**self.task)
-        self.n_records = len(est._records)
-
-    def begin_epoch(self):
-        self.epoch_context = self.context.subcontext(task_name="epoch")
-        self.epoch_context.call_on_fit_task_begin(**self.task)
+        self.run = FitRun(est, self.engine, *self.arguments, est.max_iter, False)
 
     def end_epoch(self, converged):
-        """Callbacks of the epoch (as ``_run_epochs``); True when this fit ends."""
-        est, self.n_epochs = self.estimator, self.n_epochs + 1
-        self.sync()
-        stop = self.epoch_context.call_on_fit_task_end(
-            **self.task, reconstruction_attributes=est._reconstruction_attributes
-        )
-        if converged or stop or self.n_epochs == est.max_iter:
-            self.finish(stopped=converged or stop)
+        """The epoch's callbacks; True when this member's fit ends (then finished)."""
+        stopped = self.run.end_epoch(converged)
+        if stopped or self.run.n_epochs == self.estimator.max_iter:
+            self.run.finish(stopped, warn=True, stacklevel=5)  # the fit_together call
             return True
         return False
-
-    def sync(self):
-        """``n_iter_``, ``coefs_`` and ``intercepts_`` from the engine."""
-        est = self.estimator
-        est.n_iter_ = len(est._records) - self.n_records
-        est.coefs_, est.intercepts_ = self.engine.layers()
-
-    def finish(self, stopped):
-        est = self.estimator
-        if not stopped:
-            warnings.warn(
-                f"Stochastic Optimizer: Maximum iterations ({est.max_iter}) reached "
-                "and the optimization hasn't converged yet.",
-                ConvergenceWarning,
-                stacklevel=6,  # the call of fit_together
-            )
-        self.engine.finish()
-        est.coefs_, est.intercepts_ = self.engine.layers()
-        self.context.call_on_fit_task_end(**self.task, reconstruction_attributes={})
 
 
 def _prepare(estimators, X, ys, weights):
@@ -199,9 +167,7 @@ def _prepare(estimators, X, ys, weights):
                 if named is exc:
                     raise
                 raise named from exc
-            metadata = {} if weight is None else {"sample_weight": weight}
-            task = dict(estimator=est, X=X, y=y, metadata=metadata)
-            members.append(_Member(est, engine, data, task))
+            members.append(_Member(est, engine, data, (X, y, weight)))
     except BaseException:  # no estimator is left half-prepared
         for est, (attributes, rng_state) in zip(estimators, saved, strict=False):
             est.__dict__.clear()
@@ -258,8 +224,9 @@ def _joint(members):
     Not for sparse input, nor on NumPy for networks of more than
     ``NUMPY_JOINT_MAX_PARAMS`` parameters: those are bound by arithmetic and memory
     traffic, not by calls, and m stacked copies of their weights leave the caches
-    (6 x 784-512-512-10: a joint step 20-25 % slower than 6 single steps, measured
-    on the 2-core dev box; 6 x 784-16-16-10: faster; benchmarks/bench_together.py).
+    (6 x 784-512-512-10: a joint epoch 11 % slower than 6 single ones in CPU time,
+    measured on the 2-core dev box; 6 x 784-16-16-10: faster;
+    benchmarks/bench_together.py).
     """
     engine = members[0].engine
     if len(members) < 2 or sp.issparse(members[0].data.X):
@@ -276,7 +243,7 @@ def _train(members):
     active = list(members)
     while active:
         for member in active:
-            member.begin_epoch()
+            member.run.begin_epoch()
         try:
             if joint and len(active) > 1:
                 stops = group.run_epoch(active)
@@ -284,7 +251,7 @@ def _train(members):
                 stops = [m.engine.run_epoch(m.data) for m in active]
         finally:
             for member in active:
-                member.sync()
+                member.run.sync()
         active = [
             m for m, stop in zip(active, stops, strict=True) if not m.end_epoch(stop)
         ]

@@ -213,7 +213,8 @@ def _remove_stale_parts(directory, name):
 
 
 def _download(spec, directory, mirrors):
-    """Fetch ``spec`` from the first mirror that serves a valid copy; return its path."""
+    """Fetch ``spec`` from the first mirror that serves a valid copy into ``directory``;
+    return its parsed content."""
     directory.mkdir(parents=True, exist_ok=True)
     _remove_stale_parts(directory, spec.name)
     target, errors = directory / spec.name, []
@@ -223,10 +224,10 @@ def _download(spec, directory, mirrors):
         try:
             with os.fdopen(fd, "wb") as out:
                 _fetch(mirror + spec.name, out, download_deadline())
-            _read_verified(Path(tmp), spec)
+            array = _read_verified(Path(tmp), spec)
             os.chmod(tmp, 0o644)  # a cache readable by all, as any (mkstemp: 0600)
             os.replace(tmp, target)  # atomic: readers never see a partial file
-            return target
+            return array
         except (OSError, urllib.error.URLError) as exc:
             errors.append(f"{mirror}: {exc}")
         finally:
@@ -235,17 +236,20 @@ def _download(spec, directory, mirrors):
     raise DataError("\n  ".join([f"could not download {spec.name}:", *errors]))
 
 
-def _locate(dataset, spec, data_dir, mirrors):
-    """Path of a verified copy of ``spec``, downloading it into the cache if needed."""
+def _read(dataset, spec, data_dir, mirrors):
+    """The verified content of ``spec``, downloading it into the cache if needed.
+
+    Each file is decompressed and checksummed once: the check is the read.
+    """
     given = [Path(d) for d in (data_dir, os.environ.get(dataset.env_var)) if d]
     for directory in given:
         if (directory / spec.name).exists():
-            return directory / spec.name  # the user's file: verified, never deleted
+            # The user's file: a corrupt one is an error, never deleted.
+            return _read_verified(directory / spec.name, spec)
     cached = cache_dir(dataset.name) / spec.name
     if cached.exists():
         try:
-            _read_verified(cached, spec)
-            return cached
+            return _read_verified(cached, spec)
         except DataError:
             # A corrupt cached copy is removed and fetched again (another process
             # that found it too may have removed it first).
@@ -264,10 +268,8 @@ def _locate(dataset, spec, data_dir, mirrors):
 def _load_idx_dataset(dataset, data_dir, as_frame, dtype, mirrors):
     bunch = Bunch()
     for split, (images_spec, labels_spec) in dataset.files.items():
-        images_path = _locate(dataset, images_spec, data_dir, mirrors)
-        labels_path = _locate(dataset, labels_spec, data_dir, mirrors)
-        images = _read_verified(images_path, images_spec)
-        labels = _read_verified(labels_path, labels_spec)
+        images = _read(dataset, images_spec, data_dir, mirrors)
+        labels = _read(dataset, labels_spec, data_dir, mirrors)
         X = images.reshape(images.shape[0], -1).astype(dtype) / dtype(255)
         y = labels.astype(np.int64)
         if as_frame:

@@ -83,10 +83,11 @@ def test_the_wheel_ships_the_configs(tmp_path):
     assert where.stdout.strip() == str(launcher)
 
 
-def test_importing_the_train_entry_point_loads_neither_mlflow_nor_scikit_learn():
-    # `python -m pipelines.train --cfg job` (and --help) pay for Hydra alone.
+@pytest.mark.parametrize("entry_point", ["train", "memorization", "grid_search"])
+def test_importing_an_entry_point_loads_neither_mlflow_nor_scikit_learn(entry_point):
+    # `python -m pipelines.<entry_point> --cfg job` (and --help) pay for Hydra alone.
     code = (
-        "import sys, pipelines.train; "
+        f"import sys, pipelines.{entry_point}; "
         "print(sorted({'mlflow', 'sklearn', 'skmlp'} & set(sys.modules)))"
     )
     result = _run([sys.executable, "-c", code], cwd=ROOT)

@@ -140,6 +140,25 @@ def test_corrupt_cached_file_is_removed(isolated, mnist_dir):
     assert not corrupt.exists()
 
 
+def test_cached_files_are_decompressed_once(isolated, mnist_dir, monkeypatch):
+    # Checking a cached file is reading it: a second pass would double the load time.
+    isolated.mkdir(parents=True)
+    for name in FILES:
+        shutil.copy(mnist_dir / name, isolated / name)
+    sizes = []
+
+    def decompress(data):
+        raw = real_decompress(data)
+        sizes.append(len(raw))
+        return raw
+
+    real_decompress = gzip.decompress
+    monkeypatch.setattr(gzip, "decompress", decompress)
+    data = load_mnist(mirrors=[closed_port_url()])
+    assert len(sizes) == len(FILES)
+    assert data.X_train.shape == (60000, 784)
+
+
 @pytest.mark.parametrize(
     "damage, match",
     [

@@ -68,6 +68,7 @@ def ui(store, tmp_path):
     )
     command = printed(r"(mlflow ui --backend-store-uri \S+)", result.stdout).split()
     url = printed(r"then open (\S+)", result.stdout)
+    compare = printed(r"compare them: (\S+)", result.stdout)
     port = _free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", *command, "--host", "127.0.0.1", "--port", str(port)],
@@ -79,7 +80,7 @@ def ui(store, tmp_path):
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until_healthy(base, server, timeout=120)
-        yield url.replace("http://127.0.0.1:5000", base)
+        yield tuple(u.replace("http://127.0.0.1:5000", base) for u in (url, compare))
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -89,7 +90,8 @@ def test_the_ui_shows_the_sweeps_winner(browser, ui, tmp_path):
     shots = Path(os.environ.get("SKMLP_SCREENSHOTS") or tmp_path)
     page = browser.new_page(viewport={"width": 1440, "height": 520})
     page.set_default_timeout(TIMEOUT_MS)
-    page.goto(ui)
+    runs, compare = ui
+    page.goto(runs)
 
     # The runs table, in the model-training view, on the sweep's saved view.
     for name in CHILDREN:
@@ -114,8 +116,9 @@ def test_the_ui_shows_the_sweeps_winner(browser, ui, tmp_path):
     page.get_by_role("cell", name="final_test_accuracy").wait_for()
     for param in ("model.learning_rate_init", "model.activation"):
         page.get_by_role("cell", name=param, exact=True).wait_for()
-    for name in CHILDREN:  # "Child runs", under "About this run"
-        page.get_by_role("link", name=name, exact=True).wait_for()
+    child_runs = page.get_by_test_id("key-value-Child runs")  # under "About this run"
+    for name in CHILDREN:
+        child_runs.get_by_role("link", name=name, exact=True).wait_for()
     _close_assistant(page)
     page.set_viewport_size({"width": 1440, "height": 700})
     page.screenshot(path=shots / "parent_run.png")
@@ -126,6 +129,31 @@ def test_the_ui_shows_the_sweeps_winner(browser, ui, tmp_path):
     page.get_by_text("objective.png").click()
     page.locator("img[src*='objective.png'], img").first.wait_for()
     page.screenshot(path=shots / "objective.png")
+
+    # Parent -> child (the note's link; MLflow opens note links in a new tab) -> the
+    # experiment's runs: still in the model-training view, the children shown.
+    page.get_by_role("tab", name="Overview").click()
+    note_links = page.get_by_test_id("note-editor-preview-content")
+    with page.expect_popup() as popup:
+        note_links.get_by_role("link", name=best, exact=True).click()
+    child = popup.value
+    child.get_by_role("cell", name="model.activation", exact=True).wait_for()
+    child.get_by_role("list").get_by_role("link", name="Runs", exact=True).click()
+    child.wait_for_url(re.compile(r"/runs\?.*workflowType=machine_learning"))
+    child.get_by_role(
+        "heading", name="Runs", exact=True
+    ).wait_for()  # GenAI: "Training runs"
+    child.get_by_role("link", name=re.compile(r"^sweep-")).wait_for()
+    child.close()
+
+    # "Compare": the chart view charts the objective against the swept parameters.
+    page.set_viewport_size({"width": 1440, "height": 760})
+    page.goto(compare)
+    page.get_by_text("Objective: final_test_accuracy").wait_for()
+    page.get_by_text("Parallel Coordinates").first.wait_for()
+    _close_assistant(page)
+    page.wait_for_timeout(2500)  # the charts draw after their cards
+    page.screenshot(path=shots / "compare.png")
     page.close()
 
 

@@ -145,7 +145,8 @@ def test_sweep_ends_by_printing_how_to_open_its_view(sweep_2x2, store):
     view_id = f"skmlp-sweep-{parent.info.run_id[:8]}"
     url = runs_url(uri, parent.info.experiment_id, view_id)
     assert output.count(url) == 1  # once, at the end of the sweep, not per job
-    assert output.rstrip().endswith(url)
+    compare = runs_url(uri, parent.info.experiment_id, view_id, charts=True)
+    assert output.rstrip().endswith(f"{url}\n  compare them: {compare}")
     name, state = _view(client, parent.info.experiment_id, view_id)
     assert name == parent.info.run_name
     assert state["selectedColumns"] == [
@@ -166,8 +167,9 @@ def test_single_run_keeps_a_readable_name_and_prints_the_ui(store, tmp_path):
     client, (run,) = runs_of(uri, "single")
     assert run.info.run_name == "digits-16-16-relu-lr0.05"
     url = runs_url(uri, run.info.experiment_id, "skmlp-runs")
+    compare = runs_url(uri, run.info.experiment_id, "skmlp-runs", charts=True)
     assert f"mlflow ui --backend-store-uri {uri}" in result.stdout
-    assert result.stdout.rstrip().endswith(url)
+    assert result.stdout.rstrip().endswith(f"{url}\n  compare them: {compare}")
     _, state = _view(client, run.info.experiment_id, "skmlp-runs")
     assert "metrics.`final_test_accuracy`" in state["selectedColumns"]
     assert "params.`model.activation`" in state["selectedColumns"]

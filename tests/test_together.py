@@ -33,6 +33,11 @@ CASES = {
         dict(momentum=0.5, nesterovs_momentum=False),
         dict(momentum=0.9, nesterovs_momentum=True),
     ],
+    # one update rule, a momentum per member: spread over the group's flat buffer
+    "classical_momenta": [
+        dict(momentum=m, nesterovs_momentum=False) for m in (0.0, 0.5, 0.9)
+    ],
+    "nesterov_momenta": [dict(momentum=m) for m in (0.3, 0.6, 0.9)],
     "alpha": [dict(alpha=0.0), dict(alpha=1e-4), dict(alpha=0.3)],
     "random_state": [dict(random_state=0), dict(random_state=1), dict(random_state=0)],
     "max_iter": [dict(max_iter=2), dict(max_iter=5), dict(max_iter=3)],
