@@ -14,7 +14,8 @@ is where almost all the arithmetic is. The wide product saves calls, not arithme
 the 2-core dev box's OpenBLAS, 100x784 @ 784x96 costs what six 784x16 products do);
 the saving on a CPU is the per-call cost of everything else, shared by the group
 (``benchmarks/bench_together.py``, which also times the two wide products alone: the
-floor of a joint epoch). Wide NumPy networks are not stacked at all (``_joint``).
+floor of a joint epoch). Wide NumPy networks are not stacked at all (``_joint``): their
+members train side by side in threads instead, one per BLAS thread (``_side_by_side``).
 
 Each member keeps its own ``Engine`` (``_engine.py``), built by the estimator itself, so
 the validation, the random initialisation, the records, the stopping rule, divergence,
@@ -28,11 +29,13 @@ epoch is then ended by its engine, its callbacks run by the same ``FitRun`` as i
 import contextlib
 import dataclasses
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 import scipy.sparse as sp
 from sklearn import config_context
 from sklearn.callback._callback_support import callback_management_context
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from skmlp._classifier import FitRun
 from skmlp._stacked import Stack
@@ -238,6 +241,7 @@ def _train(members):
     """Train a group to the end: jointly, or each by its own engine."""
     joint = _joint(members)
     group = _Group(members) if joint else None
+    n_threads = 1 if joint else _side_by_side(members)
     for member in members:
         member.begin()
     active = list(members)
@@ -248,13 +252,50 @@ def _train(members):
             if joint and len(active) > 1:
                 stops = group.run_epoch(active)
             else:
-                stops = [m.engine.run_epoch(m.data) for m in active]
+                stops = _separate_epochs(active, n_threads)
         finally:
             for member in active:
                 member.run.sync()
         active = [
             m for m, stop in zip(active, stops, strict=True) if not m.end_epoch(stop)
         ]
+
+
+def _side_by_side(members):
+    """How many members of a group that is not stacked train side by side: on NumPy,
+    one per BLAS thread the caller allowed (each then gets one BLAS thread); else 1.
+
+    A wide NumPy network is bound by arithmetic, and two networks on one BLAS thread
+    each use two cores better than one network on two (OpenBLAS splits products of a
+    mini-batch's size poorly); the Python work of a batch is small beside its products.
+    """
+    if members[0].engine.xp is not np or len(members) < 2:
+        return 1
+    blas = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    return min(len(members), max(blas, default=1))
+
+
+def _separate_epochs(active, n_threads):
+    """One epoch of each member by its own engine, ``n_threads`` at a time.
+
+    Each engine's epoch is its own computation, so the result is that of running
+    them one after the other. If one fails or Ctrl-C comes, the others finish their
+    epoch and every member is put back to its previous epoch, as in a joint epoch.
+    """
+    if n_threads < 2:
+        return [m.engine.run_epoch(m.data) for m in active]
+    saved = [m.engine._snapshot() for m in active]
+    with threadpool_limits(limits=1), ThreadPoolExecutor(n_threads) as pool:
+        futures = [pool.submit(m.engine.run_epoch, m.data) for m in active]
+        try:
+            return [future.result() for future in futures]
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            wait(futures)
+            for member, state in zip(active, saved, strict=True):
+                member.engine._restore(state)
+            raise
 
 
 class _Group:

@@ -12,10 +12,17 @@ from sklearn import config_context
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import InvalidParameterError
+from threadpoolctl import threadpool_limits
 
 from pipelines.callbacks import EpochScoring, StopAt
-from skmlp import SGDMLPClassifier, fit_together
-from skmlp._together import NUMPY_JOINT_MAX_PARAMS, _groups, _joint, _prepare
+from skmlp import SGDMLPClassifier, _together, fit_together
+from skmlp._together import (
+    NUMPY_JOINT_MAX_PARAMS,
+    _groups,
+    _joint,
+    _prepare,
+    _side_by_side,
+)
 
 BASE = dict(hidden_layer_sizes=(16, 8), batch_size=64, max_iter=4, random_state=0)
 
@@ -183,8 +190,10 @@ def test_sparse_input_falls_back_to_separate_engines(digits):
         assert_same_fit(together, reference)
 
 
-def test_wide_numpy_networks_train_member_by_member(digits):
-    """Above NUMPY_JOINT_MAX_PARAMS a NumPy group is not stacked (cache-bound)."""
+@pytest.mark.parametrize("blas_threads", [1, 2])
+def test_wide_numpy_networks_train_member_by_member(digits, blas_threads):
+    """Above NUMPY_JOINT_MAX_PARAMS a NumPy group is not stacked (cache-bound); its
+    members train side by side, one per BLAS thread."""
     X, y = digits
 
     def members(hidden):
@@ -201,7 +210,11 @@ def test_wide_numpy_networks_train_member_by_member(digits):
     assert _joint(_prepare(members(narrow), X, [y, y], [None, None]))
     estimators = members(wide)
     alone = _separately(estimators, X, [y, y], [None, None])
-    _quietly(fit_together, estimators, X, y)
+    with threadpool_limits(limits=blas_threads):
+        assert _side_by_side(_prepare(estimators, X, [y, y], [None, None])) == (
+            blas_threads
+        )
+        _quietly(fit_together, estimators, X, y)
     n_params = sum(a.size for a in estimators[0].coefs_ + estimators[0].intercepts_)
     assert n_params > NUMPY_JOINT_MAX_PARAMS
     for together, reference in zip(estimators, alone, strict=True):
@@ -286,7 +299,13 @@ class InterruptInEpoch:
         return False
 
 
-def test_ctrl_c_leaves_every_member_at_its_last_complete_epoch(digits):
+@pytest.mark.parametrize("stacked", [True, False], ids=["stacked", "side_by_side"])
+def test_ctrl_c_leaves_every_member_at_its_last_complete_epoch(
+    digits, stacked, monkeypatch
+):
+    if not stacked:  # the members then train in two threads (see _side_by_side)
+        monkeypatch.setattr(_together, "NUMPY_JOINT_MAX_PARAMS", 0)
+        monkeypatch.setattr(_together, "_side_by_side", lambda members: 2)
     X, y = digits
     X, y = np.repeat(X, 4, axis=0), np.repeat(y, 4)  # longer epochs
     params = dict(hidden_layer_sizes=(64,), batch_size=8, tol=0, random_state=0)
