@@ -187,7 +187,12 @@ def stop_children(client, parent_id: str) -> None:
                 os.kill(pid, signal.SIGTERM)
             except OSError:
                 pass  # gone already
-    while running_children(client, parent_id) and time.monotonic() < deadline:
+    # Jobs run in this process (the together launcher's threads) cannot end while
+    # it waits here: only other processes are waited for.
+    while time.monotonic() < deadline and any(
+        int(child.data.tags.get(PID_TAG, 0)) != os.getpid()
+        for child in running_children(client, parent_id)
+    ):
         time.sleep(0.5)
     for child in running_children(client, parent_id):
         client.set_tag(child.info.run_id, REASON_TAG, "its sweep was interrupted")

@@ -93,25 +93,44 @@ def running_children(uri):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "to_group, sig",
-    [(False, signal.SIGTERM), (True, signal.SIGTERM), (True, signal.SIGINT)],
-    ids=["TERM-to-parent", "TERM-to-group", "INT-to-group"],
+    "launcher, to_group, sig",
+    [
+        ("parallel", False, signal.SIGTERM),
+        ("parallel", True, signal.SIGTERM),
+        ("parallel", True, signal.SIGINT),
+        ("together", False, signal.SIGTERM),  # in the joint fit, jobs parked
+        ("together", True, signal.SIGINT),
+    ],
+    ids=[
+        "TERM-to-parent",
+        "TERM-to-group",
+        "INT-to-group",
+        "together-TERM-to-parent",
+        "together-INT-to-group",
+    ],
 )
 def test_an_interrupted_parallel_sweep_ends_every_run_killed(
-    store, tmp_path, to_group, sig
+    store, tmp_path, launcher, to_group, sig
 ):
     uri, env = store
-    args = ["-m", "hydra/launcher=parallel", *LONG, "model.activation=relu,tanh"]
+    args = [
+        "-m",
+        f"hydra/launcher={launcher}",
+        *LONG,
+        "model.learning_rate_init=0.1,0.2",
+    ]
     process = start(args, env, tmp_path)
     wait_for(lambda: running_children(uri), "two running children", process)
     if to_group:
         os.killpg(process.pid, sig)
     else:
         process.send_signal(sig)
-    output = finish(process)
+    output = finish(process, timeout=60)
     runs = all_runs(uri)
     assert len(runs) == 3
     assert {r.info.status for r in runs} == {"KILLED"}, output[-3000:]
+    if launcher == "together":  # the two jobs were parked in one joint fit
+        assert "fitting 2 networks together" in output
 
 
 # Makes the real mlflow.sklearn.log_model announce itself and take its time, so that
