@@ -52,16 +52,22 @@ def training_dataset(X, y, name) -> NumpyDataset:
     return from_numpy(X, targets=y, name=name, digest=digest.hexdigest()[:8])
 
 
-def log_training_input(dataset, attempts=3):
-    """``mlflow.log_input(dataset)`` for the active run, safe for parallel jobs.
+def log_training_input(dataset):
+    """``mlflow.log_input(dataset)`` for the active run, safe for parallel jobs."""
+    return retry_on_duplicate(mlflow.log_input, dataset, context="training")
 
-    Jobs of a sweep that start together log the same data set at once; MLflow's
-    sqlite store creates its row only when absent, so all but one of them hit the
-    table's unique constraint. The data set is there by then: try again.
+
+def retry_on_duplicate(write, *args, attempts=3, **kwargs):
+    """``write(*args, **kwargs)``, tried again when it hit a unique constraint.
+
+    Jobs of a sweep that start together write the same rows at once (the data set
+    input, the experiment's view and primary-metric tags); MLflow's sqlite store
+    inserts a row only when it finds none, so all but one of them hit the table's
+    unique constraint. The row is there by then (an update succeeds): try again.
     """
     for attempt in range(attempts):
         try:
-            return mlflow.log_input(dataset, context="training")
+            return write(*args, **kwargs)
         except MlflowException as exc:
             message = str(exc).lower()  # sqlite: UNIQUE constraint; others: duplicate
             if not ("unique" in message or "duplicate" in message):
@@ -102,10 +108,11 @@ def save_runs_view(client, experiment_id, view_id, name, metrics, params):
     now = int(time.time() * 1000)
     envelope = {"name": name, "createdAt": now, "updatedAt": now}
     envelope["state"] = json.dumps(state)
-    client.set_experiment_tag(
-        experiment_id, VIEW_TAG_PREFIX + view_id, json.dumps(envelope)
+    tag = client.set_experiment_tag
+    retry_on_duplicate(
+        tag, experiment_id, VIEW_TAG_PREFIX + view_id, json.dumps(envelope)
     )
-    client.set_experiment_tag(experiment_id, PRIMARY_METRIC_TAG, metrics[0])
+    retry_on_duplicate(tag, experiment_id, PRIMARY_METRIC_TAG, metrics[0])
     return view_id
 
 
