@@ -288,6 +288,10 @@ def _separate_epochs(active, n_threads):
     with threadpool_limits(limits=1), ThreadPoolExecutor(n_threads) as pool:
         futures = [pool.submit(m.engine.run_epoch, m.data) for m in active]
         try:
+            # Waits in short slices: a signal (Ctrl-C) caught by a worker thread
+            # runs its handler only when this, the main thread, next runs Python.
+            while wait(futures, timeout=0.01).not_done:
+                pass
             return [future.result() for future in futures]
         except BaseException:
             for future in futures:
