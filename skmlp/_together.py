@@ -285,21 +285,18 @@ def _separate_epochs(active, n_threads):
     if n_threads < 2:
         return [m.engine.run_epoch(m.data) for m in active]
     saved = [m.engine._snapshot() for m in active]
-    with threadpool_limits(limits=1), ThreadPoolExecutor(n_threads) as pool:
-        futures = [pool.submit(m.engine.run_epoch, m.data) for m in active]
-        try:
+    try:
+        with threadpool_limits(limits=1), ThreadPoolExecutor(n_threads) as pool:
+            futures = [pool.submit(m.engine.run_epoch, m.data) for m in active]
             # Waits in short slices: a signal (Ctrl-C) caught by a worker thread
             # runs its handler only when this, the main thread, next runs Python.
             while wait(futures, timeout=0.01).not_done:
                 pass
             return [future.result() for future in futures]
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            wait(futures)
-            for member, state in zip(active, saved, strict=True):
-                member.engine._restore(state)
-            raise
+    except BaseException:  # the pool has let its running epochs end by now
+        for member, state in zip(active, saved, strict=True):
+            member.engine._restore(state)
+        raise
 
 
 class _Group:

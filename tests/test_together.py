@@ -307,7 +307,10 @@ def test_ctrl_c_leaves_every_member_at_its_last_complete_epoch(
         monkeypatch.setattr(_together, "NUMPY_JOINT_MAX_PARAMS", 0)
         monkeypatch.setattr(_together, "_side_by_side", lambda members: 2)
     X, y = digits
-    X, y = np.repeat(X, 8, axis=0), np.repeat(y, 8)  # epochs longer than a signal takes
+    # Epochs much longer than a signal takes to reach the main thread, even on a
+    # loaded machine (the side-by-side members run in threads holding the GIL).
+    repeat = 8 if stacked else 24
+    X, y = np.repeat(X, repeat, axis=0), np.repeat(y, repeat)
     params = dict(hidden_layer_sizes=(64,), batch_size=8, tol=0, random_state=0)
     estimators = [
         SGDMLPClassifier(**params, max_iter=1000, learning_rate_init=lr)
