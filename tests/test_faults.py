@@ -98,14 +98,12 @@ def running_children(uri):
         ("parallel", False, signal.SIGTERM),
         ("parallel", True, signal.SIGTERM),
         ("parallel", True, signal.SIGINT),
-        ("together", False, signal.SIGTERM),  # in the joint fit, jobs parked
-        ("together", True, signal.SIGINT),
+        ("together", True, signal.SIGINT),  # in the joint fit, jobs parked
     ],
     ids=[
         "TERM-to-parent",
         "TERM-to-group",
         "INT-to-group",
-        "together-TERM-to-parent",
         "together-INT-to-group",
     ],
 )
