@@ -19,6 +19,10 @@ ratios. Then the shuffled-labels check: 784-512-512-10 on the shuffled training 
 (Zhang et al.'s optimiser: batch 128, learning rate 0.01, momentum 0.9, no L2), stopped
 once the training accuracy (evaluated on the device after each epoch) reaches 99.9 %:
 the accuracy reached and the training seconds (target: >= 99.9 % within 15 s).
+With ``--together-epochs N``: six networks of each memorization shape, one per
+shuffled fraction of the labels, as one ``fit_together`` group whose epoch is one
+captured graph, against the same group eager and against six captured single fits
+(seconds per epoch for all six).
 
 Run:  SKMLP_MNIST_DIR=../shared/data/mnist python benchmarks/bench_gpu.py
 CPU smoke test (torch on the CPU):
@@ -39,7 +43,7 @@ import torch  # noqa: E402
 from sklearn.exceptions import ConvergenceWarning  # noqa: E402
 from sklearn.utils._array_api import get_namespace  # noqa: E402
 
-from skmlp import SGDMLPClassifier  # noqa: E402
+from skmlp import SGDMLPClassifier, fit_together  # noqa: E402
 from skmlp.corruption import LABEL_CORRUPTIONS  # noqa: E402
 from skmlp.datasets import load_mnist  # noqa: E402
 
@@ -101,6 +105,73 @@ def skmlp_epochs(xp_X, xp_y, hidden, batch, epochs, capture=True):
         warnings.simplefilter("ignore", ConvergenceWarning)
         model.fit(xp_X, xp_y)
     return clock.epoch_seconds(), model.loss_curve_[-1]
+
+
+def together_epochs(xp_X, labels, hidden, batch, epochs, capture=True):
+    """Seconds of each joint epoch of ``fit_together`` over one member per label
+    array (Zhang et al.'s optimiser, one ``random_state``), and the last member's
+    last loss."""
+    clock = EpochClock()
+    members = [
+        SGDMLPClassifier(
+            hidden_layer_sizes=hidden,
+            batch_size=batch,
+            learning_rate_init=0.01,
+            momentum=0.9,
+            nesterovs_momentum=False,
+            alpha=0.0,
+            max_iter=epochs,
+            tol=0.0,
+            n_iter_no_change=10**6,
+            random_state=0,
+            dtype="float32",
+            capture=capture,
+        )
+        for _ in labels
+    ]
+    members[0].set_callbacks(clock)  # its epochs end when the group's joint epoch does
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.simplefilter("error", RuntimeWarning)  # a failed capture fails here
+        fit_together(members, xp_X, list(labels))
+    return clock.epoch_seconds(), members[-1].loss_curve_[-1]
+
+
+def print_together(name, batch, n_members, results, separate):
+    """Joint epochs (graph, eager) against the members' own captured fits."""
+    steady = {k: float(np.median(s[1:])) for k, (s, _) in results.items()}
+    steady["separate"] = n_members * float(np.median(separate[0][1:]))
+    for contender, seconds in steady.items():
+        print(
+            f"{name:<16} {batch:>5}  {contender:<16} {seconds:>10.4f} s/epoch "
+            f"for all {n_members}"
+        )
+    print(
+        f"{'':<16} {'':>5}  ratios: separate / together graph = "
+        f"{steady['separate'] / steady['together graph']:.2f}x; together eager / "
+        f"together graph = {steady['together eager'] / steady['together graph']:.2f}x"
+    )
+
+
+def together_cases(tX, y, epochs):
+    """6 members, one per shuffled fraction of the labels (the memorization sweep)."""
+    labels = [
+        torch.asarray(
+            LABEL_CORRUPTIONS["shuffle"](y, p, random_state=0), device=tX.device
+        )
+        for p in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    ]
+    print(f"fit_together, {len(labels)} members (p = 0 ... 1), {epochs} epochs each:")
+    for hidden, batch in [((16, 16), 128), ((512,), 128), ((512, 512), 128)]:
+        results = {
+            "together graph": together_epochs(tX, labels, hidden, batch, epochs),
+            "together eager": together_epochs(
+                tX, labels, hidden, batch, epochs, capture=False
+            ),
+        }
+        separate = together_epochs(tX, labels[:1], hidden, batch, epochs)
+        name = "784-" + "-".join(map(str, hidden)) + "-10"
+        print_together(name, batch, len(labels), results, separate)
 
 
 def torch_network(sizes, device):
@@ -222,6 +293,15 @@ def parse_args():
         default=60.0,
         help="stop the shuffled-labels check after this many seconds (0: skip it)",
     )
+    parser.add_argument(
+        "--together-epochs",
+        type=int,
+        default=0,
+        help="epochs of the fit_together comparison (0: skip it)",
+    )
+    parser.add_argument(
+        "--only-together", action="store_true", help="run the fit_together part only"
+    )
     return parser.parse_args()
 
 
@@ -242,6 +322,10 @@ def main():
     print(f" {'first epoch s':>14} {'last loss':>10}")
     print(f"{'':<16} {'':>5}  {'':<12} {'(median 2nd+)':>14}")
     with sklearn.config_context(array_api_dispatch=True):
+        if args.together_epochs:
+            together_cases(tX, y, args.together_epochs)
+        if args.only_together:
+            return
         for hidden, batch in CASES:
             results = {"skmlp torch": skmlp_epochs(tX, ty, hidden, batch, args.epochs)}
             if cupy_data is not None:

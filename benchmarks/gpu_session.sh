@@ -11,6 +11,7 @@
 #   1 nvidia-smi   2 install the carried wheels into /tmp/extra   3 tests/test_gpu.py
 #   4 the suite's array-API / torch / CuPy / device tests   5 benchmarks/bench_gpu.py
 #   6 python -m pipelines.memorization device=cuda (quick)   7 its summary from MLflow
+# (STEPS picks and orders them; BENCH_ARGS, MEMORIZATION_ARGS add options.)
 set -uo pipefail
 
 OUT=${OUT:-$PWD/gpu-session-out}
@@ -95,7 +96,7 @@ memorization_summary() {
     python - <<'EOF'
 import pandas as pd
 from mlflow.tracking import MlflowClient
-from pipelines.memorization import collect
+from pipelines.memorization_summary import collect
 
 client = MlflowClient()
 experiment = client.get_experiment_by_name("memorization")
@@ -115,17 +116,27 @@ print(table.drop(columns="run_id").to_string(index=False))
 EOF
 }
 
-export -f install gpu_tests array_api_tests memorization memorization_summary
-export DEVICE MEMORIZATION_ARGS OUT
+bench_gpu() {
+    # shellcheck disable=SC2086 # options, one per word
+    python benchmarks/bench_gpu.py $BENCH_ARGS
+}
+
+export -f install gpu_tests array_api_tests bench_gpu memorization memorization_summary
+export DEVICE MEMORIZATION_ARGS BENCH_ARGS OUT
 rm -rf "$STORE" && mkdir -p "$STORE"
-step nvidia-smi 15 400 nvidia-smi
-step install 75 340 install
-step test_gpu 90 260 gpu_tests
-step array_api 90 200 array_api_tests
-# shellcheck disable=SC2086 # options, one per word
-step bench_gpu 150 120 python benchmarks/bench_gpu.py $BENCH_ARGS
-step memorization 180 30 memorization
-step summary 30 0 memorization_summary
+# "NAME CAP RESERVE" per step, in order; STEPS overrides it (e.g. the full memorization
+# sweep first, with a larger cap: STEPS="nvidia-smi 15 500 install 75 420 ...").
+STEPS=${STEPS:-"nvidia-smi 15 400 install 75 340 test_gpu 90 260 array_api 90 200
+bench_gpu 150 120 memorization 180 30 summary 30 0"}
+declare -A COMMAND=(
+    [nvidia-smi]=nvidia-smi [install]=install [test_gpu]=gpu_tests
+    [array_api]=array_api_tests [bench_gpu]=bench_gpu [memorization]=memorization
+    [summary]=memorization_summary
+)
+read -r -a fields <<<"$(echo "$STEPS" | tr '\n' ' ')"
+for ((i = 0; i < ${#fields[@]}; i += 3)); do
+    step "${fields[i]}" "${fields[i + 1]}" "${fields[i + 2]}" "${COMMAND[${fields[i]}]}"
+done
 cp "$STORE/mlflow.db" "$OUT/" 2>/dev/null
 
 echo

@@ -21,8 +21,11 @@ copy), and the weights the graph updates are the estimator's CuPy arrays. Withou
 torch, CuPy trains eagerly.
 """
 
+import contextlib
 import copy
 import warnings
+
+from skmlp._data import to_numpy
 
 
 def graph_backend(xp, device):
@@ -49,20 +52,28 @@ def capture_backend(xp, device):
     return backend
 
 
-def make_captured_epoch(run, to_device, prepare):
+def make_captured_epoch(run, to_device, prepare, eager=False):
     """A callable ``epoch(order) -> float`` that replays ``run`` as one CUDA graph.
 
     Parameters
     ----------
     run : callable
-        ``run(order)`` enqueues one epoch and returns its summed cost as a 0-d device
-        array. It must not read device values back to the host.
+        ``run(order)`` enqueues one epoch and returns its summed cost as a device
+        array: 0-d (then the epoch returns a float), or 1-d, one cost per network of
+        a ``fit_together`` group (then a list of floats). It must not read device
+        values back to the host.
     to_device : callable
         Moves a NumPy shuffle order to the device (run on the capturing stream).
     prepare : callable
         Called before each epoch on the capturing stream (it writes the learning
         rate into its device scalar).
+    eager : bool, default=False
+        Run ``run`` every epoch, with the same static order buffer and ``prepare``,
+        instead of capturing it: the protocol of a captured epoch on any device,
+        which is how it is tested without a GPU.
     """
+    if eager:
+        return _EagerEpoch(run, to_device, prepare)
     return _TorchGraph(run, to_device, prepare)
 
 
@@ -125,9 +136,30 @@ class _TorchGraph(_Graph):
         self.graph.replay()
         return self.output
 
+    def synchronize(self):
+        """Wait for the epoch in flight (an interrupted replay may still run)."""
+        self.stream.synchronize()
+
     def read(self, cost):
         self.torch.cuda.current_stream().wait_stream(self.stream)
-        return float(cost)
+        return cost.tolist()  # a float, or a list of them for a group's costs
+
+
+class _EagerEpoch(_Graph):
+    """``_Graph``'s protocol with every epoch run eagerly (see ``make_captured_epoch``)."""
+
+    def __init__(self, run, to_device, prepare):
+        super().__init__(run, to_device, prepare)
+        self.eager = True
+
+    def stream_context(self):
+        return contextlib.nullcontext()
+
+    def synchronize(self):
+        pass
+
+    def read(self, cost):
+        return to_numpy(cost).tolist()
 
 
 def torch_mirror(arrays, step):

@@ -42,22 +42,26 @@ class Stack:
     xp : array namespace
     loss_kwargs : dict
         ``activation``, ``out_activation`` and ``loss`` (``alpha`` is per member).
+    capturable : bool, default=False
+        Whether the epoch may be captured as one GPU graph (``_together.py``): then
+        nothing is read back to the host inside it, the learning rates live in a
+        device vector written by ``write_learning_rates`` before each epoch, nothing
+        derived from them is cached.
     """
 
-    def __init__(self, engines, xp, loss_kwargs):
+    def __init__(self, engines, xp, loss_kwargs, capturable=False):
         self.engines, self.xp, self.n_coefs = engines, xp, engines[0].params.n_coefs
         self.activation = loss_kwargs["activation"]
         self.out_activation = loss_kwargs["out_activation"]
         self.loss = LOSSES[loss_kwargs["loss"]]
-        layers = [e.params.views() for e in engines]
-        moments = [e.params.views(e.optimizer.velocities[0]) for e in engines]
-        self.axes = [1] + [0] * (len(layers[0]) - 1)  # the model axis of each array
+        first = engines[0].params.views()
+        self.axes = [1] + [0] * (len(first) - 1)  # the model axis of each array
         # parameters, velocities and gradients each live in ONE flat buffer, the
         # arrays of the layers being views of it (weights first, then biases): the
         # momentum step is then three or four calls for the whole group
         shapes = [
             _stacked_shape(member.shape, len(engines), axis)
-            for member, axis in zip(layers[0], self.axes, strict=True)
+            for member, axis in zip(first, self.axes, strict=True)
         ]
         flat = engines[0].params.flat
         size = sum(math.prod(shape) for shape in shapes)
@@ -67,11 +71,8 @@ class Stack:
         self.params = _views(self.flat, shapes, xp)
         self.velocities = _views(self.velocity_flat, shapes, xp)
         self.grads = _views(self.grad_flat, shapes, xp)
-        for k, axis in enumerate(self.axes):
-            self.params[k][...] = xp.stack([member[k] for member in layers], axis=axis)
-            self.velocities[k][...] = xp.stack(
-                [member[k] for member in moments], axis=axis
-            )
+        self.capturable = capturable
+        self.pack()
         self.n_weights = sum(math.prod(shape) for shape in shapes[: self.n_coefs])
         self._scratch = np.empty_like(self.flat) if xp is np else None
         m, n_features = len(engines), shapes[0][0]
@@ -79,6 +80,22 @@ class Stack:
             xp.reshape(W, (m, -1)) for W in self.params[1 : self.n_coefs]
         ]
         self._set_scalars([e.optimizer for e in engines], engines)
+
+    def pack(self):
+        """Copy each engine's parameters and velocities into the stacked buffers."""
+        xp, engines = self.xp, self.engines
+        layers = [e.params.views() for e in engines]
+        moments = [e.params.views(e.optimizer.velocities[0]) for e in engines]
+        for k, axis in enumerate(self.axes):
+            self.params[k][...] = xp.stack([member[k] for member in layers], axis=axis)
+            self.velocities[k][...] = xp.stack(
+                [member[k] for member in moments], axis=axis
+            )
+
+    def write_learning_rates(self):
+        """Each member's current learning rate into the device vector (in place)."""
+        rates = [e.optimizer.learning_rate for e in self.engines]
+        self.learning_rate[...] = self._vector(rates)
 
     def _set_scalars(self, optimizers, engines):
         """Each member's learning rate, momentum, Nesterov flag and ``alpha``."""
@@ -156,6 +173,12 @@ class Stack:
         costs : list of float
             Each member's summed cost (divide by n_samples for the mean).
         """
+        sums = self.epoch_sums(Xs, Ys, sample_weights, orders, streams, batch_size)
+        return to_numpy(sums).tolist()
+
+    def epoch_sums(self, Xs, Ys, sample_weights, orders, streams, batch_size):
+        """``epoch``'s costs as one device array of shape (m,), read by no one:
+        this is the part a GPU graph captures (``_together.py``)."""
         xp, n_samples = self.xp, Xs[0].shape[0]
         chunk_rows = max(1, CHUNK_ROWS // batch_size) * batch_size
         weighted = any(w is not None for w in sample_weights)
@@ -198,7 +221,7 @@ class Stack:
                 )
             if outputs is not None:
                 total = total + xp.sum(self._cost_terms(Y_chunk, outputs), axis=1)
-        return to_numpy(total).tolist()
+        return total
 
     def step(self, X_batches, Y, sample_weight, outputs=None):
         """Step every member on its batch; return each member's cost times rows.
@@ -230,9 +253,12 @@ class Stack:
         learning_rate = self.learning_rate[:, None, None]
         if sample_weight is None:
             total_weight = float(n_rows)
-            if n_rows not in self._delta_scales:
-                self._delta_scales[n_rows] = learning_rate / total_weight
-            delta = delta * self._delta_scales[n_rows]
+            if self.capturable:  # the learning rates change between replays
+                delta = delta * (learning_rate / total_weight)
+            else:
+                if n_rows not in self._delta_scales:
+                    self._delta_scales[n_rows] = learning_rate / total_weight
+                delta = delta * self._delta_scales[n_rows]
             if outputs is None:
                 costs = xp.sum(self._cost_terms(Y, A), axis=1)
             else:
@@ -253,7 +279,8 @@ class Stack:
         self._backward(activations, delta, X_batches)
         if self.any_alpha:
             costs = costs + self._add_penalty(total_weight, n_rows)
-        if keep is not None and not bool(xp.all(keep)):
+        # (a captured epoch reads nothing back: it always selects on the device)
+        if keep is not None and (self.capturable or not bool(xp.all(keep))):
             self._update_kept(keep)
             return xp.where(keep, costs, xp.zeros_like(costs))
         self._update()
@@ -333,7 +360,7 @@ class Stack:
         """Add ``lr * alpha / n * W`` to the weight steps; return the L2 cost x rows."""
         squares = self._squares()
         if isinstance(total_weight, float):  # one flat product over all the weights
-            if n_rows not in self._decays:
+            if self.capturable or n_rows not in self._decays:
                 decay = self.learning_rate * self.alpha / total_weight
                 self._decays[n_rows] = self._spread(decay)[: self.n_weights]
             weights = self.flat[: self.n_weights]

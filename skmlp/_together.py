@@ -37,6 +37,7 @@ from sklearn import config_context
 from sklearn.callback._callback_support import callback_management_context
 from threadpoolctl import threadpool_info, threadpool_limits
 
+from skmlp._capture import make_captured_epoch
 from skmlp._classifier import FitRun
 from skmlp._stacked import Stack
 
@@ -312,6 +313,8 @@ class _Group:
         self.xp, self.device = first.engine.xp, first.engine.device
         self.batch_size = first.engine.batch_size
         self.loss_kwargs = first.engine.loss_kwargs
+        self.capture = _capture_mode(members)
+        self._captured = None  # (key, stack, graph) of the captured epoch
         inputs = []  # distinct training inputs: equal arrays are stored once
         for member in members:
             X = member.data.X
@@ -328,32 +331,87 @@ class _Group:
         saved = [m.engine._snapshot() for m in members]
         try:
             orders = [_draw_order(m) for m in members]
-            stack = Stack([m.engine for m in members], self.xp, self.loss_kwargs)
-            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                costs = stack.epoch(
-                    [m.X for m in members],
-                    [m.data.Y for m in members],
-                    [m.data.sample_weight for m in members],
-                    [self._device_order(order) for order in orders],
-                    _streams(members, orders),
-                    self.batch_size,
-                )
-            stack.unpack()
+            streams = _streams(members, orders)
+            if self.capture is not None:
+                costs = self._captured_epoch(members, orders, streams)
+            else:
+                stack = Stack([m.engine for m in members], self.xp, self.loss_kwargs)
+                with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                    costs = stack.epoch(
+                        [m.X for m in members],
+                        [m.data.Y for m in members],
+                        [m.data.sample_weight for m in members],
+                        [self._device_order(order) for order in orders],
+                        streams,
+                        self.batch_size,
+                    )
+                stack.unpack()
             seconds = time.perf_counter() - start
             verdicts = {
                 id(m): m.engine.end_epoch(cost / m.X.shape[0], m.data, seconds, s)
                 for m, cost, s in zip(members, costs, saved, strict=True)
             }
         except BaseException:  # Ctrl-C...: every member back to its last epoch
+            if self._captured is not None:  # an interrupted replay may still run
+                self._captured[2].synchronize()
             for member, state in zip(members, saved, strict=True):
                 member.engine._restore(state)
             raise
         return [verdicts[id(m)] for m in given]
 
+    def _captured_epoch(self, members, orders, streams):
+        """One joint epoch as one GPU graph, captured while the members and their
+        streams stay the same (a member that stops leaves: the next epoch is
+        captured anew). The graph's stack and the engines agree after every epoch
+        (``unpack``); a member is rolled back only when it stops (divergence) or
+        when the whole fit ends (an exception), so the stack is never stale."""
+        key = (tuple(id(m) for m in members), tuple(streams))
+        if self._captured is None or self._captured[0] != key:
+            self._captured = None  # the old graph's memory goes first
+            stack = Stack(
+                [m.engine for m in members], self.xp, self.loss_kwargs, capturable=True
+            )
+            stream_of = [s for s, (b, e) in enumerate(streams) for _ in range(b, e)]
+            Xs = [m.X for m in members]
+            Ys = [m.data.Y for m in members]
+            weights = [m.data.sample_weight for m in members]
+
+            def run(order):  # order: one row per stream, or None
+                rows = [None if order is None else order[s] for s in stream_of]
+                return stack.epoch_sums(Xs, Ys, weights, rows, streams, self.batch_size)
+
+            graph = make_captured_epoch(
+                run,
+                to_device=lambda order: self.xp.asarray(order, device=self.device),
+                prepare=stack.write_learning_rates,
+                eager=self.capture == "eager",
+            )
+            self._captured = (key, stack, graph)
+        _, stack, graph = self._captured
+        order = None
+        if orders[0] is not None:
+            order = np.stack([orders[begin] for begin, _ in streams])
+        costs = graph(order)
+        stack.unpack()
+        return costs
+
     def _device_order(self, order):
         if order is None or self.xp is np:
             return order
         return self.xp.asarray(order, device=self.device)
+
+
+def _capture_mode(members):
+    """``"graph"`` where a joint epoch is captured as one GPU graph: torch CUDA
+    tensors, every member with ``capture=True``; else None (an eager joint epoch).
+
+    ``"eager"`` (set by tests) runs the captured epoch's code eagerly on any device.
+    A CuPy group trains eagerly: CuPy refuses cuBLAS calls during a capture, and a
+    group is not mirrored as torch tensors as one network is (``_capture.py``).
+    """
+    if all(m.engine._backend == "torch" for m in members):
+        return "graph"
+    return None
 
 
 def _equal(a, b, xp):

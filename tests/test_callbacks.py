@@ -8,7 +8,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 from sklearn.exceptions import ConvergenceWarning
 
-from pipelines.callbacks import EpochLog, EpochScoring, MLflowEpochLogger, StopAt
+from pipelines.callbacks import (
+    EpochLog,
+    EpochScoring,
+    MLflowEpochLogger,
+    StopAt,
+    _EpochCallback,
+)
 from skmlp import SGDMLPClassifier
 
 
@@ -59,6 +65,64 @@ def test_mlflow_logger_logs_what_scoring_recorded(digits, tmp_path):
     assert [(m.step, m.value) for m in history] == [
         (s.epoch, s.metrics["test_accuracy"]) for s in scoring.history
     ]
+
+
+class InterruptAt(_EpochCallback):
+    """Ctrl-C at the end of epoch ``epoch`` (after the callbacks before it ran)."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_fit_task_end(self, estimator, context, **kwargs):
+        if context.task_name == "epoch" and context.task_id == self.epoch - 1:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("flush_seconds", [0.0, 3600.0])
+def test_mlflow_logger_writes_every_epoch_before_an_interruption(
+    digits, tmp_path, flush_seconds
+):
+    """Batched or not, the epochs scored before Ctrl-C are in the store."""
+    X, y = digits
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    scoring = EpochScoring({"test": (X[:100], y[:100])})
+    logger = MLflowEpochLogger(scoring, flush_seconds=flush_seconds)
+    with mlflow.start_run() as run, pytest.raises(KeyboardInterrupt):
+        _fit(digits, scoring, logger, InterruptAt(4), max_iter=10)
+    history = MlflowClient(uri).get_metric_history(run.info.run_id, "loss")
+    assert (
+        [m.step for m in history] == [1, 2, 3, 4] == [s.epoch for s in scoring.history]
+    )
+
+
+class StoreWatcher(_EpochCallback):
+    """Records, at the end of each epoch, how many epochs of ``loss`` the store has."""
+
+    def __init__(self, client, run_id):
+        self.client, self.run_id, self.seen = client, run_id, []
+
+    def on_fit_task_end(self, estimator, context, **kwargs):
+        if context.task_name == "epoch":
+            history = self.client.get_metric_history(self.run_id, "loss")
+            self.seen.append(len(history))
+        return False
+
+
+@pytest.mark.parametrize(("flush_seconds", "live"), [(0.0, True), (3600.0, False)])
+def test_mlflow_logger_writes_at_most_flush_seconds_late(
+    digits, tmp_path, flush_seconds, live
+):
+    X, y = digits
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    scoring = EpochScoring({"test": (X[:100], y[:100])})
+    logger = MLflowEpochLogger(scoring, flush_seconds=flush_seconds)
+    with mlflow.start_run() as run:
+        watcher = StoreWatcher(MlflowClient(uri), run.info.run_id)
+        _fit(digits, scoring, logger, watcher, max_iter=3)
+    assert watcher.seen == ([1, 2, 3] if live else [0, 0, 0])
+    assert len(watcher.client.get_metric_history(run.info.run_id, "loss")) == 3
 
 
 def test_epoch_log_writes_one_line_per_epoch(digits, caplog):

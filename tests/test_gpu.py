@@ -124,3 +124,51 @@ def test_divergence_is_caught_on_the_device(backend):
         with pytest.warns(ConvergenceWarning, match="diverged in epoch"):
             clf.fit(to_device(X.astype(np.float32)), to_device(y))
     assert all(np.all(np.isfinite(_to_numpy(w))) for w in clf.coefs_)
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+def test_fit_together_captures_the_group_epoch_and_equals_separate_fits(
+    weighted, monkeypatch
+):
+    """Float64 on torch CUDA: a group of four, one of which stops early (the group is
+    then captured anew), each member as its own (captured) fit."""
+    from skmlp import _together, fit_together
+
+    to_device = _torch_cuda()
+    graphs = []
+
+    def recorded(*args, **kwargs):  # the real graph, kept to look at afterwards
+        graphs.append(_together_make(*args, **kwargs))
+        return graphs[-1]
+
+    _together_make = _together.make_captured_epoch
+    monkeypatch.setattr(_together, "make_captured_epoch", recorded)
+    X, y = load_digits(return_X_y=True)
+    X, y = to_device(X / 16), to_device(y)
+    rng = np.random.default_rng(0)
+    weight = to_device(rng.uniform(0.5, 2.0, 1797)) if weighted else None
+    base = dict(hidden_layer_sizes=(64, 32), batch_size=64, max_iter=8, tol=0.0,
+                n_iter_no_change=100, random_state=0)  # fmt: skip
+    params = [
+        dict(learning_rate_init=0.01),
+        dict(learning_rate_init=0.05, alpha=1e-3),
+        dict(learning_rate_init=0.1, momentum=0.5, nesterovs_momentum=False),
+        dict(learning_rate_init=0.05, max_iter=3),  # leaves the group after epoch 3
+    ]
+
+    def members():
+        return [SGDMLPClassifier(**{**base, **p}) for p in params]
+
+    with config_context(array_api_dispatch=True), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.simplefilter("error", RuntimeWarning)  # a failed capture fails here
+        together = fit_together(members(), X, y, sample_weight=weight)
+        alone = [est.fit(X, y, sample_weight=weight) for est in members()]
+    assert len(graphs) == 2  # four members, then three
+    assert all(g.output is not None and not g.eager for g in graphs)
+    for ours, ref in zip(together, alone, strict=True):
+        assert ours.n_iter_ == ref.n_iter_
+        assert_allclose(ours.loss_curve_, ref.loss_curve_, rtol=1e-9)
+        for a, b in zip(ours.coefs_ + ours.intercepts_, ref.coefs_ + ref.intercepts_,
+                        strict=True):  # fmt: skip
+            assert_allclose(_to_numpy(a), _to_numpy(b), rtol=1e-7, atol=1e-9)

@@ -122,6 +122,78 @@ def test_members_end_as_their_own_fits(digits, case):
         assert_same_fit(together, reference)
 
 
+@pytest.fixture
+def captured_protocol(monkeypatch):
+    """Joint epochs run as on a GPU, where each is one captured graph: one persistent
+    ``Stack`` refilled every epoch, learning rates written before each replay, the
+    shuffle orders copied into one static buffer (``_Group._captured_epoch``) — with
+    the epoch's code run eagerly, as the graph would replay it. Counts the stacks
+    built (one per change of the group's members)."""
+    monkeypatch.setattr(_together, "_capture_mode", lambda members: "eager")
+    built = []
+
+    class CountedStack(_together.Stack):
+        def __init__(self, *args, **kwargs):
+            assert kwargs.get("capturable"), "a captured epoch's stack is capturable"
+            built.append(len(args[0]))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(_together, "Stack", CountedStack)
+    return built
+
+
+@pytest.mark.parametrize(
+    "case", ["learning_rate_init", "schedules", "stopping", "early_stopping", "alpha"]
+)
+def test_captured_protocol_members_end_as_their_own_fits(
+    digits, case, captured_protocol
+):
+    X, y = digits
+    estimators = _members(case)
+    alone = _separately(estimators, X, [y] * len(estimators), [None] * len(estimators))
+    _quietly(fit_together, estimators, X, y)
+    for together, reference in zip(estimators, alone, strict=True):
+        assert_same_fit(together, reference)
+    if case == "stopping":  # one group, whose members stop at three epochs
+        # one stack while all train, a new one each time the group loses a member
+        # while at least two go on (a last member trains alone, by its engine)
+        n_iters = [est.n_iter_ for est in estimators]
+        changes = [t for t in set(n_iters) if sum(n > t for n in n_iters) >= 2]
+        assert len(captured_protocol) == 1 + len(changes) == 2
+
+
+def test_captured_protocol_labels_and_weights(digits, captured_protocol):
+    """Weighted batches select each member's step on the device (no read-back),
+    including a batch whose weights sum to 0 for one member."""
+    X, y = digits
+    rng = np.random.RandomState(0)
+    weights = rng.uniform(0.5, 2.0, y.shape[0])
+    zero_first_batch = np.ones(y.shape[0])
+    zero_first_batch[:64] = 0.0
+    ys = [y, rng.permutation(y), y % 2, y]
+    sample_weights = [None, weights, weights, zero_first_batch]
+    estimators = [SGDMLPClassifier(**BASE, alpha=1e-3) for _ in ys]
+    alone = _separately(estimators, X, ys, sample_weights)
+    _quietly(fit_together, estimators, X, ys, sample_weight=sample_weights)
+    for together, reference in zip(estimators, alone, strict=True):
+        assert_same_fit(together, reference)
+
+
+def test_captured_protocol_on_torch(digits, captured_protocol):
+    torch = pytest.importorskip("torch")
+    X, y = digits
+    X, y = torch.asarray(X.copy()), torch.asarray(y.copy())
+    estimators = _members("stopping") + [
+        SGDMLPClassifier(**{**BASE, "random_state": 1})
+    ]
+    with config_context(array_api_dispatch=True):
+        alone = _separately(estimators, X, [y] * 4, [None] * 4)
+        _quietly(fit_together, estimators, X, y)
+    for together, reference in zip(estimators, alone, strict=True):
+        assert isinstance(together.coefs_[0], torch.Tensor)
+        assert_same_fit(together, reference)
+
+
 @pytest.mark.parametrize("case", ["stopping", "divergence"])
 def test_members_really_stop_at_different_epochs(digits, case):
     X, y = digits
@@ -299,10 +371,14 @@ class InterruptInEpoch:
         return False
 
 
-@pytest.mark.parametrize("stacked", [True, False], ids=["stacked", "side_by_side"])
+@pytest.mark.parametrize(
+    "stacked", [True, False, "captured"], ids=["stacked", "side_by_side", "captured"]
+)
 def test_ctrl_c_leaves_every_member_at_its_last_complete_epoch(
     digits, stacked, monkeypatch
 ):
+    if stacked == "captured":  # the captured epoch's protocol (see above)
+        monkeypatch.setattr(_together, "_capture_mode", lambda members: "eager")
     if not stacked:  # the members then train in two threads (see _side_by_side)
         monkeypatch.setattr(_together, "NUMPY_JOINT_MAX_PARAMS", 0)
         monkeypatch.setattr(_together, "_side_by_side", lambda members: 2)
