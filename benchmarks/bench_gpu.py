@@ -49,6 +49,8 @@ from skmlp.datasets import load_mnist  # noqa: E402
 
 CASES = [((16, 16), 100), ((512, 512), 128)]
 LEARNING_RATE, MOMENTUM, ALPHA = 0.01, 0.9, 1e-4
+# Zhang et al.'s optimiser for MLPs, as the memorization experiment trains them
+ZHANG = dict(learning_rate_init=0.01, momentum=0.9, nesterovs_momentum=False, alpha=0.0)
 
 
 class EpochClock:
@@ -83,23 +85,29 @@ class EpochClock:
         return np.diff([self.start, *self.ends])
 
 
-def skmlp_epochs(xp_X, xp_y, hidden, batch, epochs, capture=True):
-    """Seconds of each epoch of SGDMLPClassifier on the arrays' device, and its last
-    epoch's training loss."""
-    clock = EpochClock()
-    model = SGDMLPClassifier(
+def network(hidden, batch, epochs, capture=True, **optimiser):
+    """An SGDMLPClassifier that runs ``epochs`` epochs (no stopping rule), float32."""
+    return SGDMLPClassifier(
         hidden_layer_sizes=hidden,
         batch_size=batch,
-        learning_rate_init=LEARNING_RATE,
-        momentum=MOMENTUM,
-        alpha=ALPHA,
         max_iter=epochs,
         tol=0.0,
         n_iter_no_change=10**6,
         random_state=0,
         dtype="float32",
         capture=capture,
+        **optimiser,
     )
+
+
+def skmlp_epochs(xp_X, xp_y, hidden, batch, epochs, capture=True):
+    """Seconds of each epoch of SGDMLPClassifier on the arrays' device, and its last
+    epoch's training loss."""
+    clock = EpochClock()
+    model = network(
+        hidden, batch, epochs, capture,
+        learning_rate_init=LEARNING_RATE, momentum=MOMENTUM, alpha=ALPHA,
+    )  # fmt: skip
     model.set_callbacks(clock)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -112,23 +120,7 @@ def together_epochs(xp_X, labels, hidden, batch, epochs, capture=True):
     array (Zhang et al.'s optimiser, one ``random_state``), and the last member's
     last loss."""
     clock = EpochClock()
-    members = [
-        SGDMLPClassifier(
-            hidden_layer_sizes=hidden,
-            batch_size=batch,
-            learning_rate_init=0.01,
-            momentum=0.9,
-            nesterovs_momentum=False,
-            alpha=0.0,
-            max_iter=epochs,
-            tol=0.0,
-            n_iter_no_change=10**6,
-            random_state=0,
-            dtype="float32",
-            capture=capture,
-        )
-        for _ in labels
-    ]
+    members = [network(hidden, batch, epochs, capture, **ZHANG) for _ in labels]
     members[0].set_callbacks(clock)  # its epochs end when the group's joint epoch does
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -228,19 +220,7 @@ def shuffled_labels_check(X, y, seconds_limit):
         return float(xp.mean(xp.astype(model.predict(X) == y, xp.float32)))
 
     clock = EpochClock(lambda m: training_accuracy(m) >= 0.999, seconds_limit)
-    model = SGDMLPClassifier(
-        hidden_layer_sizes=(512, 512),
-        batch_size=128,
-        learning_rate_init=0.01,
-        momentum=0.9,
-        nesterovs_momentum=False,
-        alpha=0.0,
-        max_iter=10_000,
-        tol=0.0,
-        n_iter_no_change=10**6,
-        random_state=0,
-        dtype="float32",
-    )
+    model = network((512, 512), 128, 10_000, **ZHANG)
     model.set_callbacks(clock)
     start = time.perf_counter()
     with warnings.catch_warnings():

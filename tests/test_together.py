@@ -179,21 +179,6 @@ def test_captured_protocol_labels_and_weights(digits, captured_protocol):
         assert_same_fit(together, reference)
 
 
-def test_captured_protocol_on_torch(digits, captured_protocol):
-    torch = pytest.importorskip("torch")
-    X, y = digits
-    X, y = torch.asarray(X.copy()), torch.asarray(y.copy())
-    estimators = _members("stopping") + [
-        SGDMLPClassifier(**{**BASE, "random_state": 1})
-    ]
-    with config_context(array_api_dispatch=True):
-        alone = _separately(estimators, X, [y] * 4, [None] * 4)
-        _quietly(fit_together, estimators, X, y)
-    for together, reference in zip(estimators, alone, strict=True):
-        assert isinstance(together.coefs_[0], torch.Tensor)
-        assert_same_fit(together, reference)
-
-
 @pytest.mark.parametrize("case", ["stopping", "divergence"])
 def test_members_really_stop_at_different_epochs(digits, case):
     X, y = digits
@@ -306,13 +291,17 @@ def test_members_are_grouped_by_shape(digits):
     assert found == [[0, 3], [1, 4], [2], [5], [6], [7]]
 
 
-def test_torch_members_end_as_their_own_fits(digits):
+@pytest.mark.parametrize(
+    ("case", "protocol"), [("momentum", "stacked"), ("stopping", "captured")]
+)
+def test_torch_members_end_as_their_own_fits(digits, case, protocol, request):
+    """On torch CPU; "captured": the captured epoch's protocol (see above)."""
     torch = pytest.importorskip("torch")
+    if protocol == "captured":
+        request.getfixturevalue("captured_protocol")
     X, y = digits
     X, y = torch.asarray(X.copy()), torch.asarray(y.copy())
-    estimators = _members("momentum") + [
-        SGDMLPClassifier(**{**BASE, "random_state": 1})
-    ]
+    estimators = _members(case) + [SGDMLPClassifier(**{**BASE, "random_state": 1})]
     with config_context(array_api_dispatch=True):
         alone = _separately(estimators, X, [y] * 4, [None] * 4)
         _quietly(fit_together, estimators, X, y)
