@@ -145,14 +145,14 @@ def print_together(name, batch, n_members, results, separate):
     )
 
 
-def together_cases(tX, y, epochs):
-    """6 members, one per shuffled fraction of the labels (the memorization sweep)."""
-    labels = [
-        torch.asarray(
-            LABEL_CORRUPTIONS["shuffle"](y, p, random_state=0), device=tX.device
-        )
+def together_cases(tX, y, epochs, cupy_data=None):
+    """6 members, one per shuffled fraction of the labels (the memorization sweep);
+    with ``cupy_data`` (X, y as CuPy arrays) the group on CuPy too."""
+    shuffled = [
+        LABEL_CORRUPTIONS["shuffle"](y, p, random_state=0)
         for p in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
     ]
+    labels = [torch.asarray(labels, device=tX.device) for labels in shuffled]
     print(f"fit_together, {len(labels)} members (p = 0 ... 1), {epochs} epochs each:")
     for hidden, batch in [((16, 16), 128), ((512,), 128), ((512, 512), 128)]:
         results = {
@@ -161,6 +161,12 @@ def together_cases(tX, y, epochs):
                 tX, labels, hidden, batch, epochs, capture=False
             ),
         }
+        if cupy_data is not None:
+            import cupy
+
+            results["together cupy"] = together_epochs(
+                cupy_data[0], [cupy.asarray(a) for a in shuffled], hidden, batch, epochs
+            )
         separate = together_epochs(tX, labels[:1], hidden, batch, epochs)
         name = "784-" + "-".join(map(str, hidden)) + "-10"
         print_together(name, batch, len(labels), results, separate)
@@ -303,7 +309,7 @@ def main():
     print(f"{'':<16} {'':>5}  {'':<12} {'(median 2nd+)':>14}")
     with sklearn.config_context(array_api_dispatch=True):
         if args.together_epochs:
-            together_cases(tX, y, args.together_epochs)
+            together_cases(tX, y, args.together_epochs, cupy_data)
         if args.only_together:
             return
         for hidden, batch in CASES:

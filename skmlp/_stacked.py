@@ -47,23 +47,28 @@ class Stack:
         nothing is read back to the host inside it, the learning rates live in a
         device vector written by ``write_learning_rates`` before each epoch, nothing
         derived from them is cached.
+    mirror : callable or None, default=None
+        Maps an engine's flat array to an array of ``xp`` on the same memory (a
+        CuPy group is captured as torch tensors: ``torch.from_dlpack``); None: the
+        engines' arrays are of ``xp`` already.
     """
 
-    def __init__(self, engines, xp, loss_kwargs, capturable=False):
+    def __init__(self, engines, xp, loss_kwargs, capturable=False, mirror=None):
         self.engines, self.xp, self.n_coefs = engines, xp, engines[0].params.n_coefs
+        self.mirror = (lambda array: array) if mirror is None else mirror
         self.activation = loss_kwargs["activation"]
         self.out_activation = loss_kwargs["out_activation"]
         self.loss = LOSSES[loss_kwargs["loss"]]
-        first = engines[0].params.views()
+        first = engines[0].params.shapes
         self.axes = [1] + [0] * (len(first) - 1)  # the model axis of each array
         # parameters, velocities and gradients each live in ONE flat buffer, the
         # arrays of the layers being views of it (weights first, then biases): the
         # momentum step is then three or four calls for the whole group
         shapes = [
-            _stacked_shape(member.shape, len(engines), axis)
-            for member, axis in zip(first, self.axes, strict=True)
+            _stacked_shape(shape, len(engines), axis)
+            for shape, axis in zip(first, self.axes, strict=True)
         ]
-        flat = engines[0].params.flat
+        flat = self.mirror(engines[0].params.flat)
         size = sum(math.prod(shape) for shape in shapes)
         self.flat, self.velocity_flat, self.grad_flat = (
             xp.zeros(size, dtype=flat.dtype, device=flat.device) for _ in range(3)
@@ -83,9 +88,11 @@ class Stack:
 
     def pack(self):
         """Copy each engine's parameters and velocities into the stacked buffers."""
-        xp, engines = self.xp, self.engines
-        layers = [e.params.views() for e in engines]
-        moments = [e.params.views(e.optimizer.velocities[0]) for e in engines]
+        xp, engines, shapes = self.xp, self.engines, self.engines[0].params.shapes
+        layers = [_views(self.mirror(e.params.flat), shapes, xp) for e in engines]
+        moments = [
+            _views(self.mirror(e.optimizer.velocities[0]), shapes, xp) for e in engines
+        ]
         for k, axis in enumerate(self.axes):
             self.params[k][...] = xp.stack([member[k] for member in layers], axis=axis)
             self.velocities[k][...] = xp.stack(
@@ -118,15 +125,16 @@ class Stack:
             self.nesterov = self._spread(self._vector(self.nesterov)) > 0
 
     def _vector(self, values):
-        flat = self.engines[0].params.flat
+        flat = self.flat
         return self.xp.asarray(values, dtype=flat.dtype, device=flat.device)
 
     def unpack(self):
         """Copy the trained parameters and velocities back into each engine."""
         for j, engine in enumerate(self.engines):
-            engine.params.flat[...] = self._member(self.params, j)
+            self.mirror(engine.params.flat)[...] = self._member(self.params, j)
             if engine.optimizer.momentum:  # without momentum the velocity stays 0
-                engine.optimizer.velocities[0][...] = self._member(self.velocities, j)
+                velocity = self.mirror(engine.optimizer.velocities[0])
+                velocity[...] = self._member(self.velocities, j)
 
     def _member(self, arrays, j):
         parts = [

@@ -314,6 +314,7 @@ class _Group:
         self.batch_size = first.engine.batch_size
         self.loss_kwargs = first.engine.loss_kwargs
         self.capture = _capture_mode(members)
+        self.mirrored = _mirrored(members)  # a CuPy group, captured as torch kernels
         self._captured = None  # (key, stack, graph) of the captured epoch
         inputs = []  # distinct training inputs: equal arrays are stored once
         for member in members:
@@ -368,21 +369,24 @@ class _Group:
         key = (tuple(id(m) for m in members), tuple(streams))
         if self._captured is None or self._captured[0] != key:
             self._captured = None  # the old graph's memory goes first
-            stack = Stack(
-                [m.engine for m in members], self.xp, self.loss_kwargs, capturable=True
-            )
+            xp, mirror = self.xp, None
+            arrays = [(m.X, m.data.Y, m.data.sample_weight) for m in members]
+            if self.mirrored:  # CuPy refuses cuBLAS calls during a capture
+                mirror, xp = _torch_mirror()
+                arrays = [tuple(map(mirror, a)) for a in arrays]
+            Xs, Ys, weights = (list(column) for column in zip(*arrays, strict=True))
+            engines = [m.engine for m in members]
+            stack = Stack(engines, xp, self.loss_kwargs, capturable=True, mirror=mirror)
             stream_of = [s for s, (b, e) in enumerate(streams) for _ in range(b, e)]
-            Xs = [m.X for m in members]
-            Ys = [m.data.Y for m in members]
-            weights = [m.data.sample_weight for m in members]
 
             def run(order):  # order: one row per stream, or None
                 rows = [None if order is None else order[s] for s in stream_of]
                 return stack.epoch_sums(Xs, Ys, weights, rows, streams, self.batch_size)
 
+            device = Xs[0].device
             graph = make_captured_epoch(
                 run,
-                to_device=lambda order: self.xp.asarray(order, device=self.device),
+                to_device=lambda order: xp.asarray(order, device=device),
                 prepare=stack.write_learning_rates,
                 eager=self.capture == "eager",
             )
@@ -403,15 +407,31 @@ class _Group:
 
 def _capture_mode(members):
     """``"graph"`` where a joint epoch is captured as one GPU graph: torch CUDA
-    tensors, every member with ``capture=True``; else None (an eager joint epoch).
+    tensors or CuPy arrays (with torch to capture them), every member with
+    ``capture=True``; else None (an eager joint epoch).
 
     ``"eager"`` (set by tests) runs the captured epoch's code eagerly on any device.
-    A CuPy group trains eagerly: CuPy refuses cuBLAS calls during a capture, and a
-    group is not mirrored as torch tensors as one network is (``_capture.py``).
     """
-    if all(m.engine._backend == "torch" for m in members):
+    if all(m.engine._backend in ("torch", "cupy") for m in members):
         return "graph"
     return None
+
+
+def _mirrored(members):
+    """Whether the group's captured epoch runs as torch kernels on the memory of
+    other arrays: CuPy's (as one network's does, ``_capture.py``)."""
+    return members[0].engine._backend == "cupy"
+
+
+def _torch_mirror():
+    """``(mirror, torch namespace)``: ``mirror(array)`` is ``array`` (of any
+    namespace that speaks DLPack) as a torch tensor on the same memory, or None."""
+    import torch
+    from sklearn.utils._array_api import get_namespace
+
+    with config_context(array_api_dispatch=True):
+        torch_xp, _ = get_namespace(torch.zeros(1))
+    return (lambda a: None if a is None else torch.from_dlpack(a)), torch_xp
 
 
 def _equal(a, b, xp):

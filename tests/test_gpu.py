@@ -127,14 +127,18 @@ def test_divergence_is_caught_on_the_device(backend):
 
 
 @pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_fit_together_captures_the_group_epoch_and_equals_separate_fits(
-    weighted, monkeypatch
+    backend, weighted, monkeypatch
 ):
-    """Float64 on torch CUDA: a group of four, one of which stops early (the group is
-    then captured anew), each member as its own (captured) fit."""
+    """Float64: a group of four, one of which stops early (the group is then captured
+    anew), each member as its own (captured) fit. A CuPy group is captured as torch
+    kernels on the CuPy arrays' memory."""
     from skmlp import _together, fit_together
 
-    to_device = _torch_cuda()
+    to_device = BACKENDS[backend]()
+    if backend == "cupy":
+        _torch_cuda()  # the capture needs torch
     graphs = []
 
     def recorded(*args, **kwargs):  # the real graph, kept to look at afterwards

@@ -162,6 +162,26 @@ def test_captured_protocol_members_end_as_their_own_fits(
         assert len(captured_protocol) == 1 + len(changes) == 2
 
 
+def test_captured_protocol_mirrored_as_torch_tensors(
+    digits, captured_protocol, monkeypatch
+):
+    """A CuPy group's epoch is captured as torch kernels on the CuPy arrays' memory;
+    here NumPy members are mirrored as torch CPU tensors: the torch kernels must
+    train the NumPy arrays themselves, exactly as their own fits."""
+    pytest.importorskip("torch")
+    monkeypatch.setattr(_together, "_mirrored", lambda members: True)
+    X, y = (np.array(a) for a in digits)  # writable: DLPack exports no read-only array
+    weights = np.random.RandomState(0).uniform(0.5, 2.0, y.shape[0])
+    estimators = _members("stopping") + [SGDMLPClassifier(**BASE, alpha=1e-3)]
+    ys, sample_weights = [y] * 4, [None, weights, None, weights]
+    alone = _separately(estimators, X, ys, sample_weights)
+    _quietly(fit_together, estimators, X, ys, sample_weight=sample_weights)
+    for together, reference in zip(estimators, alone, strict=True):
+        assert isinstance(together.coefs_[0], np.ndarray)
+        assert_same_fit(together, reference)
+    assert len(captured_protocol) == 3  # four members, then three, then two
+
+
 def test_captured_protocol_labels_and_weights(digits, captured_protocol):
     """Weighted batches select each member's step on the device (no read-back),
     including a batch whose weights sum to 0 for one member."""
