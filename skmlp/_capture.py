@@ -23,6 +23,7 @@ torch, CuPy trains eagerly.
 
 import contextlib
 import copy
+import gc
 import warnings
 
 from skmlp._data import to_numpy
@@ -129,8 +130,18 @@ class _TorchGraph(_Graph):
         # torch gives the graph a private memory pool: nothing outside it reuses the
         # graph's intermediate arrays between replays.
         self.graph = self.torch.cuda.CUDAGraph()
-        with self.torch.cuda.graph(self.graph, stream=self.stream):
-            return self.run(self.order)
+        # No garbage collection while capturing: collecting an older graph destroys
+        # it, which CUDA forbids during a capture (the capture then fails; seen on
+        # an H200 when one fit_together group followed another). torch collects
+        # right before the capture begins.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            with self.torch.cuda.graph(self.graph, stream=self.stream):
+                return self.run(self.order)
+        finally:
+            if collecting:
+                gc.enable()
 
     def replay(self):
         self.graph.replay()

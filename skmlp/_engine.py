@@ -420,17 +420,18 @@ class Engine:
         """The captured epoch; a CuPy epoch is captured as torch kernels on the same
         memory (``torch_mirror``: CuPy refuses cuBLAS calls during a capture)."""
         step, xp = self.step, self.xp
+        optimizer, batch_size = self.optimizer, self.batch_size
         if self._backend == "cupy":
             (X, Y, sample_weight), step, xp = torch_mirror((X, Y, sample_weight), step)
         device = X.device
 
+        # (the closures hold no reference to the engine: the graph is then freed
+        # with it, not later by the garbage collector, maybe during another capture)
         def prepare():
-            step.scalars[0][...] = self.optimizer.learning_rate
+            step.scalars[0][...] = optimizer.learning_rate
 
         return make_captured_epoch(
-            lambda order: epoch_cost(
-                X, Y, sample_weight, order, self.batch_size, step, xp
-            ),
+            lambda order: epoch_cost(X, Y, sample_weight, order, batch_size, step, xp),
             to_device=lambda order: xp.asarray(order, device=device),
             prepare=prepare,
         )

@@ -378,10 +378,11 @@ class _Group:
             engines = [m.engine for m in members]
             stack = Stack(engines, xp, self.loss_kwargs, capturable=True, mirror=mirror)
             stream_of = [s for s, (b, e) in enumerate(streams) for _ in range(b, e)]
+            batch_size = self.batch_size  # no reference to self: see Engine._make_graph
 
             def run(order):  # order: one row per stream, or None
                 rows = [None if order is None else order[s] for s in stream_of]
-                return stack.epoch_sums(Xs, Ys, weights, rows, streams, self.batch_size)
+                return stack.epoch_sums(Xs, Ys, weights, rows, streams, batch_size)
 
             device = Xs[0].device
             graph = make_captured_epoch(

@@ -176,3 +176,36 @@ def test_fit_together_captures_the_group_epoch_and_equals_separate_fits(
         for a, b in zip(ours.coefs_ + ours.intercepts_, ref.coefs_ + ref.intercepts_,
                         strict=True):  # fmt: skip
             assert_allclose(_to_numpy(a), _to_numpy(b), rtol=1e-7, atol=1e-9)
+
+
+def test_an_old_graph_collected_as_garbage_does_not_break_a_capture():
+    """A captured graph left in a reference cycle is destroyed whenever Python's
+    garbage collector runs; CUDA forbids that during another capture, so no
+    collection may run while an epoch is captured (it failed on an H200 when one
+    fit_together group followed another). The collector is made to run at nearly
+    every allocation here."""
+    import gc
+
+    import torch
+
+    from skmlp._capture import make_captured_epoch
+
+    to_device = _torch_cuda()
+    counter = torch.zeros((), device="cuda")
+
+    def run(order):
+        counter.add_(1.0)
+        return counter * 1.0
+
+    old = make_captured_epoch(run, to_device=lambda o: o, prepare=lambda: None)
+    assert [old(None), old(None)] == [1.0, 2.0]  # eager, then captured and replayed
+    assert old.output is not None
+    old.cycle = old  # garbage only the collector can free
+    del old
+    thresholds = gc.get_threshold()
+    gc.set_threshold(1, 1, 1)
+    try:
+        captured, _ = _fit(to_device, capture=True)  # a RuntimeWarning fails here
+    finally:
+        gc.set_threshold(*thresholds)
+    assert captured.n_iter_ == 6
