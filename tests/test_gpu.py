@@ -181,31 +181,42 @@ def test_fit_together_captures_the_group_epoch_and_equals_separate_fits(
 def test_an_old_graph_collected_as_garbage_does_not_break_a_capture():
     """A captured graph left in a reference cycle is destroyed whenever Python's
     garbage collector runs; CUDA forbids that during another capture, so no
-    collection may run while an epoch is captured (it failed on an H200 when one
-    fit_together group followed another). The collector is made to run at nearly
-    every allocation here."""
+    collection may run while an epoch is captured (a capture failed so on an H200
+    when one fit_together group followed another). Here an old graph becomes
+    garbage in the middle of a new capture, and the collector is set to run at
+    nearly every allocation."""
     import gc
 
     import torch
 
     from skmlp._capture import make_captured_epoch
 
-    to_device = _torch_cuda()
+    _torch_cuda()
     counter = torch.zeros((), device="cuda")
+    holder, capturing = [], []
 
-    def run(order):
+    def count(order):
+        if capturing:  # the second epoch is the captured one
+            holder.clear()  # the old graph's cycle is garbage from here on
+            _ = [[] for _ in range(1000)]  # allocations: the collector's turn
         counter.add_(1.0)
         return counter * 1.0
 
-    old = make_captured_epoch(run, to_device=lambda o: o, prepare=lambda: None)
+    old = make_captured_epoch(count, to_device=lambda o: o, prepare=lambda: None)
     assert [old(None), old(None)] == [1.0, 2.0]  # eager, then captured and replayed
     assert old.output is not None
-    old.cycle = old  # garbage only the collector can free
+    old.cycle = old
+    holder.append(old)
     del old
+    new = make_captured_epoch(count, to_device=lambda o: o, prepare=lambda: None)
     thresholds = gc.get_threshold()
     gc.set_threshold(1, 1, 1)
     try:
-        captured, _ = _fit(to_device, capture=True)  # a RuntimeWarning fails here
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # a failed capture
+            assert new(None) == 3.0  # eager
+            capturing.append(True)
+            assert new(None) == 4.0  # captured, dropping the old graph; replayed
     finally:
         gc.set_threshold(*thresholds)
-    assert captured.n_iter_ == 6
+    assert new.output is not None and not new.eager
