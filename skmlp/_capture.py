@@ -130,10 +130,11 @@ class _TorchGraph(_Graph):
         # torch gives the graph a private memory pool: nothing outside it reuses the
         # graph's intermediate arrays between replays.
         self.graph = self.torch.cuda.CUDAGraph()
-        # No garbage collection while capturing: collecting an older graph destroys
-        # it, which CUDA forbids during a capture (the capture then fails; seen on
-        # an H200 when one fit_together group followed another). torch collects
-        # right before the capture begins.
+        # No garbage collection while capturing: collecting an older graph resets
+        # it, which CUDA forbids during a capture. Seen once on an H200 (bench_gpu,
+        # a torch group captured after a CuPy group): "operation not permitted when
+        # stream is capturing (function reset)", then the capture was invalidated.
+        # torch collects right before the capture begins.
         collecting = gc.isenabled()
         gc.disable()
         try:
