@@ -24,6 +24,12 @@ group's stacked parameters and velocities are packed from the members' flat buff
 unpacked back into them at the end (two copies of the weights per epoch); each member's
 epoch is then ended by its engine, its callbacks run by the same ``FitRun`` as in
 ``est.fit``, and a member that stops leaves the group.
+
+On a GPU the joint epoch is bound by kernel launches, as one network's is: on torch
+CUDA and CuPy it is captured as one CUDA graph (``_Group._captured_epoch``, with
+``_capture.py``), whose stacked buffers persist while the group's members stay the
+same; the learning rates are written into a device vector and the shuffle orders
+into a static buffer before each replay.
 """
 
 import contextlib
@@ -86,7 +92,9 @@ def fit_together(estimators, X, y, *, sample_weight=None):
     be fitted (an invalid parameter, bad labels) raises an error naming it, and every
     estimator is then left as it was. A group's ``history_`` gives, as each member's
     ``seconds``, the wall time of the group's joint epoch. Sparse input, and groups of
-    one, train each network by its own engine.
+    one, train each network by its own engine. On torch CUDA and CuPy, a group's epoch
+    is captured as one CUDA graph and replayed (captured anew when a member leaves),
+    unless a member has ``capture=False``.
 
     Examples
     --------
