@@ -153,7 +153,13 @@ class MLflowEpochLogger(_ReadsScores):
         self._flushed = time.monotonic()
         if not self._pending:
             return
-        run_id = self.run_id or mlflow.active_run().info.run_id
+        run = mlflow.active_run()
+        run_id = self.run_id or (run and run.info.run_id)
+        if run_id is None:
+            raise RuntimeError(
+                "MLflowEpochLogger has no MLflow run to log to: create it inside "
+                "mlflow.start_run(), or start a run before the fit ends."
+            )
         pending, self._pending = self._pending, []
         mlflow.MlflowClient().log_batch(run_id, metrics=pending)
 

@@ -54,7 +54,8 @@ def capture_backend(xp, device):
 
 
 def make_captured_epoch(run, to_device, prepare, eager=False):
-    """A callable ``epoch(order) -> float`` that replays ``run`` as one CUDA graph.
+    """A callable ``epoch(order)`` that replays ``run`` as one CUDA graph and returns
+    its cost as a float, or a list of floats (one per network of a group).
 
     Parameters
     ----------

@@ -529,7 +529,7 @@ class Engine:
     def _restore(self, saved):
         params, velocity, learning_rate, rng_state, state, n_records, best = saved
         if self._graph is not None:  # an interrupted replay may still be running
-            self._graph.stream.synchronize()
+            self._graph.synchronize()
         self.params.flat[...] = params  # in place: views and captured graphs hold
         self.optimizer.velocities[0][...] = velocity
         self.optimizer.learning_rate = learning_rate

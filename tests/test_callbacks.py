@@ -125,6 +125,14 @@ def test_mlflow_logger_writes_at_most_flush_seconds_late(
     assert len(watcher.client.get_metric_history(run.info.run_id, "loss")) == 3
 
 
+def test_mlflow_logger_without_a_run_says_so(digits, tmp_path):
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    scoring = EpochScoring({})
+    with pytest.raises(RuntimeError, match="no MLflow run to log to"):
+        _fit(digits, scoring, MLflowEpochLogger(scoring), max_iter=2)
+    assert mlflow.active_run() is None
+
+
 def test_epoch_log_writes_one_line_per_epoch(digits, caplog):
     X, y = digits
     scoring = EpochScoring({"test": (X, y)})
