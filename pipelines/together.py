@@ -26,6 +26,8 @@ import scipy.sparse as sp
 import sklearn
 from sklearn.exceptions import ConvergenceWarning
 
+from pipelines.lifecycle import CHILDREN_GRACE_S
+
 log = logging.getLogger(__name__)
 
 # A run's tag: how many networks its fit shared (1: fitted alone by the launcher).
@@ -64,8 +66,8 @@ class SweptJob:
         self.job_return = None
         self.error = None  # what escaped run_job (KeyboardInterrupt, ...)
         self._run = run
-        self._turn = threading.Event()
-        self._yielded = threading.Event()
+        self._state = "new"  # then "running", "parked", "running", ..., "ended"
+        self._turns = threading.Condition()
         self._thread = threading.Thread(target=self._main, daemon=True)
 
     def _main(self):
@@ -75,26 +77,50 @@ class SweptJob:
         except BaseException as exc:  # run_job returns a job's Exception itself
             self.error = exc
         finally:
-            self.parked = None
-            self._yielded.set()
+            self._set_state("ended")
+
+    def _set_state(self, state):
+        with self._turns:
+            self._state = state
+            if state != "parked":
+                self.parked = None
+            self._turns.notify_all()
 
     def step(self):
         """Start or resume the job; return once it parks at its fit or ends."""
-        self._yielded.clear()
-        if self._thread.ident is None:
-            self._thread.start()
-        else:
-            self._restore()
-            self._turn.set()
-        self._yielded.wait()
+        with self._turns:
+            if self._state == "new":
+                self._state = "running"
+                self._thread.start()
+            elif self._state == "parked":
+                self._restore()
+                self._state = "running"
+                self._turns.notify_all()
+            self._turns.wait_for(lambda: self._state != "running")
 
     def park(self, fit):
         """(In the job's thread.) Hand ``fit`` to the launcher; wait to be resumed."""
-        self.parked = fit
-        self._turn.clear()
-        self._yielded.set()
-        self._turn.wait()
-        self.parked = None
+        with self._turns:
+            self.parked, self._state = fit, "parked"
+            self._turns.notify_all()
+            self._turns.wait_for(lambda: self._state == "running")
+            self.parked = None
+
+    def interrupt(self, exc):
+        """End the job as interrupted by ``exc`` (Ctrl-C, SIGTERM in the launcher).
+
+        A job still running (on its way to its fit, or finishing after it) gets to
+        its fit or its end first; a job at its fit is resumed with ``exc`` raised
+        there, so that it ends its own run KILLED. A job never started stays so; one
+        still running ``CHILDREN_GRACE_S`` later is left (the sweep's parent has
+        marked its run KILLED).
+        """
+        with self._turns:
+            self._turns.wait_for(lambda: self._state != "running", CHILDREN_GRACE_S)
+            if self._state != "parked":
+                return
+            self.parked.error = exc
+        self.step()
 
     def _restore(self):
         from hydra.core.hydra_config import HydraConfig
@@ -111,25 +137,26 @@ def run_together(jobs, launcher_logging=None):
     group is fitted.
 
     Returns their ``JobReturn`` in order. ``launcher_logging()`` sets the launcher's
-    logging up while a group is fitted (its epochs are logged there).
+    logging up while a group is fitted (its epochs are logged there). An interrupt
+    (Ctrl-C, SIGTERM) wherever it lands, while a job runs up to its fit, in a joint
+    fit or while a job finishes, ends every started job through its own lifecycle
+    (``SweptJob.interrupt``) before it goes on.
     """
-    for job in jobs:
-        job.step()
-    parked = {id(job.parked): job for job in jobs if job.parked is not None}
-    fits = [job.parked for job in parked.values()]
-    groups = [[parked[id(fit)] for fit in group] for group in group_fits(fits)]
-    for at, group in enumerate(groups):
-        if launcher_logging is not None:
-            launcher_logging()
-        try:
-            fit_group([job.parked for job in group])
-        except BaseException as exc:  # Ctrl-C, SIGTERM: the waiting jobs end KILLED
-            for job in (job for rest in groups[at:] for job in rest):
-                job.parked.error = exc
-                job.step()
-            raise
-        for job in group:
+    try:
+        for job in jobs:
             job.step()
+        parked = {id(job.parked): job for job in jobs if job.parked is not None}
+        fits = [job.parked for job in parked.values()]
+        for group in group_fits(fits):
+            if launcher_logging is not None:
+                launcher_logging()
+            fit_group(group)
+            for fit in group:
+                parked[id(fit)].step()
+    except BaseException as exc:  # Ctrl-C, SIGTERM: every started job ends KILLED
+        for job in jobs:
+            job.interrupt(exc)
+        raise
     for job in jobs:
         if job.error is not None:
             raise job.error

@@ -98,12 +98,14 @@ def running_children(uri):
         ("parallel", False, signal.SIGTERM),
         ("parallel", True, signal.SIGTERM),
         ("parallel", True, signal.SIGINT),
+        ("together", False, signal.SIGTERM),  # jobs parked, or on their way
         ("together", True, signal.SIGINT),  # in the joint fit, jobs parked
     ],
     ids=[
         "TERM-to-parent",
         "TERM-to-group",
         "INT-to-group",
+        "together-TERM-to-parent",
         "together-INT-to-group",
     ],
 )
@@ -129,6 +131,69 @@ def test_an_interrupted_parallel_sweep_ends_every_run_killed(
     assert {r.info.status for r in runs} == {"KILLED"}, output[-3000:]
     if launcher == "together":  # the two jobs were parked in one joint fit
         assert "fitting 2 networks together" in output
+
+
+# Holds the together launcher's second job on its way to its fit (after its run has
+# started), so that a signal lands while the launcher waits for it.
+SLOW_SECOND_JOB = """
+import os, pathlib, sys, time
+
+def patch(together):
+    fit_estimator, calls = together.fit_estimator, []
+
+    def slow(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            pathlib.Path(os.environ["SKMLP_TEST_MARKER"]).touch()
+            time.sleep(5)
+        return fit_estimator(*args, **kwargs)
+
+    together.fit_estimator = slow
+
+class Hook:  # patches pipelines.together when the pipeline imports it
+    def find_spec(self, name, path, target=None):
+        if name != "pipelines.together":
+            return None
+        finders = [f for f in sys.meta_path if f is not self]
+        spec = next(filter(None, (f.find_spec(name, path, target) for f in finders)))
+        exec_module = spec.loader.exec_module
+        def exec_and_patch(module):
+            exec_module(module)
+            patch(module)
+        spec.loader.exec_module = exec_and_patch
+        return spec
+
+sys.meta_path.insert(0, Hook())
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_while_a_together_job_sets_up_ends_every_job_itself(store, tmp_path):
+    """SIGTERM to the parent while the launcher waits for a job still on its way to
+    its fit: that job reaches its fit, and it and the job parked before it each end
+    their own run KILLED (their own lifecycle, not only the parent marking them); the
+    sweep exits."""
+    uri, env = store
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(SLOW_SECOND_JOB)
+    marker = tmp_path / "second-job-setting-up"
+    env = {
+        **env,
+        "PYTHONPATH": os.pathsep.join([str(hook), env.get("PYTHONPATH", "")]),
+        "SKMLP_TEST_MARKER": str(marker),
+    }
+    args = ["-m", "hydra/launcher=together", *LONG, "model.learning_rate_init=0.1,0.2"]
+    process = start(args, env, tmp_path)
+    wait_for(marker.exists, "the second job on its way to its fit", process)
+    process.send_signal(signal.SIGTERM)
+    output = finish(process, timeout=60)
+    runs = all_runs(uri)
+    assert len(runs) == 3, output[-3000:]
+    assert {r.info.status for r in runs} == {"KILLED"}, output[-3000:]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    reasons = {r.data.tags.get("skmlp.end_reason") for r in children}
+    assert reasons == {"interrupted (Ctrl-C or SIGTERM)"}, output[-3000:]
 
 
 # Makes the real mlflow.sklearn.log_model announce itself and take its time, so that
