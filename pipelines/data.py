@@ -1,5 +1,7 @@
 """Load the configured data set and cut the subsets a run asks for."""
 
+from concurrent.futures import ThreadPoolExecutor
+
 import hydra
 from omegaconf import OmegaConf
 from sklearn.model_selection import train_test_split
@@ -24,6 +26,20 @@ def load_data(cfg, seed):
 
 
 _LOADED = {}
+
+
+def load_data_soon(cfg, seed):
+    """``load_data(cfg, seed)`` in a thread of its own: a Future, whose ``result()``
+    gives the data or raises what loading raised.
+
+    Reading the files is mostly outside the GIL (decompression, checksums, the cast
+    to floats), so an entry point imports MLflow and Matplotlib meanwhile: 0.4 s of a
+    run's start-up on a 2-core machine (``benchmarks/bench_startup.py``).
+    """
+    executor = ThreadPoolExecutor(1, thread_name_prefix="load_data")
+    future = executor.submit(load_data, cfg, seed)
+    executor.shutdown(wait=False)  # its thread ends with the load
+    return future
 
 
 def _load(cfg, seed):

@@ -51,10 +51,12 @@ def time_to_fit(curves, threshold):
 @task_wrapper
 def memorize(cfg: DictConfig) -> dict:
     """One job of the sweep: train on corrupted data; returns its final metrics."""
-    from pipelines.data import load_data
+    from pipelines.data import load_data_soon
+
+    data = load_data_soon(cfg.data, cfg.seed)  # loads while MLflow is imported
     from pipelines.training import tracked_run
 
-    data = corrupt(load_data(cfg.data, cfg.seed), cfg.corruption, cfg.seed)
+    data = corrupt(data.result(), cfg.corruption, cfg.seed)
     sizes = "-".join(str(s) for s in cfg.model.hidden_layer_sizes)
     metrics, _ = tracked_run(
         cfg,

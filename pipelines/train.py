@@ -23,10 +23,12 @@ def run_name(cfg):
 def train(cfg: DictConfig) -> dict:
     """One tracked training run; returns its final metrics."""
     # Imported here: --cfg job and --help need neither scikit-learn nor MLflow.
-    from pipelines.data import load_data
+    from pipelines.data import load_data_soon
+
+    data = load_data_soon(cfg.data, cfg.seed)  # loads while MLflow is imported
     from pipelines.training import tracked_run
 
-    data = load_data(cfg.data, cfg.seed)
+    data = data.result()
     metrics, _ = tracked_run(cfg, data, name=run_name(cfg))
     return metrics
 

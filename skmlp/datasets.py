@@ -270,7 +270,8 @@ def _load_idx_dataset(dataset, data_dir, as_frame, dtype, mirrors):
     for split, (images_spec, labels_spec) in dataset.files.items():
         images = _read(dataset, images_spec, data_dir, mirrors)
         labels = _read(dataset, labels_spec, data_dir, mirrors)
-        X = images.reshape(images.shape[0], -1).astype(dtype) / dtype(255)
+        X = images.reshape(images.shape[0], -1).astype(dtype)
+        X /= dtype(255)  # in place: a second array of this size costs its page faults
         y = labels.astype(np.int64)
         if as_frame:
             import pandas as pd

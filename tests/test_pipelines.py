@@ -358,3 +358,38 @@ def test_mlflow_server_serves_the_runs(store, tmp_path):
     assert len(runs) == 1
     metrics = {m["key"]: m["value"] for m in runs[0]["data"]["metrics"]}
     assert metrics["final_test_accuracy"] > 0.5
+
+
+def test_missing_data_files_fail_the_run_before_it_starts(store, tmp_path):
+    """The data are read in a thread while MLflow is imported: a missing file still
+    fails the command with the loader's message, and no run is left behind."""
+    uri, env = store
+    empty = tmp_path / "no-mnist-here"
+    empty.mkdir()
+    env = {
+        **env,
+        "SKMLP_MNIST_DIR": str(empty),
+        "SKMLP_CACHE_DIR": str(tmp_path / "cache"),
+    }
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.train",
+            "data=mnist",
+            "+data.loader.mirrors=[http://127.0.0.1:9/]",  # nothing listens there
+            "model.max_iter=1",
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "train-images-idx3-ubyte.gz not found" in output, output[-3000:]
+    assert str(empty) in output and "SKMLP_MNIST_DIR" in output
+    client = MlflowClient(uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    assert client.search_runs(experiments) == []
