@@ -11,6 +11,10 @@ Two measurements, each in a fresh process, against a temporary MLflow store:
 2. ``command``: the command itself as a user runs it (a subprocess), its wall time, and
    wall minus training minus per-epoch evaluation (the fixed cost), read back from the
    run's metrics; the fixed cost is also printed as a ratio to the training time.
+3. ``overlap`` (run alone: ``bench_startup.py overlap [rounds]``): the data read in a
+   thread while the run's library (MLflow, Matplotlib) is imported, as the entry points
+   do, against the two one after the other; fresh processes, alternately, in either
+   order; the wall seconds from loading to both done, and their ratio.
 
 Run:  SKMLP_MNIST_DIR=../shared/data/mnist python benchmarks/bench_startup.py [args...]
 (extra arguments are Hydra overrides, e.g. ``tracking.log_model=false``).
@@ -156,6 +160,46 @@ def command(overrides):
     )
 
 
+OVERLAP = """
+import sys, time
+from omegaconf import OmegaConf
+import pipelines.data as data
+cfg = OmegaConf.create({"loader": {"_target_": "skmlp.datasets.load_mnist"},
+                        "n_train": None, "n_test": None, "validation_size": 0})
+start = time.perf_counter()
+if sys.argv[1] == "thread":
+    pending = data.load_data_soon(cfg, 0)
+    import pipelines.training
+    pending.result()
+else:
+    data.load_data(cfg, 0)
+    import pipelines.training
+print(time.perf_counter() - start)
+"""
+
+
+def overlap(rounds):
+    """Wall seconds of loading MNIST and importing the run's library, in turns."""
+    times = {"thread": [], "in turn": []}
+    for round_ in range(rounds):
+        order = ["thread", "in turn"][:: 1 if round_ % 2 else -1]
+        for how in order:
+            result = subprocess.run(
+                [sys.executable, "-c", OVERLAP, how],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            times[how].append(float(result.stdout.split()[-1]))
+    for how, seconds in times.items():
+        print(f"{how:<8} " + " ".join(f"{s:.2f}" for s in seconds))
+    mean = {how: sum(seconds) / rounds for how, seconds in times.items()}
+    print(
+        f"data + imports: {mean['in turn']:.2f} s in turn, {mean['thread']:.2f} s with "
+        f"the data in a thread ({mean['in turn'] - mean['thread']:.2f} s saved)"
+    )
+
+
 def _create_store(uri):
     """A store that exists already, as after a user's first run: its one-time
     creation (MLflow's schema migrations) is not part of a run's start-up."""
@@ -173,6 +217,8 @@ def _create_store(uri):
 
 def main():
     args = sys.argv[1:]
+    if args and args[0] == "overlap":
+        return overlap(int(args[1]) if len(args) > 1 else 6)
     if args and args[0] in ("breakdown", "command"):
         return (breakdown if args[0] == "breakdown" else command)(args[1:])
     for name in ("breakdown", "command"):
