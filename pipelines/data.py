@@ -1,6 +1,6 @@
 """Load the configured data set and cut the subsets a run asks for."""
 
-from concurrent.futures import ThreadPoolExecutor
+import threading
 
 import hydra
 from omegaconf import OmegaConf
@@ -29,17 +29,37 @@ _LOADED = {}
 
 
 def load_data_soon(cfg, seed):
-    """``load_data(cfg, seed)`` in a thread of its own: a Future, whose ``result()``
-    gives the data or raises what loading raised.
+    """``load_data(cfg, seed)`` started in a thread of its own; its ``result()`` gives
+    the data or raises what loading raised.
 
     Reading the files is mostly outside the GIL (decompression, checksums, the cast
-    to floats), so an entry point imports MLflow and Matplotlib meanwhile: 0.4 s of a
-    run's start-up on a 2-core machine (``benchmarks/bench_startup.py``).
+    to floats), so an entry point imports MLflow and Matplotlib meanwhile: 0.4 to
+    0.6 s of a run's start-up on a 2-core machine (``bench_startup.py overlap``).
     """
-    executor = ThreadPoolExecutor(1, thread_name_prefix="load_data")
-    future = executor.submit(load_data, cfg, seed)
-    executor.shutdown(wait=False)  # its thread ends with the load
-    return future
+    return _Loading(cfg, seed)
+
+
+class _Loading(threading.Thread):
+    """A ``load_data`` call in a daemon thread: a Ctrl-C while it downloads ends the
+    process at once (partial files are cleaned up by the next download)."""
+
+    def __init__(self, cfg, seed):
+        super().__init__(name="load_data", daemon=True)
+        self._args, self._data, self._error = (cfg, seed), None, None
+        self.start()
+
+    def run(self):
+        try:
+            self._data = load_data(*self._args)
+        except BaseException as exc:  # raised in the caller's thread by result()
+            self._error = exc
+
+    def result(self):
+        """The loaded data, once loaded; raises what loading raised."""
+        self.join()
+        if self._error is not None:
+            raise self._error
+        return self._data
 
 
 def _load(cfg, seed):
