@@ -46,7 +46,8 @@ class ParkedFit:
     cwd: str
     group_size: int = 1
     seconds: float = 0.0
-    error: BaseException | None = None
+    error: Exception | None = None  # the joint fit failed: the job fits alone
+    interrupt: BaseException | None = None  # the sweep ends: raised at the fit
 
 
 class SweptJob:
@@ -81,46 +82,51 @@ class SweptJob:
 
     def _set_state(self, state):
         with self._turns:
+            self._turns.notify_all()  # first: an interrupt in it changes nothing
             self._state = state
             if state != "parked":
                 self.parked = None
-            self._turns.notify_all()
 
-    def step(self):
-        """Start or resume the job; return once it parks at its fit or ends."""
+    def step(self, timeout=None):
+        """Start or resume the job; return once it parks at its fit or ends (or
+        ``timeout`` seconds later)."""
         with self._turns:
             if self._state == "new":
                 self._state = "running"
                 self._thread.start()
             elif self._state == "parked":
                 self._restore()
+                self._turns.notify_all()  # before the state: see _set_state
                 self._state = "running"
-                self._turns.notify_all()
-            self._turns.wait_for(lambda: self._state != "running")
+            self._turns.wait_for(self._settled, timeout)
+
+    def _settled(self):
+        """Not running: parked, ended, or never started. (A Ctrl-C inside
+        ``Thread.start`` leaves "running": the thread almost surely runs by then.)"""
+        return self._state != "running"
 
     def park(self, fit):
         """(In the job's thread.) Hand ``fit`` to the launcher; wait to be resumed."""
         with self._turns:
-            self.parked, self._state = fit, "parked"
             self._turns.notify_all()
+            self.parked, self._state = fit, "parked"
             self._turns.wait_for(lambda: self._state == "running")
             self.parked = None
 
-    def interrupt(self, exc):
-        """End the job as interrupted by ``exc`` (Ctrl-C, SIGTERM in the launcher).
-
-        A job still running (on its way to its fit, or finishing after it) gets to
-        its fit or its end first; a job at its fit is resumed with ``exc`` raised
-        there, so that it ends its own run KILLED. A job never started stays so; one
-        still running ``CHILDREN_GRACE_S`` later is left (the sweep's parent has
-        marked its run KILLED).
-        """
+    def settle(self, deadline):
+        """Wait until the job is not running (or ``deadline``, a ``time.monotonic``
+        time); return whether it is not running."""
         with self._turns:
-            self._turns.wait_for(lambda: self._state != "running", CHILDREN_GRACE_S)
+            return self._turns.wait_for(self._settled, deadline - time.monotonic())
+
+    def interrupt(self, exc, deadline):
+        """(Every job settled.) A parked job resumes with ``exc`` raised at its fit,
+        so that it ends its own run KILLED; wait for it until ``deadline``."""
+        with self._turns:
             if self._state != "parked":
                 return
-            self.parked.error = exc
-        self.step()
+            self.parked.interrupt = exc
+        self.step(timeout=max(0.0, deadline - time.monotonic()))
 
     def _restore(self):
         from hydra.core.hydra_config import HydraConfig
@@ -140,7 +146,7 @@ def run_together(jobs, launcher_logging=None):
     logging up while a group is fitted (its epochs are logged there). An interrupt
     (Ctrl-C, SIGTERM) wherever it lands, while a job runs up to its fit, in a joint
     fit or while a job finishes, ends every started job through its own lifecycle
-    (``SweptJob.interrupt``) before it goes on.
+    (``_end_jobs``) before it goes on.
     """
     try:
         for job in jobs:
@@ -154,13 +160,31 @@ def run_together(jobs, launcher_logging=None):
             for fit in group:
                 parked[id(fit)].step()
     except BaseException as exc:  # Ctrl-C, SIGTERM: every started job ends KILLED
-        for job in jobs:
-            job.interrupt(exc)
+        _end_jobs(jobs, exc)
         raise
     for job in jobs:
         if job.error is not None:
             raise job.error
     return [job.job_return for job in jobs]
+
+
+def _end_jobs(jobs, exc):
+    """After ``exc`` in the launcher: let the running job (at most one) reach its fit
+    or its end, then resume each parked job, one at a time, to end with ``exc``.
+    All within ``CHILDREN_GRACE_S``; a job that overstays it is left, and no other job
+    is resumed beside it (the sweep's parent marks their runs KILLED)."""
+    deadline = time.monotonic() + CHILDREN_GRACE_S
+    if not all(job.settle(deadline) for job in jobs):
+        log.warning("a job is still running %d s after %r", CHILDREN_GRACE_S, exc)
+        return
+    for job in jobs:
+        try:
+            job.interrupt(exc, deadline)
+        except Exception:  # (its Hydra context could not be restored) the others end
+            log.exception("could not resume a job to end it")
+        if not job.settle(deadline):
+            log.warning("a job is still ending %d s after %r", CHILDREN_GRACE_S, exc)
+            return
 
 
 def fit_estimator(estimator, X, y):
@@ -176,11 +200,11 @@ def fit_estimator(estimator, X, y):
         return time.perf_counter() - start
     fit = ParkedFit(estimator, X, y, sklearn.get_config(), os.getcwd())
     job.park(fit)
-    if isinstance(fit.error, Exception) and fit.group_size > 1:
+    if fit.interrupt is not None:
+        raise fit.interrupt
+    if fit.error is not None:  # the joint fit failed: this job fits alone
         log.warning("the joint fit failed (%s); fitting this job alone", fit.error)
         fit.group_size, start = 1, time.perf_counter()
-    elif fit.error is not None:
-        raise fit.error
     if fit.group_size == 1:
         estimator.fit(X, y)
         fit.seconds = time.perf_counter() - start

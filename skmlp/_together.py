@@ -34,6 +34,7 @@ into a static buffer before each replay.
 
 import contextlib
 import dataclasses
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
 
@@ -294,18 +295,53 @@ def _separate_epochs(active, n_threads):
     if n_threads < 2:
         return [m.engine.run_epoch(m.data) for m in active]
     saved = [m.engine._snapshot() for m in active]
+    epochs = _Epochs()
     try:
         with threadpool_limits(limits=1), ThreadPoolExecutor(n_threads) as pool:
-            futures = [pool.submit(m.engine.run_epoch, m.data) for m in active]
+            futures = [pool.submit(epochs.run, m) for m in active]
             # Waits in short slices: a signal (Ctrl-C) caught by a worker thread
             # runs its handler only when this, the main thread, next runs Python.
             while wait(futures, timeout=0.01).not_done:
                 pass
             return [future.result() for future in futures]
-    except BaseException:  # the pool has let its running epochs end by now
+    except BaseException:
+        epochs.stop()  # no epoch starts now; those running end first
         for member, state in zip(active, saved, strict=True):
             member.engine._restore(state)
         raise
+
+
+class _Epochs:
+    """The side-by-side epochs of ``_separate_epochs``, counted as they run.
+
+    A Ctrl-C whose handler runs inside the pool's ``submit`` (in ``Thread.start``,
+    once the worker already runs) leaves a worker the pool does not wait for: the
+    members are put back only once ``stop`` has seen every epoch end, whatever the
+    pool knows (seen once in CI: a rollback racing with an epoch).
+    """
+
+    def __init__(self):
+        self._turns = threading.Condition()
+        self._running, self._stopped = 0, False
+
+    def run(self, member):
+        """(In a worker.) ``member``'s epoch, unless ``stop`` came first."""
+        with self._turns:
+            if self._stopped:
+                return None
+            self._running += 1
+        try:
+            return member.engine.run_epoch(member.data)
+        finally:
+            with self._turns:
+                self._running -= 1
+                self._turns.notify_all()
+
+    def stop(self):
+        """Start no more epochs; wait for the running ones to end."""
+        with self._turns:
+            self._stopped = True
+            self._turns.wait_for(lambda: self._running == 0)
 
 
 class _Group:

@@ -1,7 +1,9 @@
 """fit_together: every member ends exactly as its own fit would leave it (digits)."""
 
 import copy
+import os
 import signal
+import threading
 import warnings
 
 import numpy as np
@@ -378,6 +380,42 @@ class InterruptInEpoch:
 
     def on_fit_task_end(self, estimator, context, *, fitted_estimator=None):
         return False
+
+
+def test_ctrl_c_as_a_side_by_side_epoch_starts_waits_for_it(digits, monkeypatch):
+    """A Ctrl-C whose handler would run inside ``Thread.start`` (the pool's submit,
+    after the worker already runs the epoch) waits for the submits: the pool then waits
+    for every epoch before the members are put back. Without that, the rollback raced
+    with a member's epoch (seen once in CI: ``t_`` one epoch ahead of ``n_iter_``)."""
+    monkeypatch.setattr(_together, "NUMPY_JOINT_MAX_PARAMS", 0)
+    monkeypatch.setattr(_together, "_side_by_side", lambda members: 2)
+    X, y = digits
+    X, y = np.repeat(X, 8, axis=0), np.repeat(y, 8)
+    params = dict(hidden_layer_sizes=(64,), batch_size=8, tol=0, random_state=0)
+    estimators = [
+        SGDMLPClassifier(**params, max_iter=1000, learning_rate_init=lr)
+        for lr in (0.001, 0.002, 0.004)
+    ]
+    start, workers = threading.Thread.start, []
+
+    def start_then_signal(thread):
+        start(thread)
+        workers.append(thread)
+        if len(workers) == 5:  # the third epoch's first worker (two per epoch)
+            os.kill(os.getpid(), signal.SIGALRM)
+
+    monkeypatch.setattr(threading.Thread, "start", start_then_signal)
+    previous = signal.signal(signal.SIGALRM, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            fit_together(estimators, X, y)
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    for worker in workers:  # an epoch left running would change its member later
+        worker.join(timeout=60)
+    for est in estimators:
+        assert est.n_iter_ == len(est.loss_curve_) == len(est.history_) == 2
+        assert_same_fit(est, _quietly(clone(est).set_params(max_iter=2).fit, X, y))
 
 
 @pytest.mark.parametrize(
