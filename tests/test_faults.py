@@ -133,6 +133,19 @@ def test_an_interrupted_parallel_sweep_ends_every_run_killed(
         assert "fitting 2 networks together" in output
 
 
+def hooked(env, tmp_path, code, marker):
+    """``env`` whose Python processes run ``code`` at start-up (a sitecustomize), told
+    the path of ``marker`` (``SKMLP_TEST_MARKER``) to touch when it is reached."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(code)
+    return {
+        **env,
+        "PYTHONPATH": os.pathsep.join([str(hook), env.get("PYTHONPATH", "")]),
+        "SKMLP_TEST_MARKER": str(marker),
+    }
+
+
 # Holds the together launcher's second job on its way to its fit (after its run has
 # started), so that a signal lands while the launcher waits for it.
 SLOW_SECOND_JOB = """
@@ -174,15 +187,8 @@ def test_sigterm_while_a_together_job_sets_up_ends_every_job_itself(store, tmp_p
     their own run KILLED (their own lifecycle, not only the parent marking them); the
     sweep exits."""
     uri, env = store
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(SLOW_SECOND_JOB)
     marker = tmp_path / "second-job-setting-up"
-    env = {
-        **env,
-        "PYTHONPATH": os.pathsep.join([str(hook), env.get("PYTHONPATH", "")]),
-        "SKMLP_TEST_MARKER": str(marker),
-    }
+    env = hooked(env, tmp_path, SLOW_SECOND_JOB, marker)
     args = ["-m", "hydra/launcher=together", *LONG, "model.learning_rate_init=0.1,0.2"]
     process = start(args, env, tmp_path)
     wait_for(marker.exists, "the second job on its way to its fit", process)
@@ -212,15 +218,8 @@ mlflow.sklearn.log_model = log_model
 
 def test_sigterm_while_logging_the_model_ends_the_run_killed(store, tmp_path):
     uri, env = store
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(SLOW_LOG_MODEL)
     marker = tmp_path / "logging-the-model"
-    env = {
-        **env,
-        "PYTHONPATH": os.pathsep.join([str(hook), env.get("PYTHONPATH", "")]),
-        "SKMLP_TEST_MARKER": str(marker),
-    }
+    env = hooked(env, tmp_path, SLOW_LOG_MODEL, marker)
     process = start([*QUICK, "tracking.log_model=true"], env, tmp_path)
     wait_for(marker.exists, "log_model", process)
     (run,) = all_runs(uri)
