@@ -1,14 +1,17 @@
 """The ``together`` Hydra launcher, run as a user runs it (a subprocess), read back
 from a temporary MLflow store: joint fits that leave every job as it would be alone."""
 
+import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines.together import GROUP_TAG
+from pipelines import together
+from pipelines.together import GROUP_TAG, ParkedFit, SweptJob
 
 # A few float64 epochs on the digits (the engine's joint fits equal separate ones to 1e-9).
 QUICK = [
@@ -182,3 +185,64 @@ def test_group_fits_by_shape_and_equal_inputs(digits):
     for got, expected in zip(fits[1].estimator.coefs_, alone.coefs_, strict=True):
         np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
     assert not hasattr(fits[2].estimator, "coefs_")  # a group of one: its job fits it
+
+
+class FakeJob:
+    """A job's ``run`` for ``SweptJob``: runs ``setup_s`` up to its fit, parks, and
+    after its turn raises the interrupt it was given (as ``fit_estimator`` does)."""
+
+    def __init__(self, name, running, setup_s=0.0):
+        self.name, self.running, self.setup_s = name, running, setup_s
+        self.overlaps = []
+
+    def __call__(self):
+        self.enter()
+        time.sleep(self.setup_s)
+        fit = ParkedFit(None, None, None, {}, os.getcwd())
+        self.running.discard(self.name)
+        together._current.job.park(fit)
+        self.enter()
+        try:
+            if fit.interrupt is not None:
+                raise fit.interrupt
+            return self.name
+        finally:
+            self.running.discard(self.name)
+
+    def enter(self):
+        if self.running:
+            self.overlaps.append(set(self.running))
+        self.running.add(self.name)
+
+
+def test_after_an_interrupt_jobs_end_one_at_a_time(monkeypatch):
+    """A job still on its way to its fit gets there before the parked one resumes;
+    then each ends with the interrupt raised at its fit."""
+    monkeypatch.setattr(SweptJob, "_restore", lambda job: None)
+    running = set()
+    fakes = [FakeJob("parked", running), FakeJob("setting up", running, setup_s=0.5)]
+    jobs = [SweptJob(fake.name, fake) for fake in fakes]
+    jobs[0].step()  # parks at once
+    jobs[1].step(timeout=0)  # still setting up: the interrupt lands here
+    interrupt = KeyboardInterrupt("test")
+    together._end_jobs(jobs, interrupt)
+    assert [fake.overlaps for fake in fakes] == [[], []]
+    assert [job.error for job in jobs] == [interrupt, interrupt]
+
+
+def test_a_job_that_cannot_be_resumed_does_not_strand_the_others(monkeypatch, caplog):
+    def restore(job):
+        if job.config == "gone":
+            raise FileNotFoundError("its working directory is gone")
+
+    monkeypatch.setattr(SweptJob, "_restore", restore)
+    running = set()
+    jobs = [SweptJob(name, FakeJob(name, running)) for name in ("gone", "fine")]
+    for job in jobs:
+        job.step()
+    interrupt = KeyboardInterrupt("test")
+    together._end_jobs(jobs, interrupt)
+    assert "could not resume a job to end it" in caplog.text
+    assert "its working directory is gone" in caplog.text
+    assert jobs[0].parked is not None  # left parked (its run is the parent's to end)
+    assert jobs[1].error is interrupt
