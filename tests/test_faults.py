@@ -121,6 +121,12 @@ def test_an_interrupted_parallel_sweep_ends_every_run_killed(
     ]
     process = start(args, env, tmp_path)
     wait_for(lambda: running_children(uri), "two running children", process)
+    if launcher == "together":  # both parked, in their joint fit (a job still setting
+        # up when the signal lands: test_sigterm_while_a_together_job_sets_up_...)
+        joint = "fitting 2 networks together"
+        wait_for(
+            lambda: joint in process.log.read_text(errors="replace"), joint, process
+        )
     if to_group:
         os.killpg(process.pid, sig)
     else:
