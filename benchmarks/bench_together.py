@@ -5,6 +5,11 @@
    ``MLPClassifier(solver="sgd")`` and one ``SGDMLPClassifier`` with the same settings
    (learning rate 0.01), timed in the same run, alternately; and the bound: the time of
    the joint epoch's two wide first-layer products alone, against sklearn.
+   With ``--n-jobs N`` (default 2), also ``fit_together(..., n_jobs=N)`` (each part of
+   the group in a joblib worker), against sklearn alone and against the six
+   ``MLPClassifier`` fits run by joblib in N workers (the peer given the same cores);
+   always by wall time, each call as a whole (sharing ``X`` with the workers included;
+   their start is paid before the timed rounds).
 2. Six 784-512-512-10 networks at batch 128 (same learning rates): together, against the
    six fitted one after the other by ``SGDMLPClassifier``.
 
@@ -25,6 +30,7 @@ import warnings
 
 import numpy as np
 from bench_fit import common_params
+from joblib import Parallel, delayed
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 
@@ -54,12 +60,12 @@ def members(hidden, batch, epochs):
     ]
 
 
-def together_seconds_per_member_epoch(hidden, batch, X, y, epochs, clock):
+def together_seconds_per_member_epoch(hidden, batch, X, y, epochs, clock, n_jobs=None):
     estimators = members(hidden, batch, epochs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         start = CLOCK[clock]()
-        fit_together(estimators, X, y)
+        fit_together(estimators, X, y, n_jobs=n_jobs)
     seconds = CLOCK[clock]() - start
     assert all(est.n_iter_ == epochs for est in estimators)
     return seconds / (epochs * len(estimators))
@@ -69,6 +75,27 @@ def separate_seconds_per_member_epoch(hidden, batch, X, y, epochs, clock):
     estimators = members(hidden, batch, epochs)
     total = sum(seconds_per_epoch(est, X, y, epochs, clock) for est in estimators)
     return total / len(estimators)
+
+
+def _fit_quietly(estimator, X, y):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return estimator.fit(X, y)
+
+
+def sklearn_parallel_seconds_per_member_epoch(hidden, batch, X, y, epochs, n_jobs):
+    """The peer given the same cores: the six ``MLPClassifier`` fits in ``n_jobs``
+    joblib workers (as ``GridSearchCV(n_jobs=...)`` would run them)."""
+    fits = [
+        MLPClassifier(
+            solver="sgd",
+            **{**common_params(hidden, batch, epochs), "learning_rate_init": lr},
+        )
+        for lr in LEARNING_RATES
+    ]
+    start = time.perf_counter()
+    Parallel(n_jobs=n_jobs)(delayed(_fit_quietly)(est, X, y) for est in fits)
+    return (time.perf_counter() - start) / (epochs * len(fits))
 
 
 def first_layer_seconds_per_member_epoch(hidden, batch, X, clock):
@@ -96,14 +123,33 @@ def report(name, ours, theirs, peer):
     )
 
 
-def small(X, y, epochs, repeats, clock):
+def small(X, y, epochs, repeats, clock, n_jobs):
     hidden, batch = (16, 16), 100
     times = {"together": [], "sklearn": [], "skmlp": [], "products": []}
+    if n_jobs > 1:  # the workers start once (as in a session's first call)
+        start = time.perf_counter()
+        together_seconds_per_member_epoch(hidden, batch, X, y, 1, clock, n_jobs)
+        print(
+            f"(n_jobs={n_jobs}: the first call, 1 epoch, workers starting, took "
+            f"{time.perf_counter() - start:.2f} s wall; timed calls find them started)"
+        )
+        times.update({"parallel": [], "sklearn parallel": []})
     for _ in range(repeats):  # alternate, so drift hits all alike
         params = common_params(hidden, batch, epochs)
         times["together"].append(
             together_seconds_per_member_epoch(hidden, batch, X, y, epochs, clock)
         )
+        if n_jobs > 1:
+            times["parallel"].append(
+                together_seconds_per_member_epoch(
+                    hidden, batch, X, y, epochs, "wall", n_jobs
+                )
+            )
+            times["sklearn parallel"].append(
+                sklearn_parallel_seconds_per_member_epoch(
+                    hidden, batch, X, y, epochs, n_jobs
+                )
+            )
         sklearn = MLPClassifier(solver="sgd", **params)
         times["sklearn"].append(seconds_per_epoch(sklearn, X, y, epochs, clock))
         skmlp = SGDMLPClassifier(**params)
@@ -113,6 +159,14 @@ def small(X, y, epochs, repeats, clock):
         )
     for peer in ("sklearn", "skmlp"):
         report("6 x 784-16-16-10, batch 100", times["together"], times[peer], peer)
+    if n_jobs > 1:  # wall time: the workers' CPU time is not this process's
+        for peer in ("sklearn", "sklearn parallel"):
+            report(
+                f"  the same, n_jobs={n_jobs}",
+                times["parallel"],
+                times[peer],
+                peer if peer == "sklearn" else f"6 MLPClassifier fits, n_jobs={n_jobs}",
+            )
     report(
         "  bound: first-layer products only",
         times["products"],
@@ -141,11 +195,18 @@ def wide(X, y, epochs, repeats, clock):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--wide-epochs", type=int, default=1)
     parser.add_argument("--wide-repeats", type=int, default=1)
     parser.add_argument("--skip-wide", action="store_true")
+    parser.add_argument(
+        "--n-jobs",
+        type=int,
+        default=2,
+        help="also time fit_together(n_jobs=...) and the six sklearn fits in as many "
+        "workers (1: neither)",
+    )
     parser.add_argument(
         "--cpu-time", action="store_true", help="time by CPU time, not wall time"
     )
@@ -157,7 +218,7 @@ def main():
         f"MNIST train {X.shape} {X.dtype}; learning rates {LEARNING_RATES}; "
         f"{clock} time"
     )
-    small(X, y, args.epochs, args.repeats, clock)
+    small(X, y, args.epochs, args.repeats, clock, args.n_jobs)
     if not args.skip_wide:
         wide(X, y, args.wide_epochs, args.wide_repeats, clock)
 

@@ -4,6 +4,7 @@ import copy
 import os
 import signal
 import threading
+import time
 import warnings
 
 import numpy as np
@@ -216,9 +217,11 @@ def test_a_diverging_member_warns_as_its_own_fit(digits):
     assert sum("diverged" in str(w.message) for w in record) == 1
 
 
-def test_each_member_its_own_labels_and_weights(digits):
+@pytest.mark.parametrize("n_jobs", [None, 2])
+def test_each_member_its_own_labels_and_weights(digits, n_jobs):
     """Per-member labels (a corrupted copy, a binary task, strings) and weights,
-    including a batch whose weights sum to 0 (no step for that member only)."""
+    including a batch whose weights sum to 0 (no step for that member only); with
+    ``n_jobs=2`` in two worker processes."""
     X, y = digits
     rng = np.random.RandomState(0)
     shuffled = rng.permutation(y)
@@ -230,7 +233,9 @@ def test_each_member_its_own_labels_and_weights(digits):
     sample_weights = [None, weights, None, weights, zero_first_batch]
     estimators = [SGDMLPClassifier(**BASE, shuffle=False) for _ in ys]
     alone = _separately(estimators, X, ys, sample_weights)
-    _quietly(fit_together, estimators, X, ys, sample_weight=sample_weights)
+    _quietly(
+        fit_together, estimators, X, ys, sample_weight=sample_weights, n_jobs=n_jobs
+    )
     for together, reference in zip(estimators, alone, strict=True):
         assert_same_fit(together, reference)
     assert estimators[2].classes_[0] == "a" and estimators[3].n_outputs_ == 1
@@ -467,7 +472,8 @@ def test_ctrl_c_leaves_every_member_at_its_last_complete_epoch(
         ("one class", ValueError, r"(?s)estimators\[1\].*at least 2 classes"),
     ],
 )
-def test_a_bad_member_raises_before_any_training(digits, bad, error, match):
+@pytest.mark.parametrize("n_jobs", [None, 2])
+def test_a_bad_member_raises_before_any_training(digits, bad, error, match, n_jobs):
     X, y = digits
     fitted = _quietly(SGDMLPClassifier(**BASE).fit, X, y)
     before = [W.copy() for W in fitted.coefs_], fitted.loss_curve_
@@ -475,7 +481,7 @@ def test_a_bad_member_raises_before_any_training(digits, bad, error, match):
     ys = [y, np.zeros_like(y) if bad == "one class" else y, y]
     estimators = [SGDMLPClassifier(**BASE), SGDMLPClassifier(**BASE, **params), fitted]
     with pytest.raises(error, match=match):
-        fit_together(estimators, X, ys)
+        fit_together(estimators, X, ys, n_jobs=n_jobs)
     assert not hasattr(estimators[0], "coefs_") and not hasattr(estimators[1], "coefs_")
     for W, W_before in zip(fitted.coefs_, before[0], strict=True):
         assert_array_equal(W, W_before)
@@ -490,3 +496,143 @@ def test_wrong_numbers_of_labels_and_repeated_estimators(digits):
     with pytest.raises(ValueError, match="more than once"):
         fit_together([estimators[0], estimators[0]], X, y)
     assert not any(hasattr(est, "coefs_") for est in estimators)
+
+
+# ------------------------------------------------------------ n_jobs: worker processes
+
+
+class RecordProcess:
+    """A callback that notes, on the estimator it is given, the process that ran
+    the fit (a worker's copy of the estimator comes back whole)."""
+
+    def setup(self, estimator, context):
+        pass
+
+    def teardown(self, estimator, context):
+        pass
+
+    def on_fit_task_begin(self, estimator, context):
+        estimator.fitted_in_ = os.getpid()
+
+    def on_fit_task_end(self, estimator, context, **kwargs):
+        pass
+
+
+@pytest.mark.parametrize(
+    "case", ["shapes", "early_stopping", "stopping", "random_state"]
+)
+def test_members_trained_in_workers_end_as_their_own_fits(digits, case):
+    """``n_jobs=2``: every group cut in two, each part fitted jointly in a joblib
+    worker process; each member still ends as its own fit, keeps its own callback
+    objects, and the caller sees the workers' warnings."""
+    X, y = digits
+    estimators = _members(case)
+    n = len(estimators)
+    alone = _separately(estimators, X, [y] * n, [None] * n)
+    callbacks = [RecordProcess() for _ in estimators]
+    for est, callback in zip(estimators, callbacks, strict=True):
+        est.set_callbacks(callback)
+    with pytest.warns(ConvergenceWarning):  # raised in the workers, seen here
+        assert fit_together(estimators, X, y, n_jobs=2) == estimators
+    for together, reference, callback in zip(estimators, alone, callbacks, strict=True):
+        assert_same_fit(together, reference)
+        assert together._skl_callbacks == [callback]  # the caller's own object
+    # in worker processes (which of the two ran a part is the pool's choice)
+    assert os.getpid() not in {est.fitted_in_ for est in estimators}
+
+
+def test_callbacks_in_workers_report_to_this_process(digits):
+    """A callback made to report across processes (``ScoringMonitor``) gets each
+    member's epochs from the workers, as with scikit-learn's own parallel fits."""
+    from sklearn.callback import ScoringMonitor
+
+    X, y = digits
+    estimators = _members("max_iter")
+    monitors = [ScoringMonitor(scoring="accuracy") for _ in estimators]
+    for est, monitor in zip(estimators, monitors, strict=True):
+        est.set_callbacks(monitor)
+    _quietly(fit_together, estimators, X, y, n_jobs=2)
+    for est, monitor in zip(estimators, monitors, strict=True):
+        log = monitor.get_logs().data_as_pandas
+        epochs = log[log.task_name == "epoch"]
+        assert len(epochs) == est.n_iter_
+        assert epochs.accuracy.iloc[-1] == pytest.approx(est.score(X, y))
+
+
+def test_a_random_state_instance_trains_in_this_process(digits):
+    """A member seeded by a ``RandomState`` object (the caller's own generator)
+    is not sent to a worker: the generator advances as ``est.fit`` advances it."""
+    X, y = digits
+    reference = _quietly(
+        SGDMLPClassifier(**{**BASE, "random_state": np.random.RandomState(7)}).fit,
+        X,
+        y,
+    )
+    estimators = _members("learning_rate_init") + [
+        SGDMLPClassifier(**{**BASE, "random_state": np.random.RandomState(7)})
+    ]
+    generator = estimators[-1].random_state
+    for est in estimators:
+        est.set_callbacks(RecordProcess())
+    _quietly(fit_together, estimators, X, y, n_jobs=2)
+    assert estimators[-1].fitted_in_ == os.getpid() != estimators[0].fitted_in_
+    assert estimators[-1].random_state is generator
+    assert_same_fit(estimators[-1], reference)
+    assert generator.get_state()[2] == reference.random_state.get_state()[2]
+
+
+class FailInWorker(RecordProcess):
+    def on_fit_task_begin(self, estimator, context):
+        if os.getpid() != self.parent:
+            raise RuntimeError("a callback failed in the worker")
+
+    def __init__(self):
+        self.parent = os.getpid()
+
+
+def test_a_failing_worker_leaves_its_members_as_they_were(digits):
+    X, y = digits
+    fitted = _quietly(SGDMLPClassifier(**BASE).fit, X, y)
+    before = [W.copy() for W in fitted.coefs_]
+    estimators = [fitted, SGDMLPClassifier(**BASE).set_callbacks(FailInWorker())]
+    with pytest.raises(RuntimeError, match="a callback failed in the worker"):
+        fit_together(estimators, X, y, n_jobs=2)
+    assert not hasattr(estimators[1], "coefs_")
+    for W, W_before in zip(fitted.coefs_, before, strict=True):
+        assert_array_equal(W, W_before)
+
+
+@pytest.mark.parametrize("n_jobs", [0, 1.5, "2", True])
+def test_a_bad_n_jobs_is_named(digits, n_jobs):
+    X, y = digits
+    with pytest.raises(ValueError, match="n_jobs must be None or a nonzero int"):
+        fit_together(_members("alpha"), X, y, n_jobs=n_jobs)
+
+
+class SlowEpochs(RecordProcess):
+    """Each epoch of a worker's member takes a while (a long fit to interrupt)."""
+
+    def on_fit_task_end(self, estimator, context, **kwargs):
+        time.sleep(0.2)
+
+
+def test_ctrl_c_during_worker_fits_leaves_their_members_as_they_were(digits):
+    X, y = digits
+    estimators = [
+        SGDMLPClassifier(**{**BASE, "max_iter": 200}, learning_rate_init=lr)
+        for lr in (0.01, 0.02, 0.03, 0.04)
+    ]
+    for est in estimators:
+        est.set_callbacks(SlowEpochs())
+    timer = threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    start = time.perf_counter()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _quietly(fit_together, estimators, X, y, n_jobs=2)
+    finally:
+        timer.cancel()
+    assert time.perf_counter() - start < 20  # not the 40 s the fits would take
+    assert not any(hasattr(est, "coefs_") for est in estimators)
+    # the pool is usable again at once
+    _quietly(fit_together, _members("alpha"), X, y, n_jobs=2)
