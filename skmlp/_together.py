@@ -166,6 +166,8 @@ def _share_out(groups, n_jobs):
         movable = [m for m in group if _movable(m)]
         if len(movable) < len(group):
             local.append([m for m in group if not _movable(m)])
+        if not movable:
+            continue
         movable.sort(key=lambda m: _seed(m.estimator))
         for run in np.array_split(np.arange(len(movable)), min(n_jobs, len(movable))):
             min(parts, key=len).extend(movable[i] for i in run)

@@ -569,13 +569,22 @@ def test_a_random_state_instance_trains_in_this_process(digits):
         y,
     )
     estimators = _members("learning_rate_init") + [
-        SGDMLPClassifier(**{**BASE, "random_state": np.random.RandomState(7)})
+        # a group of its own with no member to send (another shape)
+        SGDMLPClassifier(
+            **{
+                **BASE,
+                "hidden_layer_sizes": (12,),
+                "random_state": np.random.RandomState(1),
+            }
+        ),
+        SGDMLPClassifier(**{**BASE, "random_state": np.random.RandomState(7)}),
     ]
     generator = estimators[-1].random_state
     for est in estimators:
         est.set_callbacks(RecordProcess())
     _quietly(fit_together, estimators, X, y, n_jobs=2)
     assert estimators[-1].fitted_in_ == os.getpid() != estimators[0].fitted_in_
+    assert estimators[-2].fitted_in_ == os.getpid()
     assert estimators[-1].random_state is generator
     assert_same_fit(estimators[-1], reference)
     assert generator.get_state()[2] == reference.random_state.get_state()[2]
