@@ -34,6 +34,7 @@ into a static buffer before each replay.
 
 import contextlib
 import dataclasses
+import pickle
 import threading
 import time
 import warnings
@@ -42,6 +43,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 import numpy as np
 import scipy.sparse as sp
 from joblib import Parallel, delayed, effective_n_jobs
+from joblib.parallel import get_active_backend
 from sklearn import config_context
 from sklearn.callback._callback_support import callback_management_context
 from threadpoolctl import threadpool_info, threadpool_limits
@@ -87,14 +89,16 @@ def fit_together(estimators, X, y, *, sample_weight=None, n_jobs=None):
         How many processes train, as in scikit-learn: None is 1 (unless in a
         ``joblib.parallel_config`` context), -1 all CPUs. With more than one, every
         group on NumPy is split into up to ``n_jobs`` parts, each part trained
-        jointly in a worker process of joblib (``X`` shared by memory mapping,
-        the BLAS threads shared out among the workers). A part pays the per-call
+        jointly in a worker process of joblib (``X`` memory-mapped where it is
+        over 1 MB, the BLAS threads shared out among the workers). A part pays the per-call
         cost of a joint fit again, but the parts run at once: on the 2-core dev
         box, 6 x 784-16-16-10 train 1.2-1.3x faster with ``n_jobs=2``, for about
         0.3 s more per call and 2 s once, while the workers start
         (``benchmarks/bench_together.py``). Groups on other namespaces (torch,
-        CuPy) and members whose ``random_state`` is a ``RandomState`` instance
-        train in this process.
+        CuPy), members not seeded by an int (None draws from NumPy's global
+        generator, a ``RandomState`` is the caller's own) and members that cannot
+        be pickled (a callback may not) train in this process; so does everything
+        under a joblib backend of threads, as inside a joblib worker.
 
     Returns
     -------
@@ -108,12 +112,14 @@ def fit_together(estimators, X, y, *, sample_weight=None, n_jobs=None):
     estimator is then left as it was. With ``n_jobs > 1``, a member trained in a
     worker runs its callbacks there, on a copy, as in scikit-learn's own parallel
     fits (callbacks that report to this process, such as ``ScoringMonitor``, still
-    do); if the call is interrupted or a worker fails, the members trained in workers
-    are left as they were before the call. A group's ``history_`` gives, as each member's
-    ``seconds``, the wall time of the group's joint epoch. Sparse input, and groups of
-    one, train each network by its own engine. On torch CUDA and CuPy, a group's epoch
-    is captured as one CUDA graph and replayed (captured anew when a member leaves),
-    unless a member has ``capture=False``.
+    do; what a worker prints, ``verbose`` output included, goes to the terminal), and
+    its warnings are raised here once all parts are fitted; if the call is
+    interrupted or a worker fails, every estimator is left as it was before the call.
+    A group's ``history_`` gives, as each member's ``seconds``, the wall time of the
+    group's joint epoch. Sparse input, and groups of one, train each network by its
+    own engine. On torch CUDA and CuPy, a group's epoch is captured as one CUDA graph
+    and replayed (captured anew when a member leaves), unless a member has
+    ``capture=False``.
 
     Examples
     --------
@@ -140,35 +146,55 @@ def fit_together(estimators, X, y, *, sample_weight=None, n_jobs=None):
         raise ValueError(
             f"fit_together: n_jobs must be None or a nonzero int, got {n_jobs!r}."
         )
-    n_jobs = effective_n_jobs(n_jobs)
+    n_jobs = effective_n_jobs(n_jobs) if _worker_processes() else 1
     members = _prepare(estimators, X, ys, weights)
     groups, parts = _share_out(_groups(members), n_jobs)
     if parts:
-        _fit_in_workers(parts, X, n_jobs)
+        try:
+            _fit_in_workers(parts, X, n_jobs)
+        except BaseException:  # the members kept here never started: as they were
+            for member in (member for group in groups for member in group):
+                _put_back(member.estimator, member.before)
+            raise
+    _fit_groups(groups)
+    return estimators
+
+
+def _fit_groups(groups):
+    """Train prepared groups in this process, callbacks managed as in ``fit``."""
     with contextlib.ExitStack() as stack:
         stack.enter_context(config_context(skip_parameter_validation=True))
         for member in (member for group in groups for member in group):
             stack.enter_context(callback_management_context(member.estimator))
         for group in groups:
             _train(group)
-    return estimators
+
+
+def _worker_processes():
+    """Whether joblib's active backend runs tasks in other processes (loky, the
+    default): under a thread or sequential backend, as inside a joblib worker,
+    ``n_jobs`` would only add threads fighting for the GIL."""
+    backend, _ = get_active_backend()
+    return not getattr(backend, "uses_threads", False)
 
 
 def _share_out(groups, n_jobs):
     """``(groups for this process, parts for workers)``: with ``n_jobs > 1``, each
-    group on NumPy is cut into up to ``n_jobs`` runs of neighbours (members with the
-    same ``random_state`` stay together where they can: they share the wide
-    product), each run given to the part with the fewest members so far."""
+    group on NumPy is cut into up to ``n_jobs`` parts of about equal size, given to
+    the parts with the fewest members so far; members are sorted by seed first, so
+    that members with one ``random_state`` (which share the wide product) stay
+    together where the balance allows."""
     if n_jobs < 2:
         return groups, []
     local, parts = [], [[] for _ in range(n_jobs)]
     for group in groups:
-        movable = [m for m in group if _movable(m)]
-        if len(movable) < len(group):
-            local.append([m for m in group if not _movable(m)])
+        sent = [_movable(m) for m in group]
+        movable = [m for m, send in zip(group, sent, strict=True) if send]
+        if not all(sent):
+            local.append([m for m, send in zip(group, sent, strict=True) if not send])
         if not movable:
             continue
-        movable.sort(key=lambda m: _seed(m.estimator))
+        movable.sort(key=lambda m: int(m.estimator.random_state))
         for run in np.array_split(np.arange(len(movable)), min(n_jobs, len(movable))):
             min(parts, key=len).extend(movable[i] for i in run)
     parts = [part for part in parts if part]
@@ -178,22 +204,25 @@ def _share_out(groups, n_jobs):
 
 
 def _movable(member):
-    """Whether a member may train in a worker: on NumPy, with a seed that is not
-    a ``RandomState`` instance (that generator is the caller's own state)."""
-    return member.engine.xp is np and not isinstance(
-        member.estimator.random_state, np.random.RandomState
-    )
-
-
-def _seed(estimator):
-    seed = estimator.random_state
-    return (0, int(seed)) if isinstance(seed, (int, np.integer)) else (1, 0)
+    """Whether a member may train in a worker: on NumPy, seeded by an int (None is
+    NumPy's global generator and a ``RandomState`` the caller's own: state of
+    this process), and picklable (a callback may not be)."""
+    est = member.estimator
+    if member.engine.xp is not np or not isinstance(
+        est.random_state, (int, np.integer)
+    ):
+        return False
+    try:
+        pickle.dumps(est)
+    except Exception:
+        return False
+    return True
 
 
 def _fit_in_workers(parts, X, n_jobs):
-    """Fit each part by ``fit_together`` in a joblib worker, from its estimators as
-    they were before this call; then copy each fitted member back (a member of a
-    part that did not finish stays as it was)."""
+    """Fit each part in a joblib worker, from its estimators as they were before
+    this call; then copy each fitted member back and raise the workers' warnings
+    here (if a part fails, no member of any part is copied back)."""
     for member in (member for part in parts for member in part):
         _put_back(member.estimator, member.before)
     fitted = Parallel(n_jobs=min(n_jobs, len(parts)))(
@@ -205,27 +234,30 @@ def _fit_in_workers(parts, X, n_jobs):
         )
         for part in parts
     )
-    for part, (estimators, caught) in zip(parts, fitted, strict=True):
+    for part, (estimators, _) in zip(parts, fitted, strict=True):
         for member, est in zip(part, estimators, strict=True):
             _adopt(member.estimator, est)
-        for message, category in caught:  # here, where the caller's filters apply
-            warnings.warn(message, category, stacklevel=4)  # the fit_together call
+    for _, caught in fitted:  # here, where the caller's filters apply
+        for message, category in caught:
+            warnings.warn(message, category, stacklevel=3)  # the fit_together call
 
 
 def _fit_part(estimators, X, ys, weights):
-    """(In a worker.) One part of ``fit_together``, fitted there; its warnings
-    are returned, to be raised in the calling process."""
+    """(In a worker process.) One part of ``fit_together``, fitted there; the
+    warnings of its training are returned, to be raised in the calling process
+    (those of validation were raised there already)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        members = _prepare(estimators, X, ys, weights)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        fit_together(estimators, X, ys, sample_weight=weights)
+        _fit_groups(_groups(members))
     return estimators, [(str(w.message), w.category) for w in caught]
 
 
 def _adopt(estimator, fitted):
     """``estimator`` takes the state of ``fitted``, its copy fitted in a worker,
     but keeps its own callbacks and parameters (objects the caller holds)."""
-    if fitted is estimator:  # a thread backend fits the estimator itself
-        return
     own = {
         name: estimator.__dict__[name]
         for name in ("_skl_callbacks", *estimator.get_params(deep=False))
@@ -271,7 +303,7 @@ class _Member:
         """The epoch's callbacks; True when this member's fit ends (then finished)."""
         stopped = self.run.end_epoch(converged)
         if stopped or self.run.n_epochs == self.estimator.max_iter:
-            self.run.finish(stopped, warn=True, stacklevel=5)  # the fit_together call
+            self.run.finish(stopped, warn=True, stacklevel=6)  # the fit_together call
             return True
         return False
 
@@ -302,17 +334,27 @@ def _prepare(estimators, X, ys, weights):
 
 
 def _put_back(estimator, before):
-    """The estimator as it was: its attributes and its random generator's state."""
-    attributes, rng_state = before
+    """The estimator as it was: its attributes and its random generators' states."""
+    attributes, generators = before
     estimator.__dict__.clear()
     estimator.__dict__.update(attributes)
-    if rng_state is not None:
-        estimator._state.random_state.set_state(rng_state)
+    for generator, state in generators:
+        generator.set_state(state)
 
 
 def _rng_state(estimator):
+    """``[(generator, state)]`` for the generators a fit draws from that belong to
+    the estimator: its own (after a first fit) and a ``RandomState`` passed as its
+    ``random_state`` (the first fit's)."""
+    generators = [estimator.random_state]
     state = estimator.__dict__.get("_state")
-    return None if state is None else state.random_state.get_state()
+    if state is not None:
+        generators.append(state.random_state)
+    return [
+        (g, g.get_state())
+        for g in {id(g): g for g in generators}.values()
+        if isinstance(g, np.random.RandomState)
+    ]
 
 
 def _named(exc, index, estimator):

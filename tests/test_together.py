@@ -559,35 +559,88 @@ def test_callbacks_in_workers_report_to_this_process(digits):
         assert epochs.accuracy.iloc[-1] == pytest.approx(est.score(X, y))
 
 
-def test_a_random_state_instance_trains_in_this_process(digits):
-    """A member seeded by a ``RandomState`` object (the caller's own generator)
-    is not sent to a worker: the generator advances as ``est.fit`` advances it."""
+def test_members_not_seeded_by_an_int_train_in_this_process(digits):
+    """A member seeded by a ``RandomState`` object (the caller's own generator) or
+    by None (NumPy's global one) is not sent to a worker: the generator advances
+    as ``est.fit`` advances it. So does a member that cannot be pickled."""
     X, y = digits
-    reference = _quietly(
-        SGDMLPClassifier(**{**BASE, "random_state": np.random.RandomState(7)}).fit,
-        X,
-        y,
-    )
+
+    def seeded(seed, **params):
+        return SGDMLPClassifier(**{**BASE, **params, "random_state": seed})
+
+    reference = _quietly(seeded(np.random.RandomState(7)).fit, X, y)
+    np.random.seed(5)
+    reference_none = _quietly(seeded(None).fit, X, y)
     estimators = _members("learning_rate_init") + [
         # a group of its own with no member to send (another shape)
-        SGDMLPClassifier(
-            **{
-                **BASE,
-                "hidden_layer_sizes": (12,),
-                "random_state": np.random.RandomState(1),
-            }
-        ),
-        SGDMLPClassifier(**{**BASE, "random_state": np.random.RandomState(7)}),
+        seeded(np.random.RandomState(1), hidden_layer_sizes=(12,)),
+        seeded(np.random.RandomState(7)),
+        seeded(None),
+        seeded(3),
     ]
-    generator = estimators[-1].random_state
+    generator = estimators[-3].random_state
     for est in estimators:
         est.set_callbacks(RecordProcess())
+    estimators[-1].set_callbacks(NotPicklable())
+    np.random.seed(5)
     _quietly(fit_together, estimators, X, y, n_jobs=2)
-    assert estimators[-1].fitted_in_ == os.getpid() != estimators[0].fitted_in_
-    assert estimators[-2].fitted_in_ == os.getpid()
-    assert estimators[-1].random_state is generator
-    assert_same_fit(estimators[-1], reference)
+    here = [est.fitted_in_ == os.getpid() for est in estimators]
+    assert here == [False, False, False, True, True, True, True]
+    assert estimators[-3].random_state is generator
+    assert_same_fit(estimators[-3], reference)
     assert generator.get_state()[2] == reference.random_state.get_state()[2]
+    assert_same_fit(estimators[-2], reference_none)
+
+
+class NotPicklable(RecordProcess):
+    def __init__(self):
+        self.hook = lambda: None  # pickle refuses lambdas
+
+
+def test_the_workers_warnings_are_raised_here_once(digits):
+    """Warnings of validation (raised by the caller) and of training (raised in the
+    workers) reach the caller once each, pointing at the call, as in one process."""
+    X, y = digits
+
+    def members():
+        return [
+            SGDMLPClassifier(**{**BASE, "batch_size": 5000}, learning_rate_init=lr)
+            for lr in (0.01, 0.02, 0.03)
+        ]
+
+    found = {}
+    for n_jobs in (None, 2):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fit_together(members(), X, y, n_jobs=n_jobs)
+        found[n_jobs] = sorted(
+            (w.category.__name__, str(w.message), w.filename) for w in caught
+        )
+    assert found[2] == found[None]
+    assert (
+        "ConvergenceWarning",
+        "Stochastic Optimizer: Maximum iterations (4) reached and the optimization "
+        "hasn't converged yet.",
+        __file__,
+    ) in found[2]
+    assert {c for c, _, _ in found[2]} == {"UserWarning", "ConvergenceWarning"}
+
+
+def test_under_a_thread_backend_all_trains_in_this_process(digits):
+    """Inside a joblib worker (or under ``parallel_config(backend="threading")``)
+    ``n_jobs`` would only add threads: everything trains here, warnings intact."""
+    from joblib import parallel_config
+
+    X, y = digits
+    estimators = _members("learning_rate_init")
+    for est in estimators:
+        est.set_callbacks(RecordProcess())
+    filters = list(warnings.filters)
+    with parallel_config(backend="threading"):
+        with pytest.warns(ConvergenceWarning):
+            fit_together(estimators, X, y, n_jobs=2)
+    assert {est.fitted_in_ for est in estimators} == {os.getpid()}
+    assert warnings.filters == filters
 
 
 class FailInWorker(RecordProcess):
@@ -599,14 +652,22 @@ class FailInWorker(RecordProcess):
         self.parent = os.getpid()
 
 
-def test_a_failing_worker_leaves_its_members_as_they_were(digits):
+def test_a_failing_worker_leaves_every_member_as_it_was(digits):
     X, y = digits
     fitted = _quietly(SGDMLPClassifier(**BASE).fit, X, y)
     before = [W.copy() for W in fitted.coefs_]
-    estimators = [fitted, SGDMLPClassifier(**BASE).set_callbacks(FailInWorker())]
+    kept_here = SGDMLPClassifier(**{**BASE, "random_state": np.random.RandomState(0)})
+    generator_state = kept_here.random_state.get_state()[1].copy()
+    estimators = [
+        fitted,
+        SGDMLPClassifier(**BASE).set_callbacks(FailInWorker()),
+        kept_here,
+    ]
     with pytest.raises(RuntimeError, match="a callback failed in the worker"):
         fit_together(estimators, X, y, n_jobs=2)
     assert not hasattr(estimators[1], "coefs_")
+    assert not hasattr(kept_here, "coefs_")  # prepared, never trained: put back
+    assert_array_equal(kept_here.random_state.get_state()[1], generator_state)
     for W, W_before in zip(fitted.coefs_, before, strict=True):
         assert_array_equal(W, W_before)
 
