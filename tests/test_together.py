@@ -569,7 +569,7 @@ def test_members_not_seeded_by_an_int_train_in_this_process(digits):
         return SGDMLPClassifier(**{**BASE, **params, "random_state": seed})
 
     reference = _quietly(seeded(np.random.RandomState(7)).fit, X, y)
-    np.random.seed(5)
+    np.random.seed(5)  # noqa: NPY002 (random_state=None draws from this one)
     reference_none = _quietly(seeded(None).fit, X, y)
     estimators = _members("learning_rate_init") + [
         # a group of its own with no member to send (another shape)
@@ -582,7 +582,7 @@ def test_members_not_seeded_by_an_int_train_in_this_process(digits):
     for est in estimators:
         est.set_callbacks(RecordProcess())
     estimators[-1].set_callbacks(NotPicklable())
-    np.random.seed(5)
+    np.random.seed(5)  # noqa: NPY002 (random_state=None draws from this one)
     _quietly(fit_together, estimators, X, y, n_jobs=2)
     here = [est.fitted_in_ == os.getpid() for est in estimators]
     assert here == [False, False, False, True, True, True, True]
