@@ -90,10 +90,10 @@ def fit_together(estimators, X, y, *, sample_weight=None, n_jobs=None):
         ``joblib.parallel_config`` context), -1 all CPUs. With more than one, every
         group on NumPy is split into up to ``n_jobs`` parts, each part trained
         jointly in a worker process of joblib (``X`` memory-mapped where it is
-        over 1 MB, the BLAS threads shared out among the workers). A part pays the per-call
-        cost of a joint fit again, but the parts run at once: on the 2-core dev
-        box, 6 x 784-16-16-10 train 1.2-1.3x faster with ``n_jobs=2``, for about
-        0.3 s more per call and 2 s once, while the workers start
+        over 1 MB, the BLAS threads shared out among the workers). A part pays
+        the per-call cost of a joint fit again, but the parts run at once: on the
+        2-core dev box, 6 x 784-16-16-10 train 1.2-1.4x faster with ``n_jobs=2``,
+        for about 0.3 s more per call and 2 s once, while the workers start
         (``benchmarks/bench_together.py``). Groups on other namespaces (torch,
         CuPy), members not seeded by an int (None draws from NumPy's global
         generator, a ``RandomState`` is the caller's own) and members that cannot
