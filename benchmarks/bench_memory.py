@@ -3,7 +3,7 @@
 A network wide enough for its weights to dominate (784-8192-10, 6.5M parameters) is
 fitted for 2 epochs on 1000 random rows, so the batch buffers and the data weigh little
 beside the weights. tracemalloc measures everything NumPy allocates during ``fit``. The
-engine's up-front memory check (``skmlp._engine.WEIGHT_COPIES``) assumes this multiple.
+engine's up-front memory check (``skmlp._state.WEIGHT_COPIES``) assumes this multiple.
 
 Run:  python benchmarks/bench_memory.py
 """
@@ -15,7 +15,7 @@ from bench_fit import peak_extra_bytes
 from sklearn.neural_network import MLPClassifier
 
 from skmlp import SGDMLPClassifier
-from skmlp._engine import WEIGHT_COPIES
+from skmlp._state import WEIGHT_COPIES
 
 
 def main():

@@ -24,7 +24,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 
 from skmlp import SGDMLPClassifier
-from skmlp._engine import FlatParams
+from skmlp._state import FlatParams
 from skmlp.datasets import load_mnist
 
 SIZES, BATCH, EPOCHS = (784, 16, 16, 10), 100, 3

@@ -2,11 +2,12 @@
 
 On a GPU, a mini-batch of a small network is ~30 tiny kernels, each launched from
 Python: the epoch is bound by launches, not arithmetic. CUDA graphs record the kernels
-of a whole epoch once and replay them with one call. ``epoch_cost`` is written so that
-this is possible: no value is read back to the host inside the epoch (the zero-weight
-skip is a device-side select, the cost is summed on the device, the learning rate and
-the momentum are 0-d device arrays), and every batch has a static shape (a short last
-batch is its own step). Each epoch copies its shuffle order into a static device buffer
+of a whole epoch once and replay them with one call. The stacked step
+(``Stack.epoch_sums``, for one network or a group) is written so that this is
+possible: no value is read back to the host inside the epoch (the zero-weight skip is
+a device-side select, the cost is summed on the device, the learning rates are a
+device vector), and every batch has a static shape (a short last batch is its own
+step). Each epoch copies its shuffle order into a static device buffer
 and replays the graph.
 
 The first epoch runs eagerly on a side stream (the warm-up CUDA graphs need: cuBLAS
@@ -22,7 +23,6 @@ torch, CuPy trains eagerly.
 """
 
 import contextlib
-import copy
 import gc
 import warnings
 
@@ -132,10 +132,8 @@ class _TorchGraph(_Graph):
         # graph's intermediate arrays between replays.
         self.graph = self.torch.cuda.CUDAGraph()
         # No garbage collection while capturing: collecting an older graph resets
-        # it, which CUDA forbids during a capture. Seen once on an H200 (bench_gpu,
-        # a torch group captured after a CuPy group): "operation not permitted when
-        # stream is capturing (function reset)", then the capture was invalidated.
-        # torch collects right before the capture begins.
+        # it, which CUDA forbids during a capture ("operation not permitted when
+        # stream is capturing"). torch collects right before the capture begins.
         collecting = gc.isenabled()
         gc.disable()
         try:
@@ -175,41 +173,14 @@ class _EagerEpoch(_Graph):
         return to_numpy(cost).tolist()
 
 
-def torch_mirror(arrays, step):
-    """``arrays`` and the array-API ``step`` as torch tensors on the same memory.
-
-    Parameters
-    ----------
-    arrays : tuple of arrays or None
-        Arrays of any namespace that speaks DLPack (CuPy on a GPU, NumPy on the CPU).
-    step : BackpropStep
-        A step with device scalars; its parameters, velocity and scalars are wrapped.
-
-    Returns
-    -------
-    tensors : tuple of torch tensors or None
-        Views of ``arrays`` (no copy: writes go to the original arrays).
-    step : BackpropStep
-        The same step on torch views of its flat parameters, velocity and scalars.
-    xp : array namespace
-        scikit-learn's array-API namespace for torch.
-    """
+def torch_mirror():
+    """``(mirror, torch namespace)``: ``mirror(array)`` is ``array`` (of any namespace
+    that speaks DLPack, CuPy on a GPU) as a torch tensor on the same memory (no copy:
+    writes reach the original), or None for None."""
     import torch
     from sklearn import config_context
     from sklearn.utils._array_api import get_namespace
 
-    def view(array):
-        return None if array is None else torch.from_dlpack(array)
-
-    tensors = tuple(view(array) for array in arrays)
-    flat = view(step.params.flat)
     with config_context(array_api_dispatch=True):
-        xp, _ = get_namespace(flat)
-    mirrored = copy.copy(step)
-    mirrored.xp = xp
-    mirrored.params = copy.copy(step.params)
-    mirrored.params.flat, mirrored.params.xp = flat, xp
-    mirrored.optimizer = copy.copy(step.optimizer)
-    mirrored.optimizer.velocities = [view(v) for v in step.optimizer.velocities]
-    mirrored.scalars = tuple(view(scalar) for scalar in step.scalars)
-    return tensors, mirrored, xp
+        torch_xp, _ = get_namespace(torch.zeros(1))
+    return (lambda a: None if a is None else torch.from_dlpack(a)), torch_xp

@@ -1,31 +1,24 @@
 """SGDMLPClassifier: validation, initialisation and the orchestration of a fit.
 
-The math lives in ``_backprop.py`` (pure functions); the epochs, the training state and
-its flat buffers in ``_engine.py``. This module turns scikit-learn inputs into arrays,
-initialises the network, and runs the engine's epochs under scikit-learn's callbacks.
+The math lives in ``_backprop.py`` (pure functions, the reference) and in the batch
+steps (``_numpy_sgd.py``, ``_stacked.py``); the epochs in ``_loop.py``, which trains
+members (``_member.py``). This module turns scikit-learn inputs into arrays, initialises
+the network and hands the loop one member: a single network is a group of one.
 """
 
-import dataclasses
-import warnings
 from numbers import Integral, Real
 
 import numpy as np
-import scipy.sparse as sp
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
 from sklearn.callback import CallbackSupportMixin
-from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
-from sklearn.utils._array_api import (
-    check_same_namespace,
-)
+from sklearn.utils._array_api import check_same_namespace
 from sklearn.utils._param_validation import Interval, Options, StrOptions
-from sklearn.utils.validation import (
-    check_is_fitted,
-    validate_data,
-)
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from skmlp._backprop import forward_pass
 from skmlp._data import (
+    batch_size_for,
     check_classes,
     decode,
     encode,
@@ -35,20 +28,23 @@ from skmlp._data import (
     targets,
     validate_training_data,
 )
-from skmlp._engine import (
-    Engine,
-    EpochRecord,
+from skmlp._loop import train
+from skmlp._losses import LOSSES
+from skmlp._member import Member, estimator_state, put_back
+from skmlp._optimizers import SGDOptimizer
+from skmlp._state import (
     FlatParams,
     StoppingRule,
     TrainingData,
+    TrainingRecordsMixin,
     TrainingState,
     init_params,
 )
-from skmlp._losses import LOSSES
-from skmlp._optimizers import SGDOptimizer
 
 
-class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
+class SGDMLPClassifier(
+    TrainingRecordsMixin, CallbackSupportMixin, ClassifierMixin, BaseEstimator
+):
     """Multilayer perceptron classifier trained by mini-batch SGD and backpropagation.
 
     The forward pass and the backpropagation are skmlp's own, written against the
@@ -361,68 +357,6 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
             indices = xp.argmax(output, axis=1)
         return decode(indices, self.classes_, xp)
 
-    @property
-    def history_(self):
-        """One row per epoch: epoch, loss, learning_rate, seconds[, validation_score].
-
-        Returns
-        -------
-        history : pandas.DataFrame
-            Built from the per-epoch records, so it is never out of date, even after an
-            interrupted fit.
-        """
-        import pandas as pd  # only here: the estimator itself does not need pandas
-
-        columns = list(EpochRecord._fields)
-        if not self.early_stopping:
-            columns.remove("validation_score")
-        return pd.DataFrame(self._records, columns=EpochRecord._fields)[columns]
-
-    @property
-    def loss_curve_(self):
-        """Mean cost of each epoch, from the per-epoch records."""
-        return [record.loss for record in self._records]
-
-    @property
-    def loss_(self):
-        """Mean cost of the last epoch (None before the first)."""
-        return self._records[-1].loss if self._records else None
-
-    @property
-    def validation_scores_(self):
-        """Validation accuracy of each epoch (None without early stopping)."""
-        scores = [record.validation_score for record in self._records]
-        return scores if self.early_stopping else None
-
-    @property
-    def t_(self):
-        """Number of training samples seen."""
-        return self._fitted_state.t
-
-    @property
-    def best_loss_(self):
-        """Lowest epoch cost (None with early stopping)."""
-        return self._fitted_state.best_loss
-
-    @property
-    def best_validation_score_(self):
-        """Best validation accuracy (None without early stopping)."""
-        return self._fitted_state.best_validation_score
-
-    @property
-    def _records(self):
-        return self._fitted_state.records
-
-    @property
-    def _random_state(self):
-        return self._fitted_state.random_state
-
-    @property
-    def _fitted_state(self):
-        if "_state" not in self.__dict__:
-            raise AttributeError("This attribute exists once the model is fitted.")
-        return self._state
-
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.sparse = True
@@ -461,18 +395,13 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
         )
         return activations[-1], xp
 
-    # ------------------------------------------------------------- initialisation
-
     def _initialize(self, n_features, dtype, xp, device):
         """Create the random generator, the weights and the training state."""
         random_state = check_random_state(self.random_state)
         n_classes = self.classes_.shape[0]
         self.n_outputs_ = 1 if n_classes == 2 else n_classes
-        layer_units = [
-            n_features,
-            *layer_sizes(self.hidden_layer_sizes),
-            self.n_outputs_,
-        ]
+        layer_units = [n_features, *layer_sizes(self.hidden_layer_sizes)]
+        layer_units.append(self.n_outputs_)
         self.n_layers_ = len(layer_units)
         self.out_activation_ = (
             "logistic" if n_classes == 2 else LOSSES[self.loss].out_activation
@@ -497,35 +426,31 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
         )
         self.n_iter_ = 0
 
-    # ----------------------------------------------------------------- training
-
     def _fit(self, X, y, sample_weight, *, incremental, classes=None):
         if incremental and self.early_stopping:
             raise ValueError("partial_fit does not support early_stopping=True.")
-        before = dict(self.__dict__), _rng_state(self)
-        try:
-            engine, data = self._prepare(X, y, sample_weight, incremental, classes)
-        except BaseException:  # a failed call leaves the estimator as it was
-            self.__dict__.clear()
-            self.__dict__.update(before[0])
-            if before[1] is not None:
-                self._state.random_state.set_state(before[1])
-            raise
-        epochs = 1 if incremental else self.max_iter
-        run = FitRun(self, engine, X, y, sample_weight, epochs, incremental)
-        stopped = False
-        while not stopped and run.n_epochs < epochs:
-            run.begin_epoch()
-            try:
-                converged = engine.run_epoch(data)
-            finally:
-                run.sync()
-            stopped = run.end_epoch(converged)
-        run.finish(stopped, warn=not incremental, stacklevel=3)
+        train([self._member(X, y, sample_weight, incremental, classes)])
         return self
 
+    def _member(self, X, y, sample_weight, incremental, classes):
+        """This estimator's training in one call, ready for the loop (``_loop.train``).
+
+        Validates, initialises where needed and builds the member; a failure leaves
+        the estimator as it was. ``fit_together`` prepares its members here too, and
+        puts them back (``Member.put_back``) if another cannot be prepared.
+        """
+        before = estimator_state(self)
+        try:
+            member = self._prepare(X, y, sample_weight, incremental, classes)
+        except BaseException:  # a failed call leaves the estimator as it was
+            put_back(self, before)
+            raise
+        member.before = before
+        return member
+
     def _prepare(self, X, y, sample_weight, incremental, classes):
-        """Validate, initialise where needed, build the engine and the training data."""
+        """Validate, initialise where needed, build the member and its data."""
+        arguments = (X, y, sample_weight)
         first_call = not ((incremental or self.warm_start) and hasattr(self, "coefs_"))
         dtype = self.dtype if first_call else self.coefs_[0].dtype
         X, y, sample_weight = validate_training_data(
@@ -541,128 +466,33 @@ class SGDMLPClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
             self._initialize(X.shape[1], X.dtype, xp, device)
         validation = None
         if self.early_stopping:
+            fraction, random_state = self.validation_fraction, self._random_state
             (X, y_indices, sample_weight), validation = split_data(
-                X,
-                y_indices,
-                sample_weight,
-                self.validation_fraction,
-                self._random_state,
+                X, y_indices, sample_weight, fraction, random_state
             )
         Y = targets(y_indices, self.classes_.shape[0], X.dtype, xp, device)
-        engine = Engine(
+        params = FlatParams(self.coefs_, self.intercepts_, xp)
+        self.coefs_, self.intercepts_ = params.layers()
+        return Member(
+            self,
+            params,
             self._state,
-            self.coefs_,
-            self.intercepts_,
-            loss_kwargs=dict(
-                activation=self.activation,
-                out_activation=self.out_activation_,
-                loss=self.loss,
-                alpha=self.alpha,
-            ),
-            batch_size=self._batch_size(X.shape[0]),
+            data=TrainingData(X, Y, sample_weight, validation),
+            loss_kwargs={
+                "activation": self.activation,
+                "out_activation": self.out_activation_,
+                "loss": self.loss,
+                "alpha": self.alpha,
+            },  # fmt: skip
+            batch_size=batch_size_for(self.batch_size, X.shape[0]),
             shuffle=self.shuffle,
             stopping=StoppingRule(
                 self.tol, self.n_iter_no_change, self.early_stopping, self.verbose
             ),
             xp=xp,
             device=device,
-            sparse=sp.issparse(X),
             capture=self.capture and not incremental,
+            epochs=1 if incremental else self.max_iter,
+            incremental=incremental,
+            arguments=arguments,
         )
-        self.coefs_, self.intercepts_ = engine.layers()
-        return engine, TrainingData(X, Y, sample_weight, validation)
-
-    def _batch_size(self, n_samples):
-        if self.batch_size == "auto":
-            return min(200, n_samples)
-        if self.batch_size > n_samples:
-            warnings.warn(
-                f"Got batch_size={self.batch_size} larger than the number of samples "
-                f"({n_samples}); using batches of {n_samples}.",
-                stacklevel=2,
-            )
-        return min(self.batch_size, n_samples)
-
-    def _reconstruction_attributes(self):
-        """Copies of the state a callback's ``fitted_estimator`` needs to predict."""
-        return {
-            "coefs_": [_copy(c) for c in self.coefs_],
-            "intercepts_": [_copy(b) for b in self.intercepts_],
-            "n_iter_": self.n_iter_,
-            "_state": dataclasses.replace(self._state, records=list(self._records)),
-        }
-
-
-def _rng_state(estimator):
-    state = getattr(estimator, "_state", None)
-    return None if state is None else state.random_state.get_state()
-
-
-def _copy(array):
-    xp, _ = namespace(array)
-    return xp.asarray(array, copy=True)
-
-
-class FitRun:
-    """The callbacks and fitted attributes of one ``fit`` or ``partial_fit`` call.
-
-    Shared by ``SGDMLPClassifier._fit`` and ``fit_together`` (one per member), so a
-    member's callbacks, ``n_iter_``, ``coefs_`` and warning are those of its own fit.
-
-    Parameters
-    ----------
-    estimator : SGDMLPClassifier
-    engine : Engine
-        The engine that trains ``estimator``.
-    X, y, sample_weight :
-        The call's arguments, as the callbacks see them.
-    epochs : int
-        At most this many epochs (one per ``partial_fit``).
-    incremental : bool
-        A ``partial_fit`` call: ``n_iter_`` counts on from its value.
-    """
-
-    def __init__(self, estimator, engine, X, y, sample_weight, epochs, incremental):
-        self.estimator, self.engine, self.n_epochs = estimator, engine, 0
-        metadata = {} if sample_weight is None else {"sample_weight": sample_weight}
-        self.task = dict(estimator=estimator, X=X, y=y, metadata=metadata)
-        self.n_iter = estimator.n_iter_ if incremental else 0
-        self.n_records = len(estimator._records)
-        self.context = estimator._init_callback_context(max_subtasks=epochs)
-        self.context.call_on_fit_task_begin(**self.task)
-        self.epoch_context = None
-
-    def begin_epoch(self):
-        self.epoch_context = self.context.subcontext(task_name="epoch")
-        self.epoch_context.call_on_fit_task_begin(**self.task)
-
-    def sync(self):
-        """``n_iter_`` (the epochs of this call), ``coefs_`` and ``intercepts_``."""
-        est = self.estimator
-        est.n_iter_ = self.n_iter + len(est._records) - self.n_records
-        est.coefs_, est.intercepts_ = self.engine.layers()
-
-    def end_epoch(self, converged):
-        """The epoch's callbacks; True when training stops early (converged or a
-        callback asked for it)."""
-        self.n_epochs += 1
-        stop = self.epoch_context.call_on_fit_task_end(
-            **self.task,
-            reconstruction_attributes=self.estimator._reconstruction_attributes,
-        )
-        return bool(converged or stop)
-
-    def finish(self, stopped, *, warn, stacklevel):
-        """End the fit: warn where it did not converge (``warn``), the engine's last
-        word (rollback, best weights), and the fit's callbacks."""
-        est = self.estimator
-        if warn and not stopped:
-            warnings.warn(
-                f"Stochastic Optimizer: Maximum iterations ({est.max_iter}) reached "
-                "and the optimization hasn't converged yet.",
-                ConvergenceWarning,
-                stacklevel=stacklevel + 1,
-            )
-        self.engine.finish()
-        est.coefs_, est.intercepts_ = self.engine.layers()
-        self.context.call_on_fit_task_end(**self.task, reconstruction_attributes={})

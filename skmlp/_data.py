@@ -4,6 +4,7 @@ Pure functions shared by the estimator's ``fit`` and ``predict``; NumPy takes th
 path, any other array namespace the array-API one, on its own device.
 """
 
+import warnings
 from numbers import Integral
 
 import numpy as np
@@ -54,6 +55,19 @@ def layer_sizes(hidden_layer_sizes):
             f"hidden_layer_sizes must contain positive integers, got {sizes}."
         )
     return [int(s) for s in sizes]
+
+
+def batch_size_for(batch_size, n_samples):
+    """The mini-batch size of a fit on ``n_samples`` rows (``"auto"``: up to 200)."""
+    if batch_size == "auto":
+        return min(200, n_samples)
+    if batch_size > n_samples:
+        warnings.warn(
+            f"Got batch_size={batch_size} larger than the number of samples "
+            f"({n_samples}); using batches of {n_samples}.",
+            stacklevel=3,
+        )
+    return min(batch_size, n_samples)
 
 
 def check_classes(y, classes, known, incremental, xp, device):

@@ -2,8 +2,45 @@
 
 Same update rule and schedules as scikit-learn's ``SGDOptimizer``
 (``sklearn/neural_network/_stochastic_optimizers.py``), but the parameters are updated
-in place with array-API operations, so the optimizer runs on any device.
+in place with array-API operations (``momentum_step``), so the optimizer runs on any
+device, for one network or a stack of them.
 """
+
+
+def momentum_step(param, velocity, step, momentum, nesterov, *, times, xp):
+    """Update ``param`` in place: ``v <- m v - step``, then ``p <- p + v``.
+
+    With Nesterov's momentum the change is ``m v - step`` with the new ``v``. The
+    one update rule of every batch step, for one network or a stack of them.
+
+    Parameters
+    ----------
+    param, velocity : arrays of one shape
+        The parameters and their velocity, updated in place.
+    step : array shaped like ``param``
+        The plain step ``learning_rate * gradient`` (the gradient of the batch's mean
+        cost, L2 term included).
+    momentum : float or array broadcasting to ``param``
+        Momentum coefficient(s) in [0, 1]; a float 0 leaves ``velocity`` at 0.
+    nesterov : bool or boolean array broadcasting to ``param``
+        Nesterov's momentum, for all or per element.
+    times : callable
+        ``times(a, b)`` is ``a * b`` shaped like ``velocity`` (on NumPy into a
+        buffer kept for the purpose).
+    xp : array namespace
+    """
+    if isinstance(momentum, float) and not momentum:
+        param -= step
+        return
+    velocity *= momentum
+    velocity -= step
+    if nesterov is True:
+        param -= step
+        param += times(momentum, velocity)
+    elif nesterov is False:
+        param += velocity
+    else:
+        param += xp.where(nesterov, momentum * velocity - step, velocity)
 
 
 class SGDOptimizer:
@@ -43,40 +80,6 @@ class SGDOptimizer:
         self.nesterov = nesterov
         self.power_t = power_t
         self.velocities = [xp.zeros_like(p) for p in params]
-
-    def update_params(self, params, grads, scalars=None):
-        """Update ``params`` in place: ``v <- m v - lr g``, then ``p <- p + v``.
-
-        With Nesterov's momentum the step is ``m v - lr g`` with the new ``v``. The
-        gradients are consumed: they are scaled in place (callers pass fresh arrays),
-        which spares the large temporaries that dominate wide networks.
-
-        Parameters
-        ----------
-        params : list of arrays
-            The parameters, shaped like ``velocities``.
-        grads : list of arrays
-            Gradients of the batch's mean cost, shaped like ``params``; overwritten.
-        scalars : tuple of two 0-d arrays or None, default=None
-            ``(learning_rate, momentum)`` on the parameters' device, read by the kernels
-            when they run (a captured GPU graph replays them); None uses the current
-            Python values.
-        """
-        lr, momentum = (
-            (self.learning_rate, self.momentum) if scalars is None else scalars
-        )
-        for param, velocity, grad in zip(params, self.velocities, grads, strict=True):
-            grad *= lr  # grad now holds the plain step lr * g
-            if not self.momentum:
-                param -= grad
-                continue
-            velocity *= momentum
-            velocity -= grad
-            if self.nesterov:
-                param -= grad
-                param += momentum * velocity
-            else:
-                param += velocity
 
     def iteration_ends(self, time_step):
         """Update the step size at the end of an epoch (``time_step``: samples seen)."""

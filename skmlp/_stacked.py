@@ -1,4 +1,8 @@
-"""The batched step of ``fit_together``: m networks of one shape, stacked.
+"""The stacked step: m networks of one shape (m >= 1), trained as one computation.
+
+It runs every group of ``fit_together`` and every single network that is not on dense
+NumPy input (torch, CuPy, array-api-strict, sparse input), captured as one GPU graph
+where the device allows (``_loop.py``).
 
 The parameters of a group's members are stacked along a model axis:
 
@@ -15,83 +19,97 @@ spread over them once per epoch, and no Python loop over members runs per batch.
 Activations and deltas are (m, n_rows, n_units), and each layer is one batched
 product over the model axis (``matmul`` broadcasts over it), so the group pays one
 call's fixed cost where m separate fits pay m. The arithmetic of each member is that of
-``backprop`` and ``SGDOptimizer.update_params``: the gradient of the batch's mean cost
-(the L2 term included), then the (Nesterov) momentum step, with each member's own
-learning rate, momentum, ``alpha`` and sample weights. Written against the array API:
-it runs on NumPy, torch and CuPy.
+``backprop`` and ``momentum_step``: the gradient of the batch's mean cost (the L2 term
+included), then the (Nesterov) momentum step, with each member's own learning rate,
+momentum, ``alpha`` and sample weights. Written against the array API: it runs on
+NumPy, torch and CuPy; a SciPy sparse ``X`` only meets ``@`` and ``transpose``.
+
+A stack of one network is the network itself: its buffers are the member's own flat
+parameters and velocity (``(n_features, 1, n_units)`` is laid out as
+``(n_features, n_units)``), so nothing is packed or unpacked.
 """
 
 import math
 
 import numpy as np
+import scipy.sparse as sp
 
 from skmlp._activations import ACTIVATIONS, DERIVATIVES
 from skmlp._data import take_rows, to_numpy
-from skmlp._engine import CHUNK_ROWS
 from skmlp._losses import LOSSES
+from skmlp._optimizers import momentum_step
+from skmlp._state import chunks, views
 
 
 class Stack:
-    """The parameters and velocities of m engines, stacked; packed once per epoch.
+    """The parameters and velocities of m members, stacked; packed once per epoch.
 
     Parameters
     ----------
-    engines : list of Engine
-        Engines of networks of one shape; their flat parameters and velocities are
-        copied in here, and back by ``unpack``.
+    members : list of Member
+        Members (``_member.py``) of networks of one shape; their flat parameters and
+        velocities are copied in here, and back by ``unpack`` (shared, for one).
     xp : array namespace
     loss_kwargs : dict
         ``activation``, ``out_activation`` and ``loss`` (``alpha`` is per member).
     capturable : bool, default=False
-        Whether the epoch may be captured as one GPU graph (``_together.py``): then
+        Whether the epoch may be captured as one GPU graph (``_loop.py``): then
         nothing is read back to the host inside it, the learning rates live in a
         device vector written by ``write_learning_rates`` before each epoch, nothing
         derived from them is cached.
     mirror : callable or None, default=None
-        Maps an engine's flat array to an array of ``xp`` on the same memory (a
+        Maps a member's flat array to an array of ``xp`` on the same memory (a
         CuPy group is captured as torch tensors: ``torch.from_dlpack``); None: the
-        engines' arrays are of ``xp`` already.
+        members' arrays are of ``xp`` already.
     """
 
-    def __init__(self, engines, xp, loss_kwargs, capturable=False, mirror=None):
-        self.engines, self.xp, self.n_coefs = engines, xp, engines[0].params.n_coefs
+    def __init__(self, members, xp, loss_kwargs, capturable=False, mirror=None):
+        self.members, self.xp, self.n_coefs = members, xp, members[0].params.n_coefs
         self.mirror = (lambda array: array) if mirror is None else mirror
         self.activation = loss_kwargs["activation"]
         self.out_activation = loss_kwargs["out_activation"]
         self.loss = LOSSES[loss_kwargs["loss"]]
-        first = engines[0].params.shapes
+        first = members[0].params.shapes
         self.axes = [1] + [0] * (len(first) - 1)  # the model axis of each array
         # parameters, velocities and gradients each live in ONE flat buffer, the
         # arrays of the layers being views of it (weights first, then biases): the
         # momentum step is then three or four calls for the whole group
         shapes = [
-            _stacked_shape(shape, len(engines), axis)
+            _stacked_shape(shape, len(members), axis)
             for shape, axis in zip(first, self.axes, strict=True)
         ]
-        flat = self.mirror(engines[0].params.flat)
+        flat = self.mirror(members[0].params.flat)
         size = sum(math.prod(shape) for shape in shapes)
-        self.flat, self.velocity_flat, self.grad_flat = (
-            xp.zeros(size, dtype=flat.dtype, device=flat.device) for _ in range(3)
-        )
-        self.params = _views(self.flat, shapes, xp)
-        self.velocities = _views(self.velocity_flat, shapes, xp)
-        self.grads = _views(self.grad_flat, shapes, xp)
+        self.shared = len(members) == 1  # the member's own buffers, not copies
+        if self.shared:
+            self.flat = flat
+            self.velocity_flat = self.mirror(members[0].optimizer.velocities[0])
+        else:
+            self.flat, self.velocity_flat = (
+                xp.zeros(size, dtype=flat.dtype, device=flat.device) for _ in range(2)
+            )
+        self.grad_flat = xp.zeros(size, dtype=flat.dtype, device=flat.device)
+        self.params = views(self.flat, shapes, xp)
+        self.velocities = views(self.velocity_flat, shapes, xp)
+        self.grads = views(self.grad_flat, shapes, xp)
         self.capturable = capturable
         self.pack()
         self.n_weights = sum(math.prod(shape) for shape in shapes[: self.n_coefs])
         self._scratch = np.empty_like(self.flat) if xp is np else None
-        m, n_features = len(engines), shapes[0][0]
+        m, n_features = len(members), shapes[0][0]
         self._weight_views = [xp.reshape(self.params[0], (n_features, -1))] + [
             xp.reshape(W, (m, -1)) for W in self.params[1 : self.n_coefs]
         ]
-        self._set_scalars([e.optimizer for e in engines], engines)
+        self._set_scalars([e.optimizer for e in members], members)
 
     def pack(self):
-        """Copy each engine's parameters and velocities into the stacked buffers."""
-        xp, engines, shapes = self.xp, self.engines, self.engines[0].params.shapes
-        layers = [_views(self.mirror(e.params.flat), shapes, xp) for e in engines]
+        """Copy each member's parameters and velocities into the stacked buffers."""
+        if self.shared:
+            return
+        xp, members, shapes = self.xp, self.members, self.members[0].params.shapes
+        layers = [views(self.mirror(e.params.flat), shapes, xp) for e in members]
         moments = [
-            _views(self.mirror(e.optimizer.velocities[0]), shapes, xp) for e in engines
+            views(self.mirror(e.optimizer.velocities[0]), shapes, xp) for e in members
         ]
         for k, axis in enumerate(self.axes):
             self.params[k][...] = xp.stack([member[k] for member in layers], axis=axis)
@@ -101,15 +119,15 @@ class Stack:
 
     def write_learning_rates(self):
         """Each member's current learning rate into the device vector (in place)."""
-        rates = [e.optimizer.learning_rate for e in self.engines]
+        rates = [e.optimizer.learning_rate for e in self.members]
         self.learning_rate[...] = self._vector(rates)
 
-    def _set_scalars(self, optimizers, engines):
+    def _set_scalars(self, optimizers, members):
         """Each member's learning rate, momentum, Nesterov flag and ``alpha``."""
         self.learning_rate = self._vector([o.learning_rate for o in optimizers])
         self.momentum = self._vector([o.momentum for o in optimizers])
-        self.alpha = self._vector([e.loss_kwargs["alpha"] for e in engines])
-        self.any_alpha = any(e.loss_kwargs["alpha"] for e in engines)
+        self.alpha = self._vector([e.loss_kwargs["alpha"] for e in members])
+        self.any_alpha = any(e.loss_kwargs["alpha"] for e in members)
         self._half_alpha = 0.5 * self.alpha
         self._ones_by_size, self._delta_scales = {}, {}
         self._decays = {}  # n_rows -> lr * alpha / n_rows over the weights
@@ -129,11 +147,13 @@ class Stack:
         return self.xp.asarray(values, dtype=flat.dtype, device=flat.device)
 
     def unpack(self):
-        """Copy the trained parameters and velocities back into each engine."""
-        for j, engine in enumerate(self.engines):
-            self.mirror(engine.params.flat)[...] = self._member(self.params, j)
-            if engine.optimizer.momentum:  # without momentum the velocity stays 0
-                velocity = self.mirror(engine.optimizer.velocities[0])
+        """Copy the trained parameters and velocities back into each member."""
+        if self.shared:
+            return
+        for j, member in enumerate(self.members):
+            self.mirror(member.params.flat)[...] = self._member(self.params, j)
+            if member.optimizer.momentum:  # without momentum the velocity stays 0
+                velocity = self.mirror(member.optimizer.velocities[0])
                 velocity[...] = self._member(self.velocities, j)
 
     def _member(self, arrays, j):
@@ -163,7 +183,7 @@ class Stack:
     # ------------------------------------------------------------------ one epoch
 
     def epoch(self, Xs, Ys, sample_weights, orders, streams, batch_size):
-        """One pass of mini-batch SGD for every member (as ``epoch_cost``).
+        """One pass of mini-batch SGD for every member.
 
         Parameters
         ----------
@@ -186,9 +206,8 @@ class Stack:
 
     def epoch_sums(self, Xs, Ys, sample_weights, orders, streams, batch_size):
         """``epoch``'s costs as one device array of shape (m,), read by no one:
-        this is the part a GPU graph captures (``_together.py``)."""
+        this is the part a GPU graph captures (``_loop.py``)."""
         xp, n_samples = self.xp, Xs[0].shape[0]
-        chunk_rows = max(1, CHUNK_ROWS // batch_size) * batch_size
         weighted = any(w is not None for w in sample_weights)
         self.streams, total = streams, 0.0
         n_features = self.params[0].shape[0]
@@ -201,9 +220,8 @@ class Stack:
             )
             for begin, end in streams
         ]
-        for begin in range(0, n_samples, chunk_rows):
-            end = min(begin + chunk_rows, n_samples)
-            rows = [slice(begin, end) if o is None else o[begin:end] for o in orders]
+        for chunk, batches in chunks(n_samples, batch_size):
+            rows = [chunk if o is None else o[chunk] for o in orders]
             X_chunks = [take_rows(Xs[b], rows[b], xp) for b, _ in streams]
             Y_chunk = xp.stack(
                 [take_rows(Y, r, xp) for Y, r in zip(Ys, rows, strict=True)]
@@ -219,10 +237,9 @@ class Stack:
             # without sample weights a batch's cost is a plain sum: the outputs of
             # the chunk's batches are kept, and their cost taken once per chunk
             outputs = None if weighted else xp.empty_like(Y_chunk)
-            for start in range(0, end - begin, batch_size):
-                batch = slice(start, min(start + batch_size, end - begin))
+            for batch in batches:
                 total = total + self.step(
-                    [X[batch, ...] for X in X_chunks],
+                    [take_rows(X, batch, xp) for X in X_chunks],
                     Y_chunk[:, batch, :],
                     None if W_chunk is None else W_chunk[:, batch],
                     None if outputs is None else outputs[:, batch, :],
@@ -346,7 +363,7 @@ class Stack:
             self.streams, X_batches, self._wide, strict=True
         ):
             delta_stream = xp.reshape(delta[:, begin:end, :], (n_rows, -1))
-            self._product(X.mT, delta_stream, grad)  # one wide product per stream
+            self._product(_transpose(X), delta_stream, grad)  # one wide product
 
     def _ones(self, n_rows):
         """A vector of ``n_rows`` ones (kept: a batch size repeats)."""
@@ -358,8 +375,8 @@ class Stack:
         return self._ones_by_size[n_rows]
 
     def _product(self, a, b, out):
-        """``out[...] = a @ b``; on NumPy without a temporary."""
-        if self.xp is np:
+        """``out[...] = a @ b``; on dense NumPy without a temporary."""
+        if self.xp is np and not sp.issparse(a):
             np.matmul(a, b, out=out)
         else:
             out[...] = a @ b
@@ -398,7 +415,7 @@ class Stack:
     def _times(self, a, b, like):
         """``a * b``, shaped like ``like``; on NumPy into a buffer kept for the
         purpose (a new temporary the size of the weights on every batch costs page
-        faults: 20 % of the step on 784-512-512-10)."""
+        faults)."""
         if self.xp is not np:
             return a * b
         out = np.reshape(self._scratch[: like.size], like.shape)
@@ -408,17 +425,16 @@ class Stack:
         """``SGDOptimizer.update_params`` for every member, with its own scalars, as
         a few calls over the flat buffers (``grad_flat`` holds the plain steps
         ``lr * g``: see ``step``)."""
-        param, velocity, grad = self.flat, self.velocity_flat, self.grad_flat
-        momentum = self.momenta
-        velocity *= momentum
-        velocity -= grad
-        if self.nesterov is True:
-            param -= grad
-            param += self._times(momentum, velocity, velocity)
-        elif self.nesterov is False:
-            param += velocity
-        else:
-            param += self.xp.where(self.nesterov, momentum * velocity - grad, velocity)
+        velocity = self.velocity_flat
+        momentum_step(
+            self.flat,
+            velocity,
+            self.grad_flat,
+            self.momenta,
+            self.nesterov,
+            times=lambda a, b: self._times(a, b, velocity),
+            xp=self.xp,
+        )
 
     def _update_kept(self, keep):
         """``_update`` for the members in ``keep`` only; the others stay as they were."""
@@ -460,11 +476,6 @@ def _stacked_shape(shape, m, axis):
     return tuple(shape[:axis]) + (m,) + tuple(shape[axis:])
 
 
-def _views(flat, shapes, xp):
-    """Consecutive arrays of ``shapes``, views of the 1-D ``flat``."""
-    views, offset = [], 0
-    for shape in shapes:
-        size = math.prod(shape)
-        views.append(xp.reshape(flat[offset : offset + size], shape))
-        offset += size
-    return views
+def _transpose(X):
+    """``X`` transposed: an array's ``mT``, a sparse matrix's ``T``."""
+    return X.T if sp.issparse(X) else X.mT

@@ -3,7 +3,7 @@
 Skipped without CUDA (torch) or without CuPy. Self-contained: numpy, scipy,
 scikit-learn, torch, cupy and pytest, and sklearn's bundled digits (no download).
 Run with ``python -m pytest tests/test_gpu.py``. The same step, run eagerly with
-device scalars, is tested on CPU in ``test_engine.py``.
+device scalars, is tested on CPU in ``test_steps.py``.
 """
 
 import warnings
@@ -134,7 +134,7 @@ def test_fit_together_captures_the_group_epoch_and_equals_separate_fits(
     """Float64: a group of four, one of which stops early (the group is then captured
     anew), each member as its own (captured) fit. A CuPy group is captured as torch
     kernels on the CuPy arrays' memory."""
-    from skmlp import _together, fit_together
+    from skmlp import _loop, fit_together
 
     to_device = BACKENDS[backend]()
     if backend == "cupy":
@@ -145,8 +145,8 @@ def test_fit_together_captures_the_group_epoch_and_equals_separate_fits(
         graphs.append(_together_make(*args, **kwargs))
         return graphs[-1]
 
-    _together_make = _together.make_captured_epoch
-    monkeypatch.setattr(_together, "make_captured_epoch", recorded)
+    _together_make = _loop.make_captured_epoch
+    monkeypatch.setattr(_loop, "make_captured_epoch", recorded)
     X, y = load_digits(return_X_y=True)
     X, y = to_device(X / 16), to_device(y)
     rng = np.random.default_rng(0)
@@ -167,8 +167,10 @@ def test_fit_together_captures_the_group_epoch_and_equals_separate_fits(
         warnings.simplefilter("ignore", ConvergenceWarning)
         warnings.simplefilter("error", RuntimeWarning)  # a failed capture fails here
         together = fit_together(members(), X, y, sample_weight=weight)
+        n_graphs = len(graphs)  # single fits are captured too (groups of one)
         alone = [est.fit(X, y, sample_weight=weight) for est in members()]
-    assert len(graphs) == 2  # four members, then three
+    assert n_graphs == 2  # four members, then three
+    assert len(graphs) == n_graphs + len(alone)
     assert all(g.output is not None and not g.eager for g in graphs)
     for ours, ref in zip(together, alone, strict=True):
         assert ours.n_iter_ == ref.n_iter_

@@ -18,14 +18,14 @@ from sklearn.utils._param_validation import InvalidParameterError
 from threadpoolctl import threadpool_limits
 
 from pipelines.callbacks import EpochScoring, StopAt
-from skmlp import SGDMLPClassifier, _together, fit_together
-from skmlp._together import (
+from skmlp import SGDMLPClassifier, _loop, fit_together
+from skmlp._loop import (
     NUMPY_JOINT_MAX_PARAMS,
-    _groups,
-    _joint,
-    _prepare,
+    StackedRunner,
     _side_by_side,
+    make_runner,
 )
+from skmlp._together import _groups, _prepare
 
 BASE = dict(hidden_layer_sizes=(16, 8), batch_size=64, max_iter=4, random_state=0)
 
@@ -129,19 +129,19 @@ def test_members_end_as_their_own_fits(digits, case):
 def captured_protocol(monkeypatch):
     """Joint epochs run as on a GPU, where each is one captured graph: one persistent
     ``Stack`` refilled every epoch, learning rates written before each replay, the
-    shuffle orders copied into one static buffer (``_Group._captured_epoch``) — with
+    shuffle orders copied into one static buffer (``StackedRunner._captured_epoch``) — with
     the epoch's code run eagerly, as the graph would replay it. Counts the stacks
     built (one per change of the group's members)."""
-    monkeypatch.setattr(_together, "_capture_mode", lambda members: "eager")
+    monkeypatch.setattr(_loop, "_capture_mode", lambda members: "eager")
     built = []
 
-    class CountedStack(_together.Stack):
+    class CountedStack(_loop.Stack):
         def __init__(self, *args, **kwargs):
             assert kwargs.get("capturable"), "a captured epoch's stack is capturable"
             built.append(len(args[0]))
             super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr(_together, "Stack", CountedStack)
+    monkeypatch.setattr(_loop, "Stack", CountedStack)
     return built
 
 
@@ -172,7 +172,7 @@ def test_captured_protocol_mirrored_as_torch_tensors(
     here NumPy members are mirrored as torch CPU tensors: the torch kernels must
     train the NumPy arrays themselves, exactly as their own fits."""
     pytest.importorskip("torch")
-    monkeypatch.setattr(_together, "_mirrored", lambda members: True)
+    monkeypatch.setattr(_loop, "_mirrored", lambda members: True)
     X, y = (np.array(a) for a in digits)  # writable: DLPack exports no read-only array
     weights = np.random.RandomState(0).uniform(0.5, 2.0, y.shape[0])
     estimators = _members("stopping") + [SGDMLPClassifier(**BASE, alpha=1e-3)]
@@ -264,7 +264,7 @@ def test_float32_members(digits):
         assert_same_fit(together, reference, rtol=1e-4, atol=1e-5)
 
 
-def test_sparse_input_falls_back_to_separate_engines(digits):
+def test_sparse_members_end_as_their_own_fits(digits):
     X, y = digits
     X = sp.csr_matrix(X)
     estimators = _members("learning_rate_init")[:2]
@@ -290,8 +290,8 @@ def test_wide_numpy_networks_train_member_by_member(digits, blas_threads):
         ]
 
     wide, narrow = (400, 300), BASE["hidden_layer_sizes"]
-    assert not _joint(_prepare(members(wide), X, [y, y], [None, None]))
-    assert _joint(_prepare(members(narrow), X, [y, y], [None, None]))
+    assert not _stacked(_prepare(members(wide), X, [y, y], [None, None]))
+    assert _stacked(_prepare(members(narrow), X, [y, y], [None, None]))
     estimators = members(wide)
     alone = _separately(estimators, X, [y, y], [None, None])
     with threadpool_limits(limits=blas_threads):
@@ -303,6 +303,10 @@ def test_wide_numpy_networks_train_member_by_member(digits, blas_threads):
     assert n_params > NUMPY_JOINT_MAX_PARAMS
     for together, reference in zip(estimators, alone, strict=True):
         assert_same_fit(together, reference)
+
+
+def _stacked(members):
+    return isinstance(make_runner(members), StackedRunner)
 
 
 def test_members_are_grouped_by_shape(digits):
@@ -392,8 +396,8 @@ def test_ctrl_c_as_a_side_by_side_epoch_starts_waits_for_it(digits, monkeypatch)
     after the worker already runs the epoch) waits for the submits: the pool then waits
     for every epoch before the members are put back. Without that, the rollback raced
     with a member's epoch (seen once in CI: ``t_`` one epoch ahead of ``n_iter_``)."""
-    monkeypatch.setattr(_together, "NUMPY_JOINT_MAX_PARAMS", 0)
-    monkeypatch.setattr(_together, "_side_by_side", lambda members: 2)
+    monkeypatch.setattr(_loop, "NUMPY_JOINT_MAX_PARAMS", 0)
+    monkeypatch.setattr(_loop, "_side_by_side", lambda members: 2)
     X, y = digits
     X, y = np.repeat(X, 8, axis=0), np.repeat(y, 8)
     params = dict(hidden_layer_sizes=(64,), batch_size=8, tol=0, random_state=0)
@@ -430,10 +434,10 @@ def test_ctrl_c_leaves_every_member_at_its_last_complete_epoch(
     digits, stacked, monkeypatch
 ):
     if stacked == "captured":  # the captured epoch's protocol (see above)
-        monkeypatch.setattr(_together, "_capture_mode", lambda members: "eager")
+        monkeypatch.setattr(_loop, "_capture_mode", lambda members: "eager")
     if not stacked:  # the members then train in two threads (see _side_by_side)
-        monkeypatch.setattr(_together, "NUMPY_JOINT_MAX_PARAMS", 0)
-        monkeypatch.setattr(_together, "_side_by_side", lambda members: 2)
+        monkeypatch.setattr(_loop, "NUMPY_JOINT_MAX_PARAMS", 0)
+        monkeypatch.setattr(_loop, "_side_by_side", lambda members: 2)
     X, y = digits
     # Epochs much longer than a signal takes to reach the main thread, even on a
     # loaded machine (the side-by-side members run in threads holding the GIL).
