@@ -58,3 +58,36 @@ LOSSES = {
     "log_loss": Loss(log_loss, log_loss_delta, "softmax"),
     "squared_error": Loss(squared_error, squared_error_delta, "logistic"),
 }
+
+
+def batch_totals(sample_weight, xp):
+    """Each network's total sample weight in a batch, and whether it makes a step.
+
+    A batch whose weights sum to 0 has no mean cost: that network makes no step (its
+    total is given as 1, so that no 0/0 is computed on the way).
+
+    Parameters
+    ----------
+    sample_weight : array of shape (n_rows,) or (m, n_rows)
+    xp : array namespace
+
+    Returns
+    -------
+    total_weight : array of shape () or (m,)
+    keep : boolean array of shape () or (m,)
+    """
+    total = xp.sum(sample_weight, axis=-1)
+    keep = total > 0
+    return xp.where(keep, total, xp.ones_like(total)), keep
+
+
+def weight_decay(learning_rate, alpha, total_weight):
+    """The factor of the L2 term's step, ``learning_rate * alpha / total_weight``:
+    the step of ``alpha / (2 n) * sum ||W||^2`` is that times ``W``."""
+    return learning_rate * alpha / total_weight
+
+
+def l2_cost(alpha, squares, n_rows, total_weight):
+    """The L2 term of a batch's mean cost, ``alpha / (2 n) * squares``, times its
+    ``n_rows`` (``n`` is ``total_weight``, the rows or the sum of their weights)."""
+    return 0.5 * alpha * squares * (n_rows / total_weight)

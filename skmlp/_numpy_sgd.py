@@ -27,7 +27,7 @@ import numpy as np
 
 from skmlp._activations import ACTIVATIONS, DERIVATIVES
 from skmlp._data import take_rows
-from skmlp._losses import LOSSES
+from skmlp._losses import LOSSES, batch_totals, l2_cost, weight_decay
 from skmlp._optimizers import momentum_step
 from skmlp._state import chunks
 
@@ -153,8 +153,9 @@ class NumpyStep:
             total_weight = n_rows
             delta *= learning_rate / total_weight
         else:
-            total_weight = float(np.sum(sample_weight))
-            if total_weight == 0:  # no mean cost: the batch counts for nothing
+            total_weight, keep = batch_totals(sample_weight, np)
+            total_weight = float(total_weight)
+            if not keep:  # the batch counts for nothing
                 self.row_factors[batch] = 0
                 self.outputs[batch] = 0.5  # any finite value: its cost weighs 0
                 return 0.0
@@ -165,10 +166,10 @@ class NumpyStep:
         self._backward(activations, delta, ones)
         penalty = 0.0
         if self.alpha:
-            decay = learning_rate * self.alpha / total_weight
+            decay = weight_decay(learning_rate, self.alpha, total_weight)
             self.coef_grad_values += self._times(decay, self.coef_values)
             squares = float(self.coef_values @ self.coef_values)
-            penalty = 0.5 * self.alpha * squares * n_rows / total_weight
+            penalty = l2_cost(self.alpha, squares, n_rows, total_weight)
         optimizer = self.optimizer
         momentum_step(
             self.params.flat,

@@ -36,7 +36,7 @@ import scipy.sparse as sp
 
 from skmlp._activations import ACTIVATIONS, DERIVATIVES
 from skmlp._data import take_rows, to_numpy
-from skmlp._losses import LOSSES
+from skmlp._losses import LOSSES, batch_totals, l2_cost, weight_decay
 from skmlp._optimizers import momentum_step
 from skmlp._state import chunks, views
 
@@ -128,7 +128,6 @@ class Stack:
         self.momentum = self._vector([o.momentum for o in optimizers])
         self.alpha = self._vector([e.loss_kwargs["alpha"] for e in members])
         self.any_alpha = any(e.loss_kwargs["alpha"] for e in members)
-        self._half_alpha = 0.5 * self.alpha
         self._ones_by_size, self._delta_scales = {}, {}
         self._decays = {}  # n_rows -> lr * alpha / n_rows over the weights
         # one Python float where all members share it (a scalar product is faster
@@ -292,9 +291,7 @@ class Stack:
         else:
             terms = xp.reshape(self._cost_terms(Y, A), (-1, Y.shape[2]))
             sample_costs = terms @ xp.ones_like(Y[0, 0])
-            total_weight = xp.sum(sample_weight, axis=1)  # (m,)
-            keep = total_weight > 0  # no mean cost where the weights sum to 0
-            total_weight = xp.where(keep, total_weight, xp.ones_like(total_weight))
+            total_weight, keep = batch_totals(sample_weight, xp)  # (m,) each
             row_factors = sample_weight / total_weight[:, None]
             delta = delta * (row_factors[:, :, None] * learning_rate)
             sample_costs = xp.reshape(sample_costs, sample_weight.shape)
@@ -382,23 +379,17 @@ class Stack:
             out[...] = a @ b
 
     def _add_penalty(self, total_weight, n_rows):
-        """Add ``lr * alpha / n * W`` to the weight steps; return the L2 cost x rows."""
-        squares = self._squares()
-        if isinstance(total_weight, float):  # one flat product over all the weights
-            if self.capturable or n_rows not in self._decays:
-                decay = self.learning_rate * self.alpha / total_weight
-                self._decays[n_rows] = self._spread(decay)[: self.n_weights]
-            weights = self.flat[: self.n_weights]
-            self.grad_flat[: self.n_weights] += self._times(
-                self._decays[n_rows], weights, weights
-            )
-        else:  # each member's own total weight: layer by layer
-            scale = self.learning_rate * self.alpha / total_weight
-            for k in range(self.n_coefs):
-                W = self.params[k]
-                self.grads[k] += self._times(self._along(scale, k), W, W)
-            squares = squares * (n_rows / total_weight)
-        return self._half_alpha * squares
+        """Add the L2 term's step to the weight steps; return its cost times rows."""
+        uniform = isinstance(total_weight, float)  # no sample weights: n_rows
+        decay = self._decays.get(n_rows) if uniform and not self.capturable else None
+        if decay is None:  # per element of the weights: the members' factors spread
+            factor = weight_decay(self.learning_rate, self.alpha, total_weight)
+            decay = self._spread(factor)[: self.n_weights]
+            if uniform:
+                self._decays[n_rows] = decay
+        weights = self.flat[: self.n_weights]
+        self.grad_flat[: self.n_weights] += self._times(decay, weights, weights)
+        return l2_cost(self.alpha, self._squares(), n_rows, total_weight)
 
     def _squares(self):
         """Each member's sum of squared weights, shape (m,)."""
