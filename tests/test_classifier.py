@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from fitting import assert_same_weights, quiet_fit
 from numpy.testing import assert_allclose, assert_array_equal
 from sklearn import clone, config_context
 from sklearn.callback import ProgressBar, ScoringMonitor
@@ -20,19 +21,6 @@ from sklearn.preprocessing import StandardScaler
 from skmlp import SGDMLPClassifier
 
 FAST = dict(hidden_layer_sizes=(16,), batch_size=32, learning_rate_init=0.05)
-
-
-def _quiet_fit(estimator, *args, **kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        return estimator.fit(*args, **kwargs)
-
-
-def _assert_same_weights(a, b, rtol=1e-7):
-    for left, right in zip(
-        a.coefs_ + a.intercepts_, b.coefs_ + b.intercepts_, strict=False
-    ):
-        assert_allclose(left, right, rtol=rtol, atol=1e-12)
 
 
 # ----------------------------------------------------------------------- learning
@@ -64,7 +52,7 @@ def test_learns_digits(digits, activation, loss):
         max_iter=30,
         random_state=0,
     )
-    _quiet_fit(clf, X, y)
+    quiet_fit(clf, X, y)
     assert clf.score(X, y) > 0.93
     assert clf.loss_curve_[-1] < clf.loss_curve_[0]
     assert clf.history_.shape == (clf.n_iter_, 4)
@@ -73,7 +61,7 @@ def test_learns_digits(digits, activation, loss):
 
 def test_no_hidden_layer_is_logistic_regression(digits):
     X, y = digits
-    clf = _quiet_fit(
+    clf = quiet_fit(
         SGDMLPClassifier(hidden_layer_sizes=(), max_iter=20, random_state=0), X, y
     )
     assert clf.n_layers_ == 2 and clf.coefs_[0].shape == (64, 10)
@@ -83,17 +71,17 @@ def test_no_hidden_layer_is_logistic_regression(digits):
 def test_seed_network_has_13002_parameters(rng):
     X = rng.random((50, 784))
     y = np.arange(50) % 10
-    clf = _quiet_fit(SGDMLPClassifier((16, 16), max_iter=1, random_state=0), X, y)
+    clf = quiet_fit(SGDMLPClassifier((16, 16), max_iter=1, random_state=0), X, y)
     n_params = sum(c.size for c in clf.coefs_) + sum(b.size for b in clf.intercepts_)
     assert n_params == 13002
 
 
 def test_same_seed_same_weights_different_seed_different(digits):
     X, y = digits
-    a = _quiet_fit(SGDMLPClassifier(**FAST, max_iter=3, random_state=1), X, y)
-    b = _quiet_fit(SGDMLPClassifier(**FAST, max_iter=3, random_state=1), X, y)
-    c = _quiet_fit(SGDMLPClassifier(**FAST, max_iter=3, random_state=2), X, y)
-    _assert_same_weights(a, b, rtol=0)
+    a = quiet_fit(SGDMLPClassifier(**FAST, max_iter=3, random_state=1), X, y)
+    b = quiet_fit(SGDMLPClassifier(**FAST, max_iter=3, random_state=1), X, y)
+    c = quiet_fit(SGDMLPClassifier(**FAST, max_iter=3, random_state=2), X, y)
+    assert_same_weights(a, b, rtol=0)
     assert not np.allclose(a.coefs_[0], c.coefs_[0])
 
 
@@ -104,11 +92,11 @@ def test_same_seed_same_weights_different_seed_different(digits):
 def test_fit_equals_k_partial_fits(digits, k):
     X, y = digits
     params = dict(**FAST, max_iter=k, random_state=0, tol=0, n_iter_no_change=100)
-    fitted = _quiet_fit(SGDMLPClassifier(**params), X, y)
+    fitted = quiet_fit(SGDMLPClassifier(**params), X, y)
     incremental = SGDMLPClassifier(**params)
     for _ in range(k):
         incremental.partial_fit(X, y, classes=np.unique(y))
-    _assert_same_weights(fitted, incremental, rtol=0)
+    assert_same_weights(fitted, incremental, rtol=0)
     assert fitted.loss_curve_ == incremental.loss_curve_
     assert fitted.n_iter_ == incremental.n_iter_ == k
     assert fitted.t_ == incremental.t_ == k * X.shape[0]
@@ -128,18 +116,18 @@ def test_pickled_mid_training_continues_identically(digits):
     resumed = pickle.loads(pickle.dumps(paused))
     for _ in range(3):
         resumed.partial_fit(X, y)
-    _assert_same_weights(straight, resumed, rtol=0)
+    assert_same_weights(straight, resumed, rtol=0)
 
 
 def test_warm_start_continues_like_one_long_fit(digits):
     X, y = digits
     params = dict(**FAST, random_state=0, tol=0, n_iter_no_change=100)
-    long = _quiet_fit(SGDMLPClassifier(**params, max_iter=6), X, y)
+    long = quiet_fit(SGDMLPClassifier(**params, max_iter=6), X, y)
     warm = SGDMLPClassifier(**params, max_iter=3, warm_start=True)
-    _quiet_fit(warm, X, y)
+    quiet_fit(warm, X, y)
     warm = pickle.loads(pickle.dumps(warm))
-    _quiet_fit(warm, X, y)
-    _assert_same_weights(long, warm, rtol=0)
+    quiet_fit(warm, X, y)
+    assert_same_weights(long, warm, rtol=0)
     # as MLPClassifier: n_iter_ counts the epochs of the last fit, the curve all of them
     assert warm.n_iter_ == 3
     assert warm.loss_curve_ == long.loss_curve_
@@ -148,7 +136,7 @@ def test_warm_start_continues_like_one_long_fit(digits):
 
 def test_clone_is_unfitted_with_same_params(digits):
     X, y = digits
-    clf = _quiet_fit(SGDMLPClassifier(**FAST, max_iter=2, random_state=0), X, y)
+    clf = quiet_fit(SGDMLPClassifier(**FAST, max_iter=2, random_state=0), X, y)
     cloned = clone(clf)
     assert cloned.get_params() == clf.get_params()
     assert not hasattr(cloned, "coefs_")
@@ -162,10 +150,10 @@ def test_predict_proba_matches_sklearn_with_our_weights(digits, n_classes):
     X, y = digits
     mask = y < n_classes
     X, y = X[mask], y[mask]
-    ours = _quiet_fit(
+    ours = quiet_fit(
         SGDMLPClassifier((20, 10), activation="tanh", max_iter=5, random_state=0), X, y
     )
-    ref = _quiet_fit(
+    ref = quiet_fit(
         MLPClassifier((20, 10), activation="tanh", max_iter=1, random_state=1), X, y
     )
     ref.coefs_ = [c.copy() for c in ours.coefs_]
@@ -194,9 +182,9 @@ def test_training_trajectory_matches_sklearn_sgd(digits, n_classes, nesterov):
         shuffle=False,
         random_state=3,
     )
-    ours = _quiet_fit(SGDMLPClassifier(**params), X[mask], y[mask])
-    ref = _quiet_fit(MLPClassifier(solver="sgd", **params), X[mask], y[mask])
-    _assert_same_weights(ours, ref, rtol=1e-9)
+    ours = quiet_fit(SGDMLPClassifier(**params), X[mask], y[mask])
+    ref = quiet_fit(MLPClassifier(solver="sgd", **params), X[mask], y[mask])
+    assert_same_weights(ours, ref, rtol=1e-9)
     assert_allclose(ours.loss_curve_, ref.loss_curve_, rtol=1e-9)
 
 
@@ -221,7 +209,7 @@ def test_string_labels_and_pandas_input(digits):
         ],
         dtype=object,
     )[y]
-    clf = _quiet_fit(
+    clf = quiet_fit(
         SGDMLPClassifier(**FAST, max_iter=10, random_state=0), frame, labels
     )
     assert_array_equal(clf.feature_names_in_, frame.columns)
@@ -232,7 +220,7 @@ def test_string_labels_and_pandas_input(digits):
 def test_binary_labels(digits):
     X, y = digits
     labels = np.where(y % 2 == 0, "even", "odd")
-    clf = _quiet_fit(SGDMLPClassifier(**FAST, max_iter=10, random_state=0), X, labels)
+    clf = quiet_fit(SGDMLPClassifier(**FAST, max_iter=10, random_state=0), X, labels)
     assert clf.n_outputs_ == 1 and clf.out_activation_ == "logistic"
     proba = clf.predict_proba(X)
     assert proba.shape == (len(y), 2)
@@ -242,11 +230,11 @@ def test_binary_labels(digits):
 
 def test_sparse_input_gives_the_same_weights_as_dense(digits):
     X, y = digits
-    dense = _quiet_fit(SGDMLPClassifier(**FAST, max_iter=3, random_state=0), X, y)
-    sparse = _quiet_fit(
+    dense = quiet_fit(SGDMLPClassifier(**FAST, max_iter=3, random_state=0), X, y)
+    sparse = quiet_fit(
         SGDMLPClassifier(**FAST, max_iter=3, random_state=0), sp.csr_matrix(X), y
     )
-    _assert_same_weights(dense, sparse, rtol=1e-10)
+    assert_same_weights(dense, sparse, rtol=1e-10)
     assert_allclose(dense.predict_proba(X), sparse.predict_proba(sp.csr_matrix(X)))
 
 
@@ -261,7 +249,7 @@ def test_sparse_input_gives_the_same_weights_as_dense(digits):
 )
 def test_dtype(digits, dtype, X_dtype, expected):
     X, y = digits
-    clf = _quiet_fit(
+    clf = quiet_fit(
         SGDMLPClassifier(**FAST, max_iter=2, random_state=0, dtype=dtype),
         X.astype(X_dtype),
         y,
@@ -272,7 +260,7 @@ def test_dtype(digits, dtype, X_dtype, expected):
 
 def test_squared_error_probabilities_sum_to_one(digits):
     X, y = digits
-    clf = _quiet_fit(
+    clf = quiet_fit(
         SGDMLPClassifier(
             (16,),
             activation="logistic",
@@ -304,12 +292,12 @@ def test_sample_weight_zero_equals_dropping_samples(digits):
         random_state=0,
         alpha=0.0,
     )
-    weighted = _quiet_fit(SGDMLPClassifier(**params), X, y, sample_weight=weight)
+    weighted = quiet_fit(SGDMLPClassifier(**params), X, y, sample_weight=weight)
     keep = weight > 0
-    dropped = _quiet_fit(
+    dropped = quiet_fit(
         SGDMLPClassifier(**{**params, "batch_size": int(keep.sum())}), X[keep], y[keep]
     )
-    _assert_same_weights(weighted, dropped, rtol=1e-9)
+    assert_same_weights(weighted, dropped, rtol=1e-9)
 
 
 @pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
@@ -328,7 +316,7 @@ def test_batches_of_zero_weight_are_skipped(digits, sparse):
     first = SGDMLPClassifier(**params)
     for _ in range(2):
         first.partial_fit(X[:100], y[:100], classes=np.unique(y))
-    _assert_same_weights(weighted, first, rtol=1e-9)
+    assert_same_weights(weighted, first, rtol=1e-9)
     assert np.all(np.isfinite(weighted.loss_curve_))
 
 
@@ -337,7 +325,7 @@ def test_batches_of_zero_weight_are_skipped(digits, sparse):
 
 def test_early_stopping_keeps_the_best_validation_epoch(digits):
     X, y = digits
-    clf = _quiet_fit(
+    clf = quiet_fit(
         SGDMLPClassifier(
             **FAST, max_iter=50, early_stopping=True, n_iter_no_change=3, random_state=0
         ),
@@ -363,7 +351,7 @@ def test_training_stops_when_the_loss_stalls(digits):
 
 def test_adaptive_schedule_divides_the_learning_rate_by_5(digits):
     X, y = digits
-    clf = _quiet_fit(
+    clf = quiet_fit(
         SGDMLPClassifier(
             **{**FAST, "learning_rate_init": 0.1},
             learning_rate="adaptive",
@@ -382,7 +370,7 @@ def test_adaptive_schedule_divides_the_learning_rate_by_5(digits):
 
 def test_invscaling_schedule(digits):
     X, y = digits
-    clf = _quiet_fit(
+    clf = quiet_fit(
         SGDMLPClassifier(
             **FAST, learning_rate="invscaling", max_iter=2, random_state=0
         ),
@@ -453,7 +441,7 @@ def test_scoring_monitor_records_one_score_per_epoch(digits):
     clf = SGDMLPClassifier(
         **FAST, max_iter=5, random_state=0, tol=0, n_iter_no_change=100
     ).set_callbacks(monitor)
-    _quiet_fit(clf, X, y)
+    quiet_fit(clf, X, y)
     log = monitor.get_logs().data_as_pandas
     epochs = log[log.task_name == "epoch"]
     assert len(epochs) == 5
@@ -465,8 +453,11 @@ def test_progress_bar_runs(digits, capsys):
     clf = SGDMLPClassifier(**FAST, max_iter=3, random_state=0).set_callbacks(
         ProgressBar()
     )
-    _quiet_fit(clf, X, y)
+    quiet_fit(clf, X, y)
     assert clf.n_iter_ == 3
+    out = capsys.readouterr().out
+    assert "SGDMLPClassifier - fit" in out
+    assert "100%" in out  # the bar ends full: every epoch was a step of the fit task
 
 
 def test_keyboard_interrupt_leaves_the_last_complete_epoch(digits):
@@ -502,7 +493,7 @@ def test_keyboard_interrupt_leaves_the_last_complete_epoch(digits):
     for _ in range(clf.n_iter_ + 1):
         reference.partial_fit(X, y, classes=np.unique(y))
     clf.partial_fit(X, y)
-    _assert_same_weights(clf, reference, rtol=0)
+    assert_same_weights(clf, reference, rtol=0)
 
 
 # ------------------------------------------------------------- sklearn habits
@@ -522,7 +513,7 @@ def test_grid_search_over_a_pipeline(digits):
         n_jobs=2,
         error_score="raise",
     )
-    _quiet_fit(grid, X, y)
+    quiet_fit(grid, X, y)
     assert len(grid.cv_results_["params"]) == 8
     assert grid.best_score_ > 0.8
     restored = pickle.loads(pickle.dumps(grid.best_estimator_))
@@ -548,7 +539,7 @@ def test_empty_X_is_refused():
 
 def test_wrong_number_of_features_at_predict(digits):
     X, y = digits
-    clf = _quiet_fit(SGDMLPClassifier(**FAST, max_iter=1), X, y)
+    clf = quiet_fit(SGDMLPClassifier(**FAST, max_iter=1), X, y)
     with pytest.raises(ValueError, match="64 features"):
         clf.predict(X[:, :10])
 
@@ -627,9 +618,9 @@ def test_array_api_backend_matches_numpy(digits, namespace):
     xp = pytest.importorskip(namespace)
     X, y = digits
     params = dict(**FAST, max_iter=3, random_state=0, dtype="float64")
-    reference = _quiet_fit(SGDMLPClassifier(**params), X, y)
+    reference = quiet_fit(SGDMLPClassifier(**params), X, y)
     with config_context(array_api_dispatch=True):
-        clf = _quiet_fit(SGDMLPClassifier(**params), xp.asarray(X), xp.asarray(y))
+        clf = quiet_fit(SGDMLPClassifier(**params), xp.asarray(X), xp.asarray(y))
         proba = clf.predict_proba(xp.asarray(X))
         predicted = clf.predict(xp.asarray(X))
     assert type(proba) is type(xp.asarray(X))
@@ -646,14 +637,14 @@ def test_array_api_backend_matches_numpy(digits, namespace):
 
 def _fitted(digits):
     X, y = digits
-    return _quiet_fit(SGDMLPClassifier(**FAST, max_iter=2, random_state=0), X, y)
+    return quiet_fit(SGDMLPClassifier(**FAST, max_iter=2, random_state=0), X, y)
 
 
 def _assert_unchanged(clf, before, X):
     assert_array_equal(clf.predict(X), before["predict"])
     assert_array_equal(clf.classes_, before["classes_"])
     assert clf.n_iter_ == before["n_iter_"] and clf.loss_curve_ == before["curve"]
-    _assert_same_weights(clf, before["clf"], rtol=0)
+    assert_same_weights(clf, before["clf"], rtol=0)
 
 
 def _state(clf, X):
@@ -709,8 +700,8 @@ def test_warm_start_refuses_other_classes(digits):
 def test_n_iter_counts_each_fit_and_partial_fit_adds_one(digits):
     X, y = digits
     clf = SGDMLPClassifier(**FAST, max_iter=2, warm_start=True, random_state=0)
-    _quiet_fit(clf, X, y)
-    _quiet_fit(clf, X, y)
+    quiet_fit(clf, X, y)
+    quiet_fit(clf, X, y)
     assert clf.n_iter_ == 2 and len(clf.loss_curve_) == 4
     clf.partial_fit(X, y)
     assert clf.n_iter_ == 3 and len(clf.loss_curve_) == 5

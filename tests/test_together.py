@@ -10,7 +10,8 @@ import warnings
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from numpy.testing import assert_allclose, assert_array_equal
+from fitting import assert_same_fit, quietly
+from numpy.testing import assert_array_equal
 from sklearn import config_context
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
@@ -80,39 +81,11 @@ def _members(case):
     return [SGDMLPClassifier(**{**BASE, **params}) for params in CASES[case]]
 
 
-def _quietly(function, *args, **kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)  # max_iter reached
-        return function(*args, **kwargs)
-
-
 def _separately(estimators, X, ys, weights):
     return [
-        _quietly(clone(est).fit, X, y, sample_weight=w)
+        quietly(clone(est).fit, X, y, sample_weight=w)
         for est, y, w in zip(estimators, ys, weights, strict=True)
     ]
-
-
-def assert_same_fit(together, alone, rtol=1e-9, atol=1e-9):
-    """Weights to ``atol``, and the same epochs, records and classes."""
-    assert together.n_iter_ == alone.n_iter_
-    assert together.t_ == alone.t_
-    assert_array_equal(together.classes_, alone.classes_)
-    for ours, theirs in zip(
-        together.coefs_ + together.intercepts_,
-        alone.coefs_ + alone.intercepts_,
-        strict=True,
-    ):
-        assert_allclose(np.asarray(ours), np.asarray(theirs), rtol=rtol, atol=atol)
-    velocities = [est._state.optimizer.velocities[0] for est in (together, alone)]
-    assert_allclose(*map(np.asarray, velocities), rtol=rtol, atol=atol)
-    assert_allclose(together.loss_curve_, alone.loss_curve_, rtol=rtol)
-    ours, theirs = together.history_, alone.history_
-    assert list(ours.columns) == list(theirs.columns)
-    compared = [c for c in ours.columns if c != "seconds"]
-    assert_allclose(ours[compared].to_numpy(), theirs[compared].to_numpy(), rtol=rtol)
-    if alone.validation_scores_ is not None:
-        assert together.validation_scores_ == alone.validation_scores_
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -120,7 +93,7 @@ def test_members_end_as_their_own_fits(digits, case):
     X, y = digits
     estimators = _members(case)
     alone = _separately(estimators, X, [y] * len(estimators), [None] * len(estimators))
-    assert _quietly(fit_together, estimators, X, y) == estimators
+    assert quietly(fit_together, estimators, X, y) == estimators
     for together, reference in zip(estimators, alone, strict=True):
         assert_same_fit(together, reference)
 
@@ -154,7 +127,7 @@ def test_captured_protocol_members_end_as_their_own_fits(
     X, y = digits
     estimators = _members(case)
     alone = _separately(estimators, X, [y] * len(estimators), [None] * len(estimators))
-    _quietly(fit_together, estimators, X, y)
+    quietly(fit_together, estimators, X, y)
     for together, reference in zip(estimators, alone, strict=True):
         assert_same_fit(together, reference)
     if case == "stopping":  # one group, whose members stop at three epochs
@@ -178,7 +151,7 @@ def test_captured_protocol_mirrored_as_torch_tensors(
     estimators = _members("stopping") + [SGDMLPClassifier(**BASE, alpha=1e-3)]
     ys, sample_weights = [y] * 4, [None, weights, None, weights]
     alone = _separately(estimators, X, ys, sample_weights)
-    _quietly(fit_together, estimators, X, ys, sample_weight=sample_weights)
+    quietly(fit_together, estimators, X, ys, sample_weight=sample_weights)
     for together, reference in zip(estimators, alone, strict=True):
         assert isinstance(together.coefs_[0], np.ndarray)
         assert_same_fit(together, reference)
@@ -197,7 +170,7 @@ def test_captured_protocol_labels_and_weights(digits, captured_protocol):
     sample_weights = [None, weights, weights, zero_first_batch]
     estimators = [SGDMLPClassifier(**BASE, alpha=1e-3) for _ in ys]
     alone = _separately(estimators, X, ys, sample_weights)
-    _quietly(fit_together, estimators, X, ys, sample_weight=sample_weights)
+    quietly(fit_together, estimators, X, ys, sample_weight=sample_weights)
     for together, reference in zip(estimators, alone, strict=True):
         assert_same_fit(together, reference)
 
@@ -205,7 +178,7 @@ def test_captured_protocol_labels_and_weights(digits, captured_protocol):
 @pytest.mark.parametrize("case", ["stopping", "divergence"])
 def test_members_really_stop_at_different_epochs(digits, case):
     X, y = digits
-    estimators = _quietly(fit_together, _members(case), X, y)
+    estimators = quietly(fit_together, _members(case), X, y)
     assert len({est.n_iter_ for est in estimators}) == 3
 
 
@@ -233,7 +206,7 @@ def test_each_member_its_own_labels_and_weights(digits, n_jobs):
     sample_weights = [None, weights, None, weights, zero_first_batch]
     estimators = [SGDMLPClassifier(**BASE, shuffle=False) for _ in ys]
     alone = _separately(estimators, X, ys, sample_weights)
-    _quietly(
+    quietly(
         fit_together, estimators, X, ys, sample_weight=sample_weights, n_jobs=n_jobs
     )
     for together, reference in zip(estimators, alone, strict=True):
@@ -243,10 +216,10 @@ def test_each_member_its_own_labels_and_weights(digits, n_jobs):
 
 def test_warm_started_members_continue_as_their_own_fits(digits):
     X, y = digits
-    started = _quietly(SGDMLPClassifier(**BASE, warm_start=True).fit, X, y)
-    alone = _quietly(copy.deepcopy(started).fit, X, y)
+    started = quietly(SGDMLPClassifier(**BASE, warm_start=True).fit, X, y)
+    alone = quietly(copy.deepcopy(started).fit, X, y)
     estimators = [copy.deepcopy(started), SGDMLPClassifier(**BASE)]
-    _quietly(fit_together, estimators, X, y)
+    quietly(fit_together, estimators, X, y)
     assert_same_fit(estimators[0], alone)
     assert estimators[0].n_iter_ == 4 and len(estimators[0].loss_curve_) == 8
 
@@ -258,7 +231,7 @@ def test_float32_members(digits):
         for lr in (0.01, 0.1)
     ]
     alone = _separately(estimators, X, [y, y], [None, None])
-    _quietly(fit_together, estimators, X, y)
+    quietly(fit_together, estimators, X, y)
     for together, reference in zip(estimators, alone, strict=True):
         assert together.coefs_[0].dtype == np.float32
         assert_same_fit(together, reference, rtol=1e-4, atol=1e-5)
@@ -269,7 +242,7 @@ def test_sparse_members_end_as_their_own_fits(digits):
     X = sp.csr_matrix(X)
     estimators = _members("learning_rate_init")[:2]
     alone = _separately(estimators, X, [y, y], [None, None])
-    _quietly(fit_together, estimators, X, y)
+    quietly(fit_together, estimators, X, y)
     for together, reference in zip(estimators, alone, strict=True):
         assert_same_fit(together, reference)
 
@@ -298,7 +271,7 @@ def test_wide_numpy_networks_train_member_by_member(digits, blas_threads):
         assert _side_by_side(_prepare(estimators, X, [y, y], [None, None])) == (
             blas_threads
         )
-        _quietly(fit_together, estimators, X, y)
+        quietly(fit_together, estimators, X, y)
     n_params = sum(a.size for a in estimators[0].coefs_ + estimators[0].intercepts_)
     assert n_params > NUMPY_JOINT_MAX_PARAMS
     for together, reference in zip(estimators, alone, strict=True):
@@ -335,7 +308,7 @@ def test_torch_members_end_as_their_own_fits(digits, case, protocol, request):
     estimators = _members(case) + [SGDMLPClassifier(**{**BASE, "random_state": 1})]
     with config_context(array_api_dispatch=True):
         alone = _separately(estimators, X, [y] * 4, [None] * 4)
-        _quietly(fit_together, estimators, X, y)
+        quietly(fit_together, estimators, X, y)
     for together, reference in zip(estimators, alone, strict=True):
         assert isinstance(together.coefs_[0], torch.Tensor)
         assert_same_fit(together, reference)
@@ -347,7 +320,7 @@ def test_each_member_callbacks_see_its_own_fit(digits):
     scorings = [EpochScoring({"train": (X, y)}) for _ in estimators]
     for est, scoring in zip(estimators, scorings, strict=True):
         est.set_callbacks(scoring)
-    _quietly(fit_together, estimators, X, y)
+    quietly(fit_together, estimators, X, y)
     for est, scoring in zip(estimators, scorings, strict=True):
         assert [s.epoch for s in scoring.history] == list(range(1, est.max_iter + 1))
         assert [s.metrics["loss"] for s in scoring.history] == est.loss_curve_
@@ -363,8 +336,8 @@ def test_a_callback_stops_its_own_member_only(digits):
         stopped.set_callbacks(scoring, StopAt(scoring, "train_accuracy", 0.8))
         return [stopped, SGDMLPClassifier(**{**BASE, "max_iter": 12})]
 
-    alone = [_quietly(est.fit, X, y) for est in members()]
-    estimators = _quietly(fit_together, members(), X, y)
+    alone = [quietly(est.fit, X, y) for est in members()]
+    estimators = quietly(fit_together, members(), X, y)
     assert estimators[0].n_iter_ < estimators[1].n_iter_ == 12
     for together, reference in zip(estimators, alone, strict=True):
         assert_same_fit(together, reference)
@@ -424,7 +397,7 @@ def test_ctrl_c_as_a_side_by_side_epoch_starts_waits_for_it(digits, monkeypatch)
         worker.join(timeout=60)
     for est in estimators:
         assert est.n_iter_ == len(est.loss_curve_) == len(est.history_) == 2
-        assert_same_fit(est, _quietly(clone(est).set_params(max_iter=2).fit, X, y))
+        assert_same_fit(est, quietly(clone(est).set_params(max_iter=2).fit, X, y))
 
 
 @pytest.mark.parametrize(
@@ -458,7 +431,7 @@ def test_ctrl_c_leaves_every_member_at_its_last_complete_epoch(
         signal.signal(signal.SIGALRM, previous)
     for est in estimators:
         assert est.n_iter_ == len(est.loss_curve_) == len(est.history_) == 2
-        alone = _quietly(clone(est).set_params(max_iter=2).fit, X, y)
+        alone = quietly(clone(est).set_params(max_iter=2).fit, X, y)
         assert_same_fit(est, alone)
         # and training on gives the same epoch (the shuffle's generator was restored)
         assert_same_fit(est.partial_fit(X, y), alone.partial_fit(X, y))
@@ -479,7 +452,7 @@ def test_ctrl_c_leaves_every_member_at_its_last_complete_epoch(
 @pytest.mark.parametrize("n_jobs", [None, 2])
 def test_a_bad_member_raises_before_any_training(digits, bad, error, match, n_jobs):
     X, y = digits
-    fitted = _quietly(SGDMLPClassifier(**BASE).fit, X, y)
+    fitted = quietly(SGDMLPClassifier(**BASE).fit, X, y)
     before = [W.copy() for W in fitted.coefs_], fitted.loss_curve_
     params = {} if bad == "one class" else bad
     ys = [y, np.zeros_like(y) if bad == "one class" else y, y]
@@ -555,7 +528,7 @@ def test_callbacks_in_workers_report_to_this_process(digits):
     monitors = [ScoringMonitor(scoring="accuracy") for _ in estimators]
     for est, monitor in zip(estimators, monitors, strict=True):
         est.set_callbacks(monitor)
-    _quietly(fit_together, estimators, X, y, n_jobs=2)
+    quietly(fit_together, estimators, X, y, n_jobs=2)
     for est, monitor in zip(estimators, monitors, strict=True):
         log = monitor.get_logs().data_as_pandas
         epochs = log[log.task_name == "epoch"]
@@ -572,9 +545,9 @@ def test_members_not_seeded_by_an_int_train_in_this_process(digits):
     def seeded(seed, **params):
         return SGDMLPClassifier(**{**BASE, **params, "random_state": seed})
 
-    reference = _quietly(seeded(np.random.RandomState(7)).fit, X, y)
+    reference = quietly(seeded(np.random.RandomState(7)).fit, X, y)
     np.random.seed(5)  # noqa: NPY002 (random_state=None draws from this one)
-    reference_none = _quietly(seeded(None).fit, X, y)
+    reference_none = quietly(seeded(None).fit, X, y)
     estimators = _members("learning_rate_init") + [
         # a group of its own with no member to send (another shape)
         seeded(np.random.RandomState(1), hidden_layer_sizes=(12,)),
@@ -587,7 +560,7 @@ def test_members_not_seeded_by_an_int_train_in_this_process(digits):
         est.set_callbacks(RecordProcess())
     estimators[-1].set_callbacks(NotPicklable())
     np.random.seed(5)  # noqa: NPY002 (random_state=None draws from this one)
-    _quietly(fit_together, estimators, X, y, n_jobs=2)
+    quietly(fit_together, estimators, X, y, n_jobs=2)
     here = [est.fitted_in_ == os.getpid() for est in estimators]
     assert here == [False, False, False, True, True, True, True]
     assert estimators[-3].random_state is generator
@@ -658,7 +631,7 @@ class FailInWorker(RecordProcess):
 
 def test_a_failing_worker_leaves_every_member_as_it_was(digits):
     X, y = digits
-    fitted = _quietly(SGDMLPClassifier(**BASE).fit, X, y)
+    fitted = quietly(SGDMLPClassifier(**BASE).fit, X, y)
     before = [W.copy() for W in fitted.coefs_]
     kept_here = SGDMLPClassifier(**{**BASE, "random_state": np.random.RandomState(0)})
     generator_state = kept_here.random_state.get_state()[1].copy()
@@ -703,10 +676,10 @@ def test_ctrl_c_during_worker_fits_leaves_their_members_as_they_were(digits):
     start = time.perf_counter()
     try:
         with pytest.raises(KeyboardInterrupt):
-            _quietly(fit_together, estimators, X, y, n_jobs=2)
+            quietly(fit_together, estimators, X, y, n_jobs=2)
     finally:
         timer.cancel()
     assert time.perf_counter() - start < 20  # not the 40 s the fits would take
     assert not any(hasattr(est, "coefs_") for est in estimators)
     # the pool is usable again at once
-    _quietly(fit_together, _members("alpha"), X, y, n_jobs=2)
+    quietly(fit_together, _members("alpha"), X, y, n_jobs=2)
