@@ -76,7 +76,7 @@ gpu_tests() {
 
 array_api_tests() {
     local files=()
-    for f in tests/test_classifier.py tests/test_estimator_checks.py tests/test_engine.py \
+    for f in tests/test_classifier.py tests/test_estimator_checks.py tests/test_steps.py \
         tests/test_device.py; do
         [[ -f $f ]] && files+=("$f")
     done
