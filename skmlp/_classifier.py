@@ -9,6 +9,7 @@ the network and hands the loop one member: a single network is a group of one.
 from numbers import Integral, Real
 
 import numpy as np
+from sklearn import config_context
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
 from sklearn.callback import CallbackSupportMixin
 from sklearn.utils import check_random_state
@@ -432,16 +433,16 @@ class SGDMLPClassifier(
         train([self._member(X, y, sample_weight, incremental, classes)])
         return self
 
-    def _member(self, X, y, sample_weight, incremental, classes):
-        """This estimator's training in one call, ready for the loop (``_loop.train``).
-
-        Validates, initialises where needed and builds the member; a failure leaves
-        the estimator as it was. ``fit_together`` prepares its members here too, and
-        puts them back (``Member.put_back``) if another cannot be prepared.
-        """
+    def _member(self, X, y, sample_weight, incremental, classes, validate=False):
+        """This estimator's training in one call, for ``_loop.train``: validated
+        (``validate``: the parameters too), initialised where needed; a failure leaves
+        the estimator as it was (``fit_together`` puts back the others)."""
         before = estimator_state(self)
         try:
-            member = self._prepare(X, y, sample_weight, incremental, classes)
+            if validate:
+                self._validate_params()
+            with config_context(skip_parameter_validation=True):
+                member = self._prepare(X, y, sample_weight, incremental, classes)
         except BaseException:  # a failed call leaves the estimator as it was
             put_back(self, before)
             raise

@@ -23,6 +23,7 @@ from joblib.parallel import get_active_backend
 from sklearn import config_context
 from sklearn.callback._callback_support import callback_management_context
 
+from skmlp._classifier import SGDMLPClassifier
 from skmlp._loop import train
 from skmlp._member import adopt
 
@@ -103,6 +104,12 @@ def fit_together(estimators, X, y, *, sample_weight=None, n_jobs=None):
     [20, 20, 20]
     """
     estimators = list(estimators)
+    for index, est in enumerate(estimators):
+        if not isinstance(est, SGDMLPClassifier):
+            raise TypeError(
+                f"fit_together: estimators[{index}] is {est!r}, not an "
+                "SGDMLPClassifier; fit_together trains skmlp's networks only."
+            )
     if len({id(est) for est in estimators}) < len(estimators):
         raise ValueError("fit_together: an estimator appears more than once.")
     ys = _per_member(y, len(estimators), "y")
@@ -246,9 +253,7 @@ def _prepare(estimators, X, ys, weights):
             zip(estimators, ys, weights, strict=True)
         ):
             try:
-                est._validate_params()
-                with config_context(skip_parameter_validation=True):
-                    members.append(est._member(X, y, weight, False, None))
+                members.append(est._member(X, y, weight, False, None, validate=True))
             except Exception as exc:
                 named = _named(exc, index, est)
                 if named is exc:

@@ -465,6 +465,20 @@ def test_a_bad_member_raises_before_any_training(digits, bad, error, match, n_jo
     assert fitted.loss_curve_ == before[1]
 
 
+@pytest.mark.parametrize("bad", ["foo", None, "MLPClassifier"])
+def test_a_member_of_another_type_is_named(digits, bad):
+    from sklearn.neural_network import MLPClassifier
+
+    X, y = digits
+    estimators = _members("alpha")[:2]
+    bad = MLPClassifier() if bad == "MLPClassifier" else bad
+    with pytest.raises(
+        TypeError, match=r"estimators\[1\] is .*not an SGDMLPClassifier"
+    ):
+        fit_together([estimators[0], bad, estimators[1]], X, y)
+    assert not hasattr(estimators[0], "coefs_")
+
+
 def test_wrong_numbers_of_labels_and_repeated_estimators(digits):
     X, y = digits
     estimators = _members("alpha")
