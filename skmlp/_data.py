@@ -42,7 +42,9 @@ def validate_training_data(estimator, X, y, sample_weight, *, dtype, reset):
             f"Expected binary or multiclass labels, got {target_type!r} labels."
         )
     if sample_weight is not None:
-        sample_weight = _check_sample_weight(sample_weight, X, dtype=X.dtype)
+        sample_weight = _check_sample_weight(
+            sample_weight, X, dtype=X.dtype, ensure_non_negative=True
+        )
     return X, y, sample_weight
 
 

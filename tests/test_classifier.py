@@ -532,6 +532,18 @@ def test_non_finite_X_is_refused(digits, bad):
         SGDMLPClassifier().fit(X, y)
 
 
+def test_negative_sample_weights_are_refused_as_sklearn_does(digits):
+    X, y = digits
+    weight = np.ones(X.shape[0])
+    weight[3] = -0.5
+    clf = quiet_fit(SGDMLPClassifier(**FAST, max_iter=2, random_state=0), X, y)
+    before = [np.copy(w) for w in clf.coefs_]
+    with pytest.raises(ValueError, match="Negative values in data passed to"):
+        clf.partial_fit(X, y, sample_weight=weight)
+    assert clf.n_iter_ == 2
+    assert all(np.array_equal(a, b) for a, b in zip(before, clf.coefs_, strict=True))
+
+
 def test_empty_X_is_refused():
     with pytest.raises(ValueError, match="0 sample"):
         SGDMLPClassifier().fit(np.empty((0, 3)), [])
