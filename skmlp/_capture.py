@@ -24,9 +24,9 @@ torch, CuPy trains eagerly.
 
 import contextlib
 import gc
-import warnings
 
 from skmlp._data import to_numpy
+from skmlp._warnings import warn
 
 
 def graph_backend(xp, device):
@@ -106,12 +106,11 @@ class _Graph:
             self.output = self.capture()
         except Exception as exc:  # capture is an optimisation: fall back, once
             self.eager = True
-            warnings.warn(
+            warn(
                 f"Capturing the epoch as one GPU graph failed ({type(exc).__name__}: "
                 f"{exc}); training goes on with the eager loop. Pass capture=False to "
                 "SGDMLPClassifier to skip the attempt.",
                 RuntimeWarning,
-                stacklevel=6,
             )
 
 

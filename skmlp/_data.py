@@ -4,7 +4,6 @@ Pure functions shared by the estimator's ``fit`` and ``predict``; NumPy takes th
 path, any other array namespace the array-API one, on its own device.
 """
 
-import warnings
 from numbers import Integral
 
 import numpy as np
@@ -18,6 +17,8 @@ from sklearn.utils._array_api import (
 )
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import _check_sample_weight, validate_data
+
+from skmlp._warnings import warn
 
 
 def validate_training_data(estimator, X, y, sample_weight, *, dtype, reset):
@@ -64,10 +65,10 @@ def batch_size_for(batch_size, n_samples):
     if batch_size == "auto":
         return min(200, n_samples)
     if batch_size > n_samples:
-        warnings.warn(
+        warn(
             f"Got batch_size={batch_size} larger than the number of samples "
             f"({n_samples}); using batches of {n_samples}.",
-            stacklevel=3,
+            UserWarning,
         )
     return min(batch_size, n_samples)
 

@@ -15,8 +15,9 @@ Runners, chosen by ``make_runner``:
   input), the stacked step of ``_stacked.py``; on torch CUDA and CuPy the epoch is
   captured as one GPU graph (``_capture.py``) and replayed while the group stays the
   same;
-- ``SideBySide``: a group of wide networks on NumPy, bound by arithmetic rather than
-  calls: each member by its own ``NumpyRunner``, one thread per BLAS thread.
+- ``SideBySide``: a group of wide networks on NumPy (dense or sparse), bound by
+  arithmetic rather than calls: each member by its own runner, one thread per BLAS
+  thread.
 """
 
 import threading
@@ -46,10 +47,11 @@ def train(members):
     """
     for member in members:
         member.begin()
+    inputs = shared_inputs(members)
     active, runner = list(members), None
     while active:
         if runner is None or runner.members != active:
-            runner = make_runner(active)
+            runner = make_runner(active, inputs)
         for member in active:
             member.begin_epoch()
         try:
@@ -89,15 +91,34 @@ def _float_errors_ignored():
     return np.errstate(over="ignore", invalid="ignore", divide="ignore")
 
 
-def make_runner(members):
-    """The runner for an epoch of ``members``: see the module's docstring."""
-    first = members[0]
-    if first.xp is np and not first.sparse:
-        if len(members) == 1:
-            return NumpyRunner(members)
-        if first.params.flat.shape[0] > NUMPY_JOINT_MAX_PARAMS:
-            return SideBySide(members, _side_by_side(members))
-    return StackedRunner(members)
+def make_runner(members, inputs=None):
+    """The runner for an epoch of ``members``: see the module's docstring.
+
+    ``inputs`` is ``shared_inputs(members)`` (or of a group they belong to).
+    """
+    first, inputs = members[0], inputs or shared_inputs(members)
+    if len(members) == 1 and first.xp is np and not first.sparse:
+        return NumpyRunner(members)
+    wide = first.params.flat.shape[0] > NUMPY_JOINT_MAX_PARAMS
+    if len(members) > 1 and first.xp is np and wide:
+        runners = [make_runner([member], inputs) for member in members]
+        return SideBySide(members, runners, _side_by_side(members))
+    return StackedRunner(members, inputs)
+
+
+def shared_inputs(members):
+    """``{id(member): (X, index)}``: each member's training input, equal inputs
+    given as one array (the first seen) and one index, in order of first
+    appearance. Computed once per ``train``: a full comparison may run on a device."""
+    inputs, shared = [], {}
+    for member in members:
+        X = member.data.X
+        same = [i for i, other in enumerate(inputs) if _equal(X, other, member.xp)]
+        if not same:
+            inputs.append(X)
+        index = same[0] if same else len(inputs) - 1
+        shared[id(member)] = (inputs[index], index)
+    return shared
 
 
 class NumpyRunner:
@@ -134,12 +155,11 @@ def _side_by_side(members):
 
 
 class SideBySide:
-    """Epochs of wide NumPy networks, each by its own ``NumpyRunner``, ``n_threads``
-    at a time; the result is that of running them one after the other."""
+    """Epochs of wide NumPy networks, each by its own runner, ``n_threads`` at a
+    time; the result is that of running them one after the other."""
 
-    def __init__(self, members, n_threads):
-        self.members, self.n_threads = list(members), n_threads
-        self.runners = [NumpyRunner([member]) for member in members]
+    def __init__(self, members, runners, n_threads):
+        self.members, self.runners, self.n_threads = list(members), runners, n_threads
         self._epochs = None
 
     def epoch(self, members, orders):
@@ -205,7 +225,7 @@ class StackedRunner:
     streams stay the same.
     """
 
-    def __init__(self, members):
+    def __init__(self, members, inputs):
         self.members = list(members)
         first = members[0]
         self.xp, self.device = first.xp, first.device
@@ -213,15 +233,9 @@ class StackedRunner:
         self.capture = _capture_mode(members)
         self.mirrored = _mirrored(members)  # a CuPy group, captured as torch kernels
         self._captured = None  # (key, stack, graph) of the captured epoch
-        self.X, self.input_index = {}, {}  # by id(member): equal inputs stored once
-        inputs = []
-        for member in members:
-            X = member.data.X
-            same = [i for i, other in enumerate(inputs) if _equal(X, other, self.xp)]
-            if not same:
-                inputs.append(X)
-            index = same[0] if same else len(inputs) - 1
-            self.X[id(member)], self.input_index[id(member)] = inputs[index], index
+        # by id(member): equal inputs stored once (see ``shared_inputs``)
+        self.X = {id(m): inputs[id(m)][0] for m in members}
+        self.input_index = {id(m): inputs[id(m)][1] for m in members}
 
     def epoch(self, members, orders):
         """Each member's summed cost, in the order of ``members``."""

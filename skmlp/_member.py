@@ -10,9 +10,6 @@ estimator (``SGDMLPClassifier._member``), the one place that knows how.
 
 import dataclasses
 import math
-import os
-import sys
-import warnings
 
 import numpy as np
 import scipy.sparse as sp
@@ -21,12 +18,11 @@ from sklearn.exceptions import ConvergenceWarning
 from skmlp._backprop import accuracy
 from skmlp._capture import capture_backend
 from skmlp._state import EpochRecord
+from skmlp._warnings import warn
 
 # An epoch whose mean cost exceeds this many times the cost of guessing has diverged,
 # even where every number is still finite (see ``Member.diverged``).
 DIVERGENCE_FACTOR = 1e6
-
-_PACKAGE = os.path.dirname(os.path.abspath(__file__))
 
 
 class Member:
@@ -255,15 +251,6 @@ def _chance_cost(loss, n_outputs):
     if loss == "log_loss":
         return math.log(max(2, n_outputs))
     return 0.25 * n_outputs  # every sigmoid output at 1/2
-
-
-def warn(message, category):
-    """``warnings.warn``, pointing at the first frame outside skmlp: the user's call
-    (``fit``, ``partial_fit`` or ``fit_together``), whatever path led here."""
-    frame, level = sys._getframe(0), 1
-    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
-        frame, level = frame.f_back, level + 1
-    warnings.warn(message, category, stacklevel=level)
 
 
 def estimator_state(estimator):

@@ -413,8 +413,8 @@ class Stack:
         return np.multiply(a, b, out=out)
 
     def _update(self):
-        """``SGDOptimizer.update_params`` for every member, with its own scalars, as
-        a few calls over the flat buffers (``grad_flat`` holds the plain steps
+        """``momentum_step`` for every member, with its own scalars, as a few calls
+        over the flat buffers (``grad_flat`` holds the plain steps
         ``lr * g``: see ``step``)."""
         velocity = self.velocity_flat
         momentum_step(

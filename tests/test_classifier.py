@@ -119,6 +119,35 @@ def test_pickled_mid_training_continues_identically(digits):
     assert_same_weights(straight, resumed, rtol=0)
 
 
+def test_a_model_pickled_by_an_earlier_version_loads_and_trains_on():
+    """An estimator pickled at 89ec202, when the training state lived in
+    ``skmlp._engine`` (MLflow models logged then are such pickles)."""
+    from pathlib import Path
+
+    from sklearn.datasets import load_iris
+
+    data = Path(__file__).parent / "data"
+    with open(data / "estimator_89ec202.pkl", "rb") as file:
+        clf = pickle.load(file)
+    X, y = load_iris(return_X_y=True)
+    assert_allclose(clf.predict_proba(X), np.load(data / "estimator_89ec202_proba.npy"))
+    assert clf.n_iter_ == 3 and len(clf.history_) == 3
+    clf.partial_fit(X, y)
+    assert clf.n_iter_ == 4 and list(clf.history_.epoch) == [1, 2, 3, 4]
+
+
+def test_warnings_point_at_the_users_call(digits):
+    X, y = digits
+    clf = SGDMLPClassifier(**{**FAST, "batch_size": 5000}, max_iter=1, random_state=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        clf.fit(X, y)
+    found = {w.category.__name__: (w.filename, str(w.message)) for w in caught}
+    assert set(found) == {"UserWarning", "ConvergenceWarning"}
+    assert {filename for filename, _ in found.values()} == {__file__}
+    assert "batch_size=5000" in found["UserWarning"][1]
+
+
 def test_warm_start_continues_like_one_long_fit(digits):
     X, y = digits
     params = dict(**FAST, random_state=0, tol=0, n_iter_no_change=100)

@@ -2,8 +2,8 @@
 
 Skipped without CUDA (torch) or without CuPy. Self-contained: numpy, scipy,
 scikit-learn, torch, cupy and pytest, and sklearn's bundled digits (no download).
-Run with ``python -m pytest tests/test_gpu.py``. The same step, run eagerly with
-device scalars, is tested on CPU in ``test_steps.py``.
+Run with ``python -m pytest tests/test_gpu.py``. The same stacked step, run eagerly as
+a graph replays it, is tested on CPU in ``test_steps.py``.
 """
 
 import warnings

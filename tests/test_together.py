@@ -265,6 +265,9 @@ def test_wide_numpy_networks_train_member_by_member(digits, blas_threads):
     wide, narrow = (400, 300), BASE["hidden_layer_sizes"]
     assert not _stacked(_prepare(members(wide), X, [y, y], [None, None]))
     assert _stacked(_prepare(members(narrow), X, [y, y], [None, None]))
+    sparse = sp.csr_matrix(X)  # sparse too: stacked wide networks train slower
+    assert not _stacked(_prepare(members(wide), sparse, [y, y], [None, None]))
+    assert _stacked(_prepare(members(narrow), sparse, [y, y], [None, None]))
     estimators = members(wide)
     alone = _separately(estimators, X, [y, y], [None, None])
     with threadpool_limits(limits=blas_threads):
