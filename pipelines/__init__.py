@@ -20,23 +20,3 @@ def config_dir() -> str:
     """
     packaged = _HERE / "conf"
     return str(packaged if packaged.is_dir() else _HERE.parent / "conf")
-
-
-def _expose_launcher_plugin() -> None:
-    """Let Hydra's plugin scan find the ``together`` launcher in a source checkout.
-
-    Hydra lists the modules of the ``hydra_plugins`` namespace package with
-    ``pkgutil``, which cannot list what an editable install maps there
-    (``hydra_plugins.skmlp_launcher`` -> ``pipelines/hydra_plugins/skmlp_launcher``,
-    see pyproject.toml); a wheel installs the folder itself and needs none of this.
-    """
-    folder = _HERE / "hydra_plugins"
-    if not folder.is_dir():
-        return
-    import hydra_plugins  # the namespace package (Hydra's joblib launcher has one)
-
-    if str(folder) not in list(hydra_plugins.__path__):
-        hydra_plugins.__path__.append(str(folder))
-
-
-_expose_launcher_plugin()

@@ -117,21 +117,20 @@ class _ReadsScores(_EpochCallback):
 
 
 class MLflowEpochLogger(_ReadsScores):
-    """Logs each epoch's scores to the MLflow run active when it was made, at step
-    ``epoch``.
+    """Logs each epoch's scores at step ``epoch`` to run ``run_id`` (default: the run
+    active when the logger is made).
 
-    The run is addressed by id: a joint fit (``pipelines.together``) calls the
-    callbacks of several runs from one thread, and MLflow's active run is per thread.
-    Epochs are written in batches, one every ``flush_seconds`` at most, and the rest
-    when the fit ends, well or not (``teardown``): a write is one database
-    transaction (17 ms on the 2-core dev box's sqlite store), longer than a captured
-    GPU epoch. A process killed outright loses at most ``flush_seconds`` of curves.
+    The run is addressed by id: a joint fit calls the callbacks of several runs from
+    one thread. Epochs are written in batches, one every ``flush_seconds`` at most, and
+    the rest when the fit ends, well or not (``teardown``): a write is one database
+    transaction, which can take longer than a GPU epoch. A process killed outright
+    loses at most ``flush_seconds`` of curves.
     """
 
-    def __init__(self, scoring, flush_seconds=2.0):
+    def __init__(self, scoring, run_id=None, flush_seconds=2.0):
         super().__init__(scoring)
         run = mlflow.active_run()
-        self.run_id = None if run is None else run.info.run_id
+        self.run_id = run_id or (None if run is None else run.info.run_id)
         self.flush_seconds = flush_seconds
         self._pending, self._flushed = [], time.monotonic()
 

@@ -3,7 +3,6 @@
 import threading
 
 import hydra
-from omegaconf import OmegaConf
 from sklearn.model_selection import train_test_split
 from sklearn.utils import Bunch
 
@@ -13,19 +12,29 @@ def load_data(cfg, seed):
 
     ``n_train`` / ``n_test`` take stratified random subsets; ``validation_size``
     (a count or a fraction) holds part of the training set out for validation.
-
-    The jobs of a sweep that run in one process (the together launcher) get the same
-    arrays for the same data config and seed: one copy of MNIST, not one per job, and
-    the same ``X`` lets their fits be grouped at once. Treat them as read-only.
     """
-    key = (OmegaConf.to_yaml(cfg, resolve=True), seed)
-    if key not in _LOADED:
-        _LOADED.clear()  # the newest only: a sweep's jobs share one data config
-        _LOADED[key] = _load(cfg, seed)
-    return Bunch(**_LOADED[key])
-
-
-_LOADED = {}
+    data = hydra.utils.instantiate(cfg.loader)
+    X_train, y_train = _subset(data.X_train, data.y_train, cfg.n_train, seed)
+    X_test, y_test = _subset(data.X_test, data.y_test, cfg.n_test, seed)
+    X_val = y_val = None
+    if cfg.validation_size:
+        X_train, X_val, y_train, y_val = train_test_split(
+            X_train,
+            y_train,
+            test_size=cfg.validation_size,
+            stratify=y_train,
+            random_state=seed,
+        )
+    return Bunch(
+        X_train=X_train,
+        y_train=y_train,
+        X_val=X_val,
+        y_val=y_val,
+        X_test=X_test,
+        y_test=y_test,
+        checksums=data.checksums,
+        image_shape=tuple(data.image_shape),
+    )
 
 
 def load_data_soon(cfg, seed):
@@ -33,8 +42,8 @@ def load_data_soon(cfg, seed):
     the data or raises what loading raised.
 
     Reading the files is mostly outside the GIL (decompression, checksums, the cast
-    to floats), so an entry point imports MLflow and Matplotlib meanwhile: 0.4 to
-    0.6 s of a run's start-up on a 2-core machine (``bench_startup.py overlap``).
+    to floats), so an entry point imports MLflow and Matplotlib meanwhile
+    (``benchmarks/bench_startup.py overlap`` measures what it saves).
     """
     return _Loading(cfg, seed)
 
@@ -60,31 +69,6 @@ class _Loading(threading.Thread):
         if self._error is not None:
             raise self._error
         return self._data
-
-
-def _load(cfg, seed):
-    data = hydra.utils.instantiate(cfg.loader)
-    X_train, y_train = _subset(data.X_train, data.y_train, cfg.n_train, seed)
-    X_test, y_test = _subset(data.X_test, data.y_test, cfg.n_test, seed)
-    X_val = y_val = None
-    if cfg.validation_size:
-        X_train, X_val, y_train, y_val = train_test_split(
-            X_train,
-            y_train,
-            test_size=cfg.validation_size,
-            stratify=y_train,
-            random_state=seed,
-        )
-    return Bunch(
-        X_train=X_train,
-        y_train=y_train,
-        X_val=X_val,
-        y_val=y_val,
-        X_test=X_test,
-        y_test=y_test,
-        checksums=data.checksums,
-        image_shape=tuple(data.image_shape),
-    )
 
 
 def _subset(X, y, n, seed):

@@ -23,7 +23,6 @@ import os
 import pickle
 import sys
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import sklearn
@@ -142,7 +141,6 @@ def check_scipy_array_api():
         )
 
 
-@lru_cache
 def resolve_device(setting="cpu"):
     """The :class:`Device` for a ``device`` setting; :class:`DeviceError` if it is
     unknown or missing here (naming the missing GPU or library)."""

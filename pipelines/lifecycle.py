@@ -1,41 +1,40 @@
-"""The life of a pipeline's runs, owned once for every entry point.
+"""The life of a pipeline's runs: signals, the tags that find a run's process, the end of
+runs that a failure or an interrupt leaves open, and the reaping of runs whose process died.
 
-``task_wrapper`` (after lightning-hydra-template's) wraps each Hydra task: it
-validates the model's parameters and checks the store before any data or training,
-marks this host's runs whose process died as FAILED, tags every run with its host and
-pid, turns SIGTERM and SIGINT into KeyboardInterrupt, limits BLAS threads, and ends
-the runs a failure leaves open KILLED (interrupt) or FAILED (error), never RUNNING.
-A sweep's parent stops its children through ``stop_children`` before it ends itself.
+Every run is tagged with its host and pid (``process_tags``), so that ``reap_dead_runs``
+(at every pipeline start, or ``skmlp-reap``) can mark the runs of a process killed with
+``-9`` FAILED. SIGTERM and SIGINT become KeyboardInterrupt (``handle_signals``), and
+``end_runs`` ends what they leave open KILLED (interrupt) or FAILED (error), never
+RUNNING. A sweep's parent stops its children through ``stop_children`` before it ends.
 """
 
-import functools
-import json
-import logging
+import argparse
 import os
 import signal
 import socket
 import threading
 import time
+from pathlib import Path
 
-import hydra
+import mlflow
+from hydra.core.hydra_config import HydraConfig
+from mlflow.tracking import MlflowClient
 
-# MLflow, the store and skmlp are imported where used: importing an entry point (for
-# --cfg job or --help) stays at Hydra alone.
+from pipelines.store import check_store, tracking_uri
 
-log = logging.getLogger(__name__)
-
+# Tags on every run: where its process lives, and why it ended if not by itself.
+HOST_TAG, PID_TAG, REASON_TAG = "skmlp.host", "skmlp.pid", "skmlp.end_reason"
+INTERRUPTED = "interrupted (Ctrl-C or SIGTERM)"
 # How long a sweep's parent waits for its children to end their runs themselves.
 CHILDREN_GRACE_S = 20
-_interrupted = threading.Event()
 DATABASE_CODE = tuple(
     f"{os.sep}{name}{os.sep}" for name in ("sqlalchemy", "alembic", "sqlite3")
 )
+_interrupted = threading.Event()
 
 
 def process_tags() -> dict:
     """Where this run's process lives, so that a dead one can be found later."""
-    from pipelines.store import HOST_TAG, PID_TAG
-
     return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
 
 
@@ -89,8 +88,6 @@ def blas_threads(setting):
     "auto" shares the cores among the jobs a parallel launcher runs at once (the
     joblib launcher's ``n_jobs``), so that a sweep does not oversubscribe them.
     """
-    from hydra.core.hydra_config import HydraConfig
-
     if setting != "auto":
         return setting
     launcher = HydraConfig.get().launcher
@@ -103,80 +100,26 @@ def blas_threads(setting):
     return max(1, (os.cpu_count() or 1) // n_jobs)
 
 
-def check_model(cfg) -> None:
-    """Instantiate the configured steps and validate their parameters as fit would,
-    so that a bad override fails before any data is loaded or run created.
-
-    ``model.hidden_layer_sizes=16`` becomes ``[16]``, as the estimator reads it.
-    """
-    from skmlp import SGDMLPClassifier
-    from skmlp._data import layer_sizes
-
-    if isinstance(cfg.model.get("hidden_layer_sizes"), int):
-        cfg.model.hidden_layer_sizes = [cfg.model.hidden_layer_sizes]
-    steps = [*(cfg.preprocessing.steps if "preprocessing" in cfg else []), cfg.model]
-    for step in steps:
-        estimator = hydra.utils.instantiate(step, _convert_="all")
-        if hasattr(estimator, "_validate_params"):
-            estimator._validate_params()  # scikit-learn's _parameter_constraints
-        if isinstance(estimator, SGDMLPClassifier):
-            layer_sizes(estimator.hidden_layer_sizes)  # positive integers
-
-
-def task_wrapper(task):
-    """The run lifecycle around a task ``task(cfg) -> dict of metrics``."""
-
-    @functools.wraps(task)
-    def wrapped(cfg):
-        from threadpoolctl import threadpool_limits
-
-        from pipelines.device import resolve_device
-        from pipelines.store import check_store, reap_dead_runs
-        from pipelines.tracking import tracking_uri
-
-        # First: a signal while the store is created or migrated waits for the
-        # database call to return, instead of killing the process inside it.
-        handle_signals()
-        resolve_device(cfg.get("device", "cpu"))  # a missing GPU: no store, no run
-        check_model(cfg)
-        uri = tracking_uri(cfg.tracking.uri)
-        check_store(uri)
-        reap_dead_runs(uri)
-        # MLflow adds these tags to every run this process starts (nested ones too).
-        context = json.loads(os.environ.get("MLFLOW_RUN_CONTEXT") or "{}")
-        os.environ["MLFLOW_RUN_CONTEXT"] = json.dumps({**context, **process_tags()})
-        try:
-            with threadpool_limits(blas_threads(cfg.blas_threads)):
-                return task(cfg)
-        except KeyboardInterrupt:
-            _end_open_runs("KILLED", "interrupted (Ctrl-C or SIGTERM)")
-            raise
-        except Exception as exc:
-            log.exception("%s failed", task.__name__)
-            _end_open_runs("FAILED", f"{type(exc).__name__}: {exc}"[:500])
-            raise
-
-    return wrapped
-
-
-def _end_open_runs(status, reason):
-    import mlflow
-
-    from pipelines.store import REASON_TAG
-
+def end_runs(client: MlflowClient, run_ids, status: str, reason: str) -> None:
+    """End MLflow's active runs of this thread, then the runs ``run_ids``, with
+    ``status`` (KILLED, FAILED) and ``reason`` in the tag ``skmlp.end_reason``."""
     while mlflow.active_run() is not None:
         mlflow.set_tag(REASON_TAG, reason)
         mlflow.end_run(status)
+    for run_id in run_ids:
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_tag(run_id, REASON_TAG, reason)
+            client.set_terminated(run_id, status)
 
 
-def stop_children(client, parent_id: str) -> None:
+def stop_children(client: MlflowClient, parent_id: str) -> None:
     """SIGTERM the RUNNING children of a sweep on this host and wait (at most
     ``CHILDREN_GRACE_S``) for them to end their runs; mark those left KILLED.
 
     A pid is signalled only if its process started before its run (a pid reused
-    after a ``kill -9`` belongs to someone else)."""
-    from pipelines.store import HOST_TAG, PID_TAG, REASON_TAG, process_alive
-
+    after a ``kill -9`` belongs to someone else). Children of this process are left
+    to it: they end through its own ``end_runs``.
+    """
     deadline = time.monotonic() + CHILDREN_GRACE_S
     for child in running_children(client, parent_id):
         pid = int(child.data.tags.get(PID_TAG, 0))
@@ -187,8 +130,6 @@ def stop_children(client, parent_id: str) -> None:
                 os.kill(pid, signal.SIGTERM)
             except OSError:
                 pass  # gone already
-    # Jobs run in this process (the together launcher's threads) cannot end while
-    # it waits here: only other processes are waited for.
     while time.monotonic() < deadline and any(
         int(child.data.tags.get(PID_TAG, 0)) != os.getpid()
         for child in running_children(client, parent_id)
@@ -199,9 +140,72 @@ def stop_children(client, parent_id: str) -> None:
         client.set_terminated(child.info.run_id, "KILLED")
 
 
-def running_children(client, parent_id: str) -> list:
+def running_children(client: MlflowClient, parent_id: str) -> list:
+    """The RUNNING child runs of run ``parent_id``."""
     experiment_id = client.get_run(parent_id).info.experiment_id
     return client.search_runs(
         [experiment_id],
         f"tags.mlflow.parentRunId = '{parent_id}' and attributes.status = 'RUNNING'",
     )
+
+
+def process_alive(pid: int, since_ms: int) -> bool:
+    """Whether process ``pid`` runs and started before ``since_ms`` (so it is not a
+    later process that reuses a dead one's pid). Zombies count as dead."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        boot = next(
+            float(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime")
+        )
+    except (OSError, StopIteration, IndexError):
+        return True  # no /proc (macOS): trust the pid
+    started = boot + int(stat[19]) / os.sysconf("SC_CLK_TCK")
+    return stat[0] != "Z" and started <= since_ms / 1000 + 1
+
+
+def reap_dead_runs(uri: str) -> list[str]:
+    """Mark this host's RUNNING runs whose process is gone as FAILED, tagged with
+    why (``skmlp.end_reason``). Returns their ids."""
+    client = MlflowClient(uri)
+    host = socket.gethostname()
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(
+        experiments,
+        f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'",
+        max_results=50000,
+    )
+    reaped = []
+    for run in runs:
+        pid = int(run.data.tags.get(PID_TAG, 0))
+        if pid > 0 and not process_alive(pid, run.info.start_time):
+            when = time.strftime("%Y-%m-%d %H:%M:%S")
+            reason = f"its process {pid} on {host} was gone at {when} (killed?)"
+            client.set_tag(run.info.run_id, REASON_TAG, reason)
+            client.set_terminated(run.info.run_id, "FAILED")
+            reaped.append(run.info.run_id)
+    return reaped
+
+
+def reap_main(argv=None) -> None:
+    """Console command ``skmlp-reap``: mark this host's runs whose process died as
+    FAILED."""
+    parser = argparse.ArgumentParser(description=reap_main.__doc__)
+    parser.add_argument("--uri", help="tracking URI (default: as the pipelines use)")
+    uri = tracking_uri(parser.parse_args(argv).uri)
+    check_store(uri)
+    reaped = reap_dead_runs(uri)
+    print(f"{len(reaped)} runs of dead processes marked FAILED in {uri}")
+    for run_id in reaped:
+        print(f"  {run_id}")
+
+
+if __name__ == "__main__":
+    reap_main()

@@ -1,45 +1,55 @@
 """The shuffled-label memorization experiment (Zhang et al. 2017; Arpit et al. 2017).
 
-    python -m pipelines.memorization                      # quick (~5 min on 2 cores)
+    python -m pipelines.memorization                      # quick
     python -m pipelines.memorization scale=full           # MNIST 60k
     python -m pipelines.memorization regularization=l2    # Arpit's contrast
 
-A sweep over corruption level p and network size; each job trains on corrupted
-training data and is measured on the true test set. Each job logs per epoch the loss,
-the accuracy on its (corrupted) training labels and the test accuracy, and at the end
-the "time to fit" (first epoch with training accuracy >= ``fit_threshold``). When the
-sweep ends, the parent run gets the summary table and figures
-(``pipelines.memorization_summary.MemorizationSummary``).
+One task: a grid of corruption levels p x network sizes (``grid`` in the config, set by
+``scale``), each member trained on corrupted training labels and measured on the true
+test set, all fitted with one ``skmlp.fit_together`` call. Each member is a child run
+that logs per epoch the loss, the accuracy on its (corrupted) training labels and the
+test accuracy, and at the end the "time to fit" (first epoch with training accuracy
+>= ``fit_threshold``). The parent run gets the summary table and figures
+(``pipelines.memorization_summary``).
 """
 
 import hydra
 from omegaconf import DictConfig
 
 from pipelines import config_dir
-from pipelines.utils import metric_value, task_wrapper
 
 # scikit-learn, MLflow and skmlp are imported where used: importing the entry point
-# (for --cfg job or --help) stays at Hydra alone. The sweep's summary callback lives
-# in pipelines.memorization_summary for the same reason.
+# (for --cfg job or --help) stays at Hydra alone.
 
 
-def corrupt(data, corruption, seed):
-    """Training data with the configured corruption; the test set stays true."""
+def corrupt_inputs(data, kind, seed):
+    """The data with its training inputs corrupted, for an input corruption ``kind``
+    (the same for every corruption level); else the data as they are."""
     from sklearn.utils import Bunch
 
     from skmlp.corruption import INPUT_CORRUPTIONS, LABEL_CORRUPTIONS
 
-    X, y = data.X_train, data.y_train
-    if corruption.kind in LABEL_CORRUPTIONS:
-        y = LABEL_CORRUPTIONS[corruption.kind](y, corruption.p, random_state=seed)
-    elif corruption.kind in INPUT_CORRUPTIONS:
-        X = INPUT_CORRUPTIONS[corruption.kind](X, random_state=seed)
-    elif corruption.kind != "none":
+    if kind in INPUT_CORRUPTIONS:
+        X = INPUT_CORRUPTIONS[kind](data.X_train, random_state=seed)
+        return Bunch(**{**data, "X_train": X})
+    if kind != "none" and kind not in LABEL_CORRUPTIONS:
         known = ["none", *LABEL_CORRUPTIONS, *INPUT_CORRUPTIONS]
-        raise ValueError(
-            f"Unknown corruption.kind {corruption.kind!r}; one of {known}."
-        )
-    return Bunch(**{**data, "X_train": X, "y_train": y})
+        raise ValueError(f"Unknown corruption.kind {kind!r}; one of {known}.")
+    return data
+
+
+def corrupt_labels(data, corruption, seed):
+    """The data with training labels corrupted as ``corruption`` says (kind, p), for
+    a label corruption; the training inputs and the test set stay as they are."""
+    from sklearn.utils import Bunch
+
+    from skmlp.corruption import LABEL_CORRUPTIONS
+
+    if corruption.kind not in LABEL_CORRUPTIONS:
+        return data
+    corrupt = LABEL_CORRUPTIONS[corruption.kind]
+    y = corrupt(data.y_train, corruption.p, random_state=seed)
+    return Bunch(**{**data, "y_train": y})
 
 
 def time_to_fit(curves, threshold):
@@ -48,35 +58,50 @@ def time_to_fit(curves, threshold):
     return float(reached.iloc[0]) if len(reached) else float("nan")
 
 
-@task_wrapper
-def memorize(cfg: DictConfig) -> dict:
-    """One job of the sweep: train on corrupted data; returns its final metrics."""
-    from pipelines.data import load_data_soon
-
-    data = load_data_soon(cfg.data, cfg.seed)  # loads while MLflow is imported
-    from pipelines.training import tracked_run
-
-    data = corrupt(data.result(), cfg.corruption, cfg.seed)
+def member_name(member):
+    cfg = member.cfg
     sizes = "-".join(str(s) for s in cfg.model.hidden_layer_sizes)
-    metrics, _ = tracked_run(
-        cfg,
-        data,
-        name=f"{cfg.corruption.kind}-p{cfg.corruption.p}-{sizes}-{cfg.regularization}",
-        tags={
-            "skmlp.corruption": cfg.corruption.kind,
-            "skmlp.regularization": cfg.regularization,
-        },
-        extra_metrics=lambda curves: {
-            "time_to_fit": time_to_fit(curves, cfg.fit_threshold)
-        },
-    )
-    return metrics
+    return f"{cfg.corruption.kind}-p{cfg.corruption.p}-{sizes}-{cfg.regularization}"
+
+
+def member_tags(member):
+    cfg = member.cfg
+    return {
+        "skmlp.corruption": cfg.corruption.kind,
+        "skmlp.regularization": cfg.regularization,
+    }
 
 
 @hydra.main(config_path=config_dir(), config_name="memorization", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    """Hydra entry point (console script ``skmlp-memorization``)."""
-    return metric_value(memorize(cfg), cfg.optimized_metric)
+    """Hydra entry point (console script ``skmlp-memorization``): the whole grid as
+    one task; returns the best member's ``optimized_metric``."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from pipelines.data import load_data_soon
+    from pipelines.run import metric_value, task
+
+    with task(cfg) as run:
+        data = load_data_soon(cfg.data, cfg.seed)  # loads while the rest is imported
+        from pipelines.members import run_members
+        from pipelines.memorization_summary import log_memorization_summary
+
+        data = corrupt_inputs(data.result(), cfg.corruption.kind, cfg.seed)
+        out_dir = HydraConfig.get().runtime.output_dir
+        metrics = run_members(
+            run,
+            data,
+            member_name,
+            tags=member_tags,
+            member_data=lambda m, d: corrupt_labels(d, m.cfg.corruption, cfg.seed),
+            extra_metrics=lambda m, curves: {
+                "time_to_fit": time_to_fit(curves, m.cfg.fit_threshold)
+            },
+            summarize=lambda client, parent: log_memorization_summary(
+                client, parent, out_dir
+            ),
+        )
+    return metric_value(metrics, cfg.optimized_metric)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,4 @@
-"""The memorization sweep's parent run: its children's summary table and figures.
-
-A module of its own, apart from the entry point ``pipelines.memorization``: this Hydra
-callback subclasses an MLflow one, and importing the entry point (for --cfg job or
---help) should not import MLflow.
-"""
+"""The memorization grid's parent run: its members' summary table and figures."""
 
 import os
 import warnings
@@ -12,28 +7,22 @@ import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from pipelines.tracking import MLflowSweepCallback
 from skmlp.plots import plot_memorization_summary
 
 
-class MemorizationSummary(MLflowSweepCallback):
-    """Parent run of the sweep + the summary of its children when it ends:
-    ``summary.csv`` and figures after Zhang et al.'s Figure 1, on MNIST."""
-
-    def on_multirun_end(self, config, **kwargs):
-        if self._parent is not None:
-            client = MlflowClient(self._uri)
-            table, curves = collect(client, self._parent)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                for name, figure in plot_memorization_summary(table, curves).items():
-                    client.log_figure(self._parent, figure, f"{name}.png")
-            client.log_table(self._parent, table, "summary.json")
-            path = os.path.join(config.hydra.sweep.dir, "summary.csv")
-            os.makedirs(config.hydra.sweep.dir, exist_ok=True)
-            table.to_csv(path, index=False)
-            client.log_artifact(self._parent, path)
-        super().on_multirun_end(config, **kwargs)
+def log_memorization_summary(client: MlflowClient, parent_id: str, out_dir: str):
+    """Give the parent run ``summary.csv`` (also written to ``out_dir``), its table
+    as ``summary.json`` and the figures after Zhang et al.'s Figure 1."""
+    table, curves = collect(client, parent_id)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for name, figure in plot_memorization_summary(table, curves).items():
+            client.log_figure(parent_id, figure, f"{name}.png")
+    client.log_table(parent_id, table, "summary.json")
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "summary.csv")
+    table.to_csv(path, index=False)
+    client.log_artifact(parent_id, path)
 
 
 def collect(client, parent_id):

@@ -1,4 +1,5 @@
-"""The MLflow store: created and migrated by one process at a time, checked before work.
+"""The MLflow store: where it is, created and migrated by one process at a time, checked
+before any work.
 
 MLflow creates and migrates a database store on its first use in each process. Two
 processes doing that at once race on alembic's migrations, and SQLite runs them without
@@ -10,7 +11,6 @@ older version of this code, or a process killed while migrating) where no data i
 import hashlib
 import logging
 import os
-import socket
 import sqlite3
 import tempfile
 import threading
@@ -24,17 +24,33 @@ from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
 
-# Creating a fresh store runs ~70 migrations: seconds, longer on a loaded machine.
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# Creating a fresh store runs every migration of MLflow's schema: allow for a loaded machine.
 LOCK_TIMEOUT_S = 300
 # A migration in progress moves on within this time; a half-made store stays still.
 MIGRATION_QUIET_S = 2
-# Tags on every run: where its process lives, and why it ended if not by itself.
-HOST_TAG, PID_TAG, REASON_TAG = "skmlp.host", "skmlp.pid", "skmlp.end_reason"
 DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 
 
 class StoreError(RuntimeError):
     """The tracking store cannot be used; the message says why and what to do."""
+
+
+def tracking_uri(configured: str | None = None) -> str:
+    """The store every process of a run or sweep writes to.
+
+    ``MLFLOW_TRACKING_URI`` wins, then the configured URI, then a sqlite database in
+    the project's ``mlruns/``. A sqlite path is made absolute (relative paths are
+    relative to the working directory), so jobs in any working directory agree.
+    """
+    uri = (
+        os.environ.get("MLFLOW_TRACKING_URI")
+        or configured
+        or f"sqlite:///{PROJECT_ROOT / 'mlruns' / 'mlflow.db'}"
+    )
+    if uri.startswith("sqlite:///") and uri != "sqlite:///:memory:":
+        uri = f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
+    return uri
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -61,21 +77,14 @@ def lock_path(uri: str) -> Path | None:
     return None
 
 
-# The stores this process has opened: MLflow caches the store it builds per URI, so a
-# second open (the task wrapper checks the store, then the run sets up its experiment)
-# would only repeat the lock, the schema check and a query.
-_opened = set()
-
-
 def open_store(uri: str) -> None:
     """Create, migrate or simply open the store at ``uri``, one process at a time.
 
-    The store MLflow builds is cached per process, so later clients of ``uri`` in this
-    process skip the migration, and later calls of this function return at once.
-    Raises StoreError if the store cannot be made usable.
+    MLflow caches the store it builds per URI, so later clients of ``uri`` in this
+    process skip the migration. Raises StoreError if the store cannot be made usable.
     """
     lock = lock_path(uri)
-    if lock is None or uri in _opened:
+    if lock is None:
         return
     lock.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -84,7 +93,6 @@ def open_store(uri: str) -> None:
             if path is not None and path.exists():
                 recover_half_made(path)
             MlflowClient(uri).search_experiments(max_results=1)
-        _opened.add(uri)
     except Timeout as exc:
         raise StoreError(
             f"Another process has held the lock {lock} of the MLflow store {uri} for "
@@ -150,9 +158,9 @@ def recover_half_made(path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------
-# Checking the store before any work, and reaping the runs of dead processes
+# Checking the store before any work
 
-CHECK_TIMEOUT_S = 8  # plus ~5 s of imports: a failing start ends within 15 s
+CHECK_TIMEOUT_S = 8  # with the imports before it, a failing start ends within seconds
 # MLflow's defaults retry an unreachable server 7 times over minutes; bound them
 # (a user's own settings win).
 HTTP_BOUNDS = {
@@ -230,69 +238,3 @@ def _env(**values):
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-
-
-def process_alive(pid: int, since_ms: int) -> bool:
-    """Whether process ``pid`` runs and started before ``since_ms`` (so it is not a
-    later process that reuses a dead one's pid). Zombies count as dead."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        boot = next(
-            float(line.split()[1])
-            for line in Path("/proc/stat").read_text().splitlines()
-            if line.startswith("btime")
-        )
-    except (OSError, StopIteration, IndexError):
-        return True  # no /proc (macOS): trust the pid
-    started = boot + int(stat[19]) / os.sysconf("SC_CLK_TCK")
-    return stat[0] != "Z" and started <= since_ms / 1000 + 1
-
-
-def reap_dead_runs(uri: str) -> list[str]:
-    """Mark this host's RUNNING runs whose process is gone as FAILED, tagged with
-    why (``skmlp.end_reason``). Returns their ids."""
-    client = MlflowClient(uri)
-    host = socket.gethostname()
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(
-        experiments,
-        f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'",
-        max_results=50000,
-    )
-    reaped = []
-    for run in runs:
-        pid = int(run.data.tags.get(PID_TAG, 0))
-        if pid > 0 and not process_alive(pid, run.info.start_time):
-            when = time.strftime("%Y-%m-%d %H:%M:%S")
-            reason = f"its process {pid} on {host} was gone at {when} (killed?)"
-            client.set_tag(run.info.run_id, REASON_TAG, reason)
-            client.set_terminated(run.info.run_id, "FAILED")
-            reaped.append(run.info.run_id)
-    return reaped
-
-
-def reap_main(argv=None) -> None:
-    """Console command ``skmlp-reap``: mark this host's runs whose process died as
-    FAILED."""
-    import argparse
-
-    from pipelines.tracking import tracking_uri
-
-    parser = argparse.ArgumentParser(description=reap_main.__doc__)
-    parser.add_argument("--uri", help="tracking URI (default: as the pipelines use)")
-    uri = tracking_uri(parser.parse_args(argv).uri)
-    check_store(uri)
-    reaped = reap_dead_runs(uri)
-    print(f"{len(reaped)} runs of dead processes marked FAILED in {uri}")
-    for run_id in reaped:
-        print(f"  {run_id}")
-
-
-if __name__ == "__main__":
-    reap_main()

@@ -1,10 +1,23 @@
-"""The library the entry points share: build, fit, evaluate and log one pipeline."""
+"""A task's networks through three phases: set up, fit, finish.
+
+1. :func:`prepare_inputs` fits the preprocessing once on the training inputs that
+   every member shares and moves them to the device; :func:`set_up` starts each
+   member's MLflow run (parameters, tags, data set) and gives its estimator callbacks
+   that log to that run.
+2. :func:`fit_members` fits every member's estimator: with one ``skmlp.fit_together``
+   call (which groups them by shape) or, with ``together: false``, one after another.
+3. :func:`finish` evaluates each fitted member, logs its curves, metrics, figures and
+   model, and ends its run.
+
+No phase waits for another job: a task that runs many members sets them all up, fits
+them once, then finishes each (``pipelines.members``).
+"""
 
 import inspect
 import logging
-import os
 import time
 import warnings
+from dataclasses import dataclass
 
 import hydra
 import mlflow
@@ -12,23 +25,16 @@ import numpy as np
 import pandas as pd
 from mlflow.entities import Metric
 from mlflow.models import infer_signature
-from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import log_loss
 from sklearn.pipeline import Pipeline
 
 from pipelines.callbacks import EpochScoring
-from pipelines.device import resolve_device, to_numpy
-from pipelines.summary import OBJECTIVE_TAG, sweep_run_name
-from pipelines.together import fit_estimator
-from pipelines.tracking import (
-    PARENT_RUN_ENV,
-    log_run_context,
-    setup_experiment,
-    tracking_uri,
-)
-from pipelines.ui import announce, save_runs_view
+from pipelines.device import to_numpy
+from pipelines.summary import OBJECTIVE_TAG
+from pipelines.tracking import log_run_context, start_run
+from skmlp import fit_together
 from skmlp.inspection import noise_confidence
 from skmlp.plots import (
     plot_confusion_matrix,
@@ -38,10 +44,12 @@ from skmlp.plots import (
 
 log = logging.getLogger(__name__)
 
-# cloudpickle, not skops: importing skops walks every scikit-learn module (importing
-# torch where it is installed), 3.6 to 6.3 s of each run against 0.7 to 1.1 s for the
-# whole log_model (digits, 2-core box). A pickle is loaded only from a store you trust,
-# like any joblib file of a scikit-learn model: MLflow says so once per process.
+# A run's tag: how many networks its fit_together call held (absent: fitted alone).
+GROUP_TAG = "skmlp.fit_together"
+# cloudpickle, not skops: importing skops walks every scikit-learn module (and torch
+# where it is installed), which costs more than the whole model logging. A pickle is
+# loaded only from a store you trust, like any joblib file of a scikit-learn model:
+# MLflow says so once per process.
 MODEL_REQUIREMENTS = ["skmlp", "scikit-learn", "numpy", "pandas", "cloudpickle"]
 PICKLE_CAUTION = "Saving scikit-learn models in the pickle or cloudpickle format"
 
@@ -67,91 +75,180 @@ def caution_once(logger_name="mlflow.sklearn", prefix=PICKLE_CAUTION):
         logger.addFilter(_Once(prefix))
 
 
-# The parameters that the runs-table view of single runs shows (pipelines.ui).
-SINGLE_RUN_PARAMS = [
-    "data.name",
-    "model.hidden_layer_sizes",
-    "model.activation",
-    "model.learning_rate_init",
-]
+@dataclass(frozen=True)
+class Inputs:
+    """What every member of a task trains and is scored on.
+
+    Attributes
+    ----------
+    X : array of shape (n_samples, n_features)
+        The training inputs, preprocessed, on the device.
+    eval_X : dict of str -> array
+        Each evaluation set's inputs (``test``, ``train``, ``val``), likewise.
+    rows : slice, array of int or None
+        The rows of the training set scored after each epoch (None: none).
+    steps : list of transformers
+        The fitted preprocessing.
+    seconds : float
+        The time the preprocessing took.
+    """
+
+    X: object
+    eval_X: dict
+    rows: object
+    steps: list
+    seconds: float
 
 
-def build_preprocessing(cfg):
-    """The (unfitted) steps of ``cfg.preprocessing``, as a list of transformers."""
-    return [
-        hydra.utils.instantiate(step, _convert_="all")
-        for step in cfg.preprocessing.steps
-    ]
+@dataclass(frozen=True)
+class Fitting:
+    """A member between its set-up and its finish.
+
+    Attributes
+    ----------
+    member : Member
+        The network.
+    run_id : str
+        Its MLflow run, started.
+    data : Bunch
+        Its data, NumPy (its own training labels).
+    y : array of shape (n_samples,)
+        Its training labels, on the device.
+    scoring : EpochScoring
+        Its per-epoch scores.
+    """
+
+    member: object
+    run_id: str
+    data: object
+    y: object
+    scoring: EpochScoring
 
 
-def build_pipeline(cfg, steps=None):
-    """A Pipeline of the preprocessing ``steps`` (default: ``cfg.preprocessing``)
-    followed by the classifier ``cfg.model``."""
-    steps = build_preprocessing(cfg) if steps is None else steps
-    named = [(f"step{i}", step) for i, step in enumerate(steps)]
-    model = hydra.utils.instantiate(cfg.model, _convert_="all")
-    return Pipeline([*named, ("model", model)])
+def train_rows(cfg, n_train):
+    """The rows of the training set scored after each epoch: a fixed random sample
+    of ``cfg.eval.train_accuracy_samples`` (null: all, 0: none)."""
+    n_sample = cfg.eval.train_accuracy_samples
+    if n_sample == 0:
+        return None
+    if n_sample is None or n_sample >= n_train:
+        return slice(None)
+    return np.random.default_rng(cfg.seed).choice(n_train, n_sample, replace=False)
 
 
-def eval_sets(cfg, data):
-    """Per-epoch evaluation sets: the training set (a fixed sample of
-    ``cfg.eval.train_accuracy_samples`` rows, null: all, 0: none), the test set,
-    validation."""
-    n_train, n_sample = len(data.y_train), cfg.eval.train_accuracy_samples
-    rows = slice(None)
-    if n_sample is not None and n_sample < n_train:
-        rows = np.random.default_rng(cfg.seed).choice(n_train, n_sample, replace=False)
-    sets = {"test": (data.X_test, data.y_test)}
-    if n_sample != 0:
-        sets["train"] = (data.X_train[rows], data.y_train[rows])
+def prepare_inputs(run, data) -> Inputs:
+    """Move the shared inputs to the device once and fit the run's preprocessing on
+    them (before any member's clock starts, the move; within it, the fitting)."""
+    rows = train_rows(run.cfg, len(data.y_train))
+    sets = {"fit": (data.X_train, data.y_train), "test": (data.X_test, None)}
+    if rows is not None:
+        sets["train"] = (data.X_train[rows], None)
     if data.X_val is not None:
-        sets["val"] = (data.X_val, data.y_val)
-    return sets
+        sets["val"] = (data.X_val, None)
+    sets = run.device.put_sets(sets)
+    (X, y), start = sets.pop("fit"), time.perf_counter()
+    eval_X = {name: X_set for name, (X_set, _) in sets.items()}
+    steps = list(run.preprocessing)
+    with run.device.dispatch():
+        for step in steps:
+            X = step.fit_transform(X, y)
+            eval_X = {name: step.transform(X_set) for name, X_set in eval_X.items()}
+    return Inputs(X, eval_X, rows, steps, time.perf_counter() - start)
 
 
-def instantiate_callbacks(callbacks_cfg, scoring):
-    """The callbacks of ``cfg.callbacks``, after ``scoring``; those that take a
-    ``scoring`` argument (``pipelines.callbacks``) read it, others (sklearn's
-    ``ProgressBar``) are built from their config alone."""
-    callbacks = [scoring]
+def set_up(run, inputs, member, data, name, parent_id=None, tags=None) -> Fitting:
+    """Start ``member``'s run (a child of ``parent_id``), log its context, and give
+    its estimator the callbacks of ``member.cfg.callbacks``, scoring on the device."""
+    objective = member.cfg.get("optimized_metric")
+    tags = {**({OBJECTIVE_TAG: objective} if objective else {}), **(tags or {})}
+    run_id = start_run(run.client, run.experiment_id, name, parent_id, tags)
+    run.started.append(run_id)
+    context = {**run.device.tags(), **tags}
+    log_run_context(run.client, run_id, member.cfg, data, context, run.commit)
+    labels = {"fit": data.y_train, "test": data.y_test}
+    if inputs.rows is not None:
+        labels["train"] = data.y_train[inputs.rows]
+    if data.X_val is not None:
+        labels["val"] = data.y_val
+    labels = {
+        name: y
+        for name, (y, _) in run.device.put_sets(
+            {name: (y, None) for name, y in labels.items()}
+        ).items()
+    }
+    y = labels.pop("fit")
+    scoring = EpochScoring({k: (inputs.eval_X[k], labels[k]) for k in labels})
+    callbacks = instantiate_callbacks(member.cfg.callbacks, scoring, run_id)
+    member.estimator.set_callbacks(*callbacks)
+    return Fitting(member, run_id, data, y, scoring)
+
+
+def instantiate_callbacks(callbacks_cfg, scoring, run_id=None):
+    """The callbacks of ``cfg.callbacks``, after ``scoring``. Those whose class takes
+    a ``scoring`` or ``run_id`` argument (``pipelines.callbacks``) get it; others
+    (sklearn's ``ProgressBar``) are built from their config alone."""
+    callbacks, given = [scoring], {"scoring": scoring, "run_id": run_id}
     for callback in (callbacks_cfg or {}).values():
         if callback is not None:
-            target = hydra.utils.get_object(callback._target_)
-            reads = "scoring" in inspect.signature(target).parameters
-            extra = {"scoring": scoring} if reads else {}
+            takes = inspect.signature(hydra.utils.get_object(callback._target_))
+            extra = {k: v for k, v in given.items() if k in takes.parameters}
             callbacks.append(hydra.utils.instantiate(callback, **extra))
     return callbacks
 
 
-def fit(cfg, data, sets):
-    """Fit the pipeline on ``cfg.device``, scored after every epoch on ``sets`` (raw
-    inputs).
+def fit_members(run, inputs, fittings) -> list[float]:
+    """Fit every member's estimator on the shared inputs and its own labels; return
+    each member's fit time (a joint fit's members share its wall time).
 
-    The training and evaluation data move to the device once (before the clock starts),
-    and the fitted pipeline comes back as NumPy. The preprocessing is fitted first, so
-    that the evaluation sets are transformed once and the classifier's callbacks see
-    what the classifier sees. Returns the fitted pipeline, the fit time and the
-    per-epoch curves (one row per epoch).
+    One ``skmlp.fit_together`` call fits them all (it groups them by shape), unless
+    the config says ``together: false`` or there is one member.
     """
-    device = resolve_device(cfg.device)
-    sets = device.put_sets({"fit": (data.X_train, data.y_train), **sets})
-    (X_train, y_train), start = sets.pop("fit"), time.perf_counter()
-    steps = build_preprocessing(cfg)
-    with warnings.catch_warnings(), device.dispatch():
+    estimators = [f.member.estimator for f in fittings]
+    together = run.cfg.get("together", True) and len(fittings) > 1
+    with warnings.catch_warnings(), run.device.dispatch():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        for step in steps:
-            X_train = step.fit_transform(X_train, y_train)
-            sets = {name: (step.transform(X), y) for name, (X, y) in sets.items()}
-        pipeline = build_pipeline(cfg, steps)
-        scoring = EpochScoring(sets)
-        pipeline[-1].set_callbacks(*instantiate_callbacks(cfg.callbacks, scoring))
-        preprocessed = time.perf_counter()
-        # Alone, or with the sweep's networks of its shape (the together launcher).
-        fit_seconds = fit_estimator(pipeline[-1], X_train, y_train)
-    pipeline[-1].set_callbacks()  # the callbacks are not part of the model
-    seconds = preprocessed - start + fit_seconds
-    pipeline = pipeline if device.is_numpy else to_numpy(pipeline)
-    return pipeline, seconds, curves(pipeline[-1], scoring)
+        if together:
+            log.info("fitting %d networks with one fit_together call", len(fittings))
+            start = time.perf_counter()
+            fit_together(estimators, inputs.X, [f.y for f in fittings])
+            return [time.perf_counter() - start] * len(fittings)
+        seconds = []
+        for estimator, fitting in zip(estimators, fittings, strict=True):
+            start = time.perf_counter()
+            estimator.fit(inputs.X, fitting.y)
+            seconds.append(time.perf_counter() - start)
+        return seconds
+
+
+def finish(run, inputs, fitting, seconds, group_size=1, extra_metrics=None) -> dict:
+    """Evaluate a fitted member, log its curves, final metrics (``extra_metrics(curves)``
+    added), figures and model, end its run FINISHED; return its metrics."""
+    model = fitting.member.estimator
+    model.set_callbacks()  # the callbacks are not part of the model
+    named = [(f"step{i}", step) for i, step in enumerate(inputs.steps)]
+    pipeline = Pipeline([*named, ("model", model)])
+    pipeline = pipeline if run.device.is_numpy else to_numpy(pipeline)
+    table = curves(pipeline[-1], fitting.scoring)
+    cfg, data = fitting.member.cfg, fitting.data
+    mlflow.start_run(run_id=fitting.run_id)  # MLflow logs the model to the active run
+    log_learning_rates(run.client, fitting.run_id, table)
+    metrics = evaluate(pipeline, data, inputs.seconds + seconds, cfg)
+    if extra_metrics is not None:
+        metrics.update(extra_metrics(table))
+    mlflow.log_metrics(metrics)
+    if group_size > 1:
+        mlflow.set_tag(GROUP_TAG, group_size)
+    log_artifacts(pipeline, data, cfg, table)
+    mlflow.end_run()
+    run.started.remove(fitting.run_id)
+    log.info(
+        "run %s: test accuracy %.4f after %d epochs (%.1f s)",
+        fitting.run_id,
+        metrics["final_test_accuracy"],
+        metrics["n_epochs"],
+        metrics["fit_seconds"],
+    )
+    return metrics
 
 
 def curves(model, scoring):
@@ -192,11 +289,11 @@ def evaluate(pipeline, data, fit_seconds, cfg):
     return metrics
 
 
-def log_learning_rates(curves):
+def log_learning_rates(client, run_id, curves):
     """The learning rate of each epoch, as one metric history (one call)."""
     now = int(time.time() * 1000)
-    mlflow.MlflowClient().log_batch(
-        mlflow.active_run().info.run_id,
+    client.log_batch(
+        run_id,
         metrics=[
             Metric("learning_rate", float(rate), now, int(epoch))
             for epoch, rate in zip(
@@ -207,7 +304,8 @@ def log_learning_rates(curves):
 
 
 def log_artifacts(pipeline, data, cfg, curves):
-    """Config, learning curves, figures and (if ``cfg.tracking.log_model``) the model."""
+    """Config, learning curves, figures and (if ``cfg.tracking.log_model``) the model,
+    to the active run."""
     model = pipeline[-1]
     mlflow.log_dict(OmegaConf.to_container(cfg, resolve=True), "config.yaml")
     mlflow.log_table(curves, "learning_curves.json")
@@ -233,58 +331,3 @@ def log_artifacts(pipeline, data, cfg, curves):
             serialization_format="cloudpickle",
             pip_requirements=MODEL_REQUIREMENTS,
         )
-
-
-def tracked_run(cfg, data, *, name, tags=None, extra_metrics=None):
-    """One MLflow run (a child when a sweep's parent is set): parameters, tags, the
-    per-epoch curves, final metrics and artifacts. Returns the metrics and curves.
-
-    ``extra_metrics(curves) -> dict`` adds metrics derived from the per-epoch curves.
-    """
-    uri = tracking_uri(cfg.tracking.uri)
-    experiment_id = setup_experiment(uri, cfg.tracking.experiment_name)
-    parent_id = os.environ.get(PARENT_RUN_ENV)
-    # Started here and ended below on success; on failure or interrupt the task
-    # wrapper (pipelines.utils.task_wrapper) ends it with the right status.
-    active = mlflow.start_run(
-        experiment_id=experiment_id,
-        run_name=sweep_run_name(MlflowClient(uri), parent_id) or name,
-        parent_run_id=parent_id,
-        log_system_metrics=False,
-    )
-    objective = cfg.get("optimized_metric")
-    tags = {**({OBJECTIVE_TAG: objective} if objective else {}), **(tags or {})}
-    log_run_context(cfg, data, {**resolve_device(cfg.device).tags(), **tags})
-    pipeline, seconds, curves = fit(cfg, data, eval_sets(cfg, data))
-    log_learning_rates(curves)
-    metrics = evaluate(pipeline, data, seconds, cfg)
-    if extra_metrics is not None:
-        metrics.update(extra_metrics(curves))
-    mlflow.log_metrics(metrics)
-    log_artifacts(pipeline, data, cfg, curves)
-    mlflow.end_run()
-    log.info(
-        "run %s (%s): test accuracy %.4f after %d epochs (%.1f s)",
-        active.info.run_id,
-        name,
-        metrics["final_test_accuracy"],
-        metrics["n_epochs"],
-        seconds,
-    )
-    if parent_id is None:  # a sweep's jobs leave it to the sweep's end
-        announce_single_run(uri, experiment_id, objective)
-    return metrics, curves
-
-
-def announce_single_run(uri, experiment_id, objective):
-    """Save the experiment's runs-table view of single runs; say how to open it."""
-    metrics = [objective or "final_test_accuracy", "final_test_accuracy", "fit_seconds"]
-    view_id = save_runs_view(
-        MlflowClient(uri),
-        experiment_id,
-        "skmlp-runs",
-        "skmlp runs",
-        list(dict.fromkeys(metrics)),
-        SINGLE_RUN_PARAMS,
-    )
-    announce(uri, experiment_id, view_id)

@@ -22,10 +22,11 @@ import time
 from pathlib import Path
 from urllib.parse import urlencode
 
-import mlflow
 import numpy as np
 from mlflow.data.numpy_dataset import NumpyDataset, from_numpy
+from mlflow.entities import DatasetInput, InputTag
 from mlflow.exceptions import MlflowException
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +53,13 @@ def training_dataset(X, y, name) -> NumpyDataset:
     return from_numpy(X, targets=y, name=name, digest=digest.hexdigest()[:8])
 
 
-def log_training_input(dataset):
-    """``mlflow.log_input(dataset)`` for the active run, safe for parallel jobs."""
-    return retry_on_duplicate(mlflow.log_input, dataset, context="training")
+def log_training_input(client, run_id, dataset):
+    """Log ``dataset`` as the training input of run ``run_id``, safe for parallel jobs."""
+    entity = DatasetInput(
+        dataset._to_mlflow_entity(),
+        tags=[InputTag(MLFLOW_DATASET_CONTEXT, "training")],
+    )
+    return retry_on_duplicate(client.log_inputs, run_id, datasets=[entity])
 
 
 def retry_on_duplicate(write, *args, attempts=3, **kwargs):

@@ -3,14 +3,13 @@ torch end to end on the CPU (``device=torch:cpu``: the GPU's code path on any ma
 
 import os
 import pickle
-import subprocess
 import sys
 
 import numpy as np
 import pytest
+from helpers import ROOT, parent_and_children, run, run_entry_point, runs_of
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-from test_pipelines import ROOT, parent_and_children, run_entry_point, runs_of
 
 from pipelines.device import DeviceError, accuracy, resolve_device, to_numpy
 from skmlp import SGDMLPClassifier
@@ -70,11 +69,9 @@ def test_cuda_without_a_gpu_says_so(setting):
     "setting, module", [("cuda", "torch"), ("torch:cpu", "torch"), ("cupy", "cupy")]
 )
 def test_a_missing_library_is_named(monkeypatch, setting, module):
-    resolve_device.cache_clear()
     monkeypatch.setitem(sys.modules, module, None)  # what `import` sees without it
     with pytest.raises(DeviceError, match=rf"needs the {module} package.*device=cpu"):
         resolve_device(setting)
-    resolve_device.cache_clear()
 
 
 def test_a_library_that_fails_to_import_is_named(monkeypatch, tmp_path):
@@ -85,10 +82,8 @@ def test_a_library_that_fails_to_import_is_named(monkeypatch, tmp_path):
     )
     monkeypatch.syspath_prepend(tmp_path)
     monkeypatch.delitem(sys.modules, "cupy", raising=False)
-    resolve_device.cache_clear()
     with pytest.raises(DeviceError, match="cupy.*fails to import.*insufficient"):
         resolve_device("cupy")
-    resolve_device.cache_clear()
 
 
 def test_labels_that_are_not_numbers_are_refused():
@@ -138,9 +133,7 @@ def test_scipy_imported_without_its_array_api_mode_is_a_clear_error(tmp_path):
         "resolve_device('torch:cpu').dispatch()\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "SCIPY_ARRAY_API"}
-    result = subprocess.run(
-        [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True
-    )
+    result = run([sys.executable, "-c", code], ROOT, env, check=False)
     assert result.returncode != 0
     assert "set the environment variable SCIPY_ARRAY_API=1" in result.stderr
 
@@ -184,19 +177,14 @@ def test_train_end_to_end(store, tmp_path, setting, tag):
 @pytest.mark.skipif(HAS_CUDA, reason="this machine has a CUDA GPU")
 @pytest.mark.parametrize(
     "command",
-    [["pipelines.train"], ["pipelines.memorization"]],  # a task; a sweep's callback
-    ids=["train", "memorization"],
+    [["pipelines.train"], ["pipelines.memorization"], ["pipelines.train", "-m"]],
+    ids=["train", "memorization", "a multirun's callback"],
 )
 def test_a_missing_gpu_fails_before_any_run(store, tmp_path, command):
-    uri, env = store
-    result = subprocess.run(
-        [sys.executable, "-m", *command, *QUICK, "device=cuda"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    _, env = store
+    module, *flags = command
+    args = [*flags, *QUICK, "device=cuda"]
+    result = run_entry_point(module, args, env, tmp_path, timeout=300, check=False)
     assert result.returncode != 0
     assert "device=cuda: torch" in result.stderr and "sees no CUDA GPU" in result.stderr
     assert not (tmp_path / "mlruns").exists()  # no store, no run left behind
@@ -228,15 +216,15 @@ def test_grid_search_on_torch(store, tmp_path, setting, tag):
 
 
 def test_memorization_on_torch(store, tmp_path):
-    """The memorization sweep on the digits, one job, through its parallel launcher."""
+    """The memorization task on the digits, a grid of one."""
     uri, env = store
     run_entry_point(
         "pipelines.memorization",
         [
             *QUICK,
             "data.n_train=300",
-            "corruption.p=1.0",
-            "model.hidden_layer_sizes=[64]",
+            "grid.corruption.p=[1.0]",
+            "grid.model.hidden_layer_sizes=[[64]]",
             "device=torch:cpu",
         ],
         env,

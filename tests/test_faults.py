@@ -8,21 +8,27 @@ written fails fast, naming the URI. Every wait is bounded.
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
-import time
 from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
+from helpers import (
+    all_runs,
+    finish,
+    free_port,
+    output_of,
+    run_entry_point,
+    start,
+    wait_for,
+)
 from mlflow.tracking import MlflowClient
 
-from pipelines.store import open_store
+from pipelines.lifecycle import INTERRUPTED
 
 QUICK = ["data=digits", "model.max_iter=3", "tracking.log_model=false"]
 # Runs until killed (each test that starts one kills it).
 LONG = ["data=digits", "model.max_iter=100000", "model.n_iter_no_change=100000"]
+JOINT_FIT = "fitting 2 networks with one fit_together call"
 
 
 @pytest.fixture
@@ -30,59 +36,6 @@ def store(store):
     """conftest's temporary store, with one BLAS thread per pipeline process."""
     uri, env = store
     return uri, {**env, "OMP_NUM_THREADS": "1"}
-
-
-def start(args, env, cwd, module="pipelines.train"):
-    """Start an entry point in its own process group (so the group can be signalled).
-
-    Its output goes to a file, not a pipe: an unread pipe fills up and blocks the
-    process, which would hide whether it really runs.
-    """
-    log = Path(cwd) / f"output-{time.monotonic_ns()}.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", module, *args],
-            env=env,
-            cwd=cwd,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    process.log = log
-    return process
-
-
-def all_runs(uri):
-    open_store(uri)  # under the lock, as the pipelines do, never racing them
-    client = MlflowClient(uri)
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    return client.search_runs(experiments)
-
-
-def wait_for(condition, what, process=None, timeout=180):
-    """Poll ``condition()`` until it is true; fail (with the output) after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        if process is not None and process.poll() is not None:
-            pytest.fail(
-                f"ended before {what}: {process.log.read_text(errors='replace')[-3000:]}"
-            )
-        time.sleep(0.5)
-    pytest.fail(f"no {what} after {timeout} s")
-
-
-def finish(process, timeout=120):
-    """Wait for ``process``; kill it (and fail) if it does not end in time."""
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-        pytest.fail(f"still running {timeout} s later")
-    return process.log.read_text(errors="replace")
 
 
 def running_children(uri):
@@ -93,40 +46,36 @@ def running_children(uri):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "launcher, to_group, sig",
+    "how, to_group, sig",
     [
         ("parallel", False, signal.SIGTERM),
         ("parallel", True, signal.SIGTERM),
         ("parallel", True, signal.SIGINT),
-        ("together", False, signal.SIGTERM),  # jobs parked, or on their way
-        ("together", True, signal.SIGINT),  # in the joint fit, jobs parked
+        ("grid", False, signal.SIGTERM),  # in the joint fit
+        ("grid", True, signal.SIGINT),
     ],
     ids=[
         "TERM-to-parent",
         "TERM-to-group",
         "INT-to-group",
-        "together-TERM-to-parent",
-        "together-INT-to-group",
+        "grid-TERM",
+        "grid-INT-to-group",
     ],
 )
-def test_an_interrupted_parallel_sweep_ends_every_run_killed(
-    store, tmp_path, launcher, to_group, sig
+def test_an_interrupted_sweep_or_grid_ends_every_run_killed(
+    store, tmp_path, how, to_group, sig
 ):
+    """A parallel multirun (a parent, two worker processes) or a grid (one process:
+    its parent run and two members in one joint fit): every run ends KILLED."""
     uri, env = store
-    args = [
-        "-m",
-        f"hydra/launcher={launcher}",
-        *LONG,
-        "model.learning_rate_init=0.1,0.2",
-    ]
-    process = start(args, env, tmp_path)
+    if how == "parallel":
+        args = ["-m", "hydra/launcher=parallel", "model.learning_rate_init=0.1,0.2"]
+    else:
+        args = ["+grid.model.learning_rate_init=[0.1,0.2]"]
+    process = start([*args, *LONG], env, tmp_path)
     wait_for(lambda: running_children(uri), "two running children", process)
-    if launcher == "together":  # both parked, in their joint fit (a job still setting
-        # up when the signal lands: test_sigterm_while_a_together_job_sets_up_...)
-        joint = "fitting 2 networks together"
-        wait_for(
-            lambda: joint in process.log.read_text(errors="replace"), joint, process
-        )
+    if how == "grid":  # the signal lands in the joint fit
+        wait_for(lambda: JOINT_FIT in output_of(process), JOINT_FIT, process)
     if to_group:
         os.killpg(process.pid, sig)
     else:
@@ -135,8 +84,9 @@ def test_an_interrupted_parallel_sweep_ends_every_run_killed(
     runs = all_runs(uri)
     assert len(runs) == 3
     assert {r.info.status for r in runs} == {"KILLED"}, output[-3000:]
-    if launcher == "together":  # the two jobs were parked in one joint fit
-        assert "fitting 2 networks together" in output
+    if how == "grid":  # each run ended by the task itself, with the reason
+        reasons = {r.data.tags.get("skmlp.end_reason") for r in runs}
+        assert reasons == {INTERRUPTED}, output[-3000:]
 
 
 def hooked(env, tmp_path, code, marker):
@@ -152,26 +102,27 @@ def hooked(env, tmp_path, code, marker):
     }
 
 
-# Holds the together launcher's second job on its way to its fit (after its run has
-# started), so that a signal lands while the launcher waits for it.
-SLOW_SECOND_JOB = """
+# Holds a grid's second member in its set-up (after its run has started), so that a
+# signal lands there.
+SLOW_SECOND_SET_UP = """
 import os, pathlib, sys, time
 
-def patch(together):
-    fit_estimator, calls = together.fit_estimator, []
+def patch(training):
+    set_up, calls = training.set_up, []
 
     def slow(*args, **kwargs):
+        fitting = set_up(*args, **kwargs)
         calls.append(1)
         if len(calls) == 2:
             pathlib.Path(os.environ["SKMLP_TEST_MARKER"]).touch()
             time.sleep(5)
-        return fit_estimator(*args, **kwargs)
+        return fitting
 
-    together.fit_estimator = slow
+    training.set_up = slow
 
-class Hook:  # patches pipelines.together when the pipeline imports it
+class Hook:  # patches pipelines.training when the pipeline imports it
     def find_spec(self, name, path, target=None):
-        if name != "pipelines.together":
+        if name != "pipelines.training":
             return None
         finders = [f for f in sys.meta_path if f is not self]
         spec = next(filter(None, (f.find_spec(name, path, target) for f in finders)))
@@ -187,25 +138,24 @@ sys.meta_path.insert(0, Hook())
 
 
 @pytest.mark.slow
-def test_sigterm_while_a_together_job_sets_up_ends_every_job_itself(store, tmp_path):
-    """SIGTERM to the parent while the launcher waits for a job still on its way to
-    its fit: that job reaches its fit, and it and the job parked before it each end
-    their own run KILLED (their own lifecycle, not only the parent marking them); the
-    sweep exits."""
+def test_sigterm_while_a_grid_member_sets_up_ends_every_run_killed(store, tmp_path):
+    """SIGTERM while the second member of a grid is set up (before the fit): the
+    parent and both members end KILLED, each with the reason, and the task exits."""
     uri, env = store
-    marker = tmp_path / "second-job-setting-up"
-    env = hooked(env, tmp_path, SLOW_SECOND_JOB, marker)
-    args = ["-m", "hydra/launcher=together", *LONG, "model.learning_rate_init=0.1,0.2"]
+    marker = tmp_path / "second-member-setting-up"
+    env = hooked(env, tmp_path, SLOW_SECOND_SET_UP, marker)
+    args = [*LONG, "+grid.model.learning_rate_init=[0.1,0.2]"]
     process = start(args, env, tmp_path)
-    wait_for(marker.exists, "the second job on its way to its fit", process)
+    wait_for(marker.exists, "the second member in its set-up", process)
     process.send_signal(signal.SIGTERM)
     output = finish(process, timeout=60)
+    assert process.returncode != 0
     runs = all_runs(uri)
     assert len(runs) == 3, output[-3000:]
     assert {r.info.status for r in runs} == {"KILLED"}, output[-3000:]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    reasons = {r.data.tags.get("skmlp.end_reason") for r in children}
-    assert reasons == {"interrupted (Ctrl-C or SIGTERM)"}, output[-3000:]
+    reasons = {r.data.tags.get("skmlp.end_reason") for r in runs}
+    assert reasons == {INTERRUPTED}, output[-3000:]
+    assert JOINT_FIT not in output
 
 
 # Makes the real mlflow.sklearn.log_model announce itself and take its time, so that
@@ -259,15 +209,7 @@ def assert_reaped(uri, run):
 def test_the_reap_command_marks_runs_of_killed_processes_failed(store, tmp_path):
     uri, env = store
     run = kill_9_a_running_training(uri, env, tmp_path)
-    result = subprocess.run(
-        [sys.executable, "-m", "pipelines.store"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_entry_point("pipelines.lifecycle", [], env, tmp_path, timeout=120)
     assert run.info.run_id in result.stdout
     assert_reaped(uri, run)
 
@@ -314,23 +256,10 @@ def server_that_holds_connections():
                 connection.close()
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def train_against(uri, env, cwd):
     env = {**env, "MLFLOW_TRACKING_URI": uri}
     # Unchecked, MLflow retried for minutes: the timeout is what fails that.
-    return subprocess.run(
-        [sys.executable, "-m", "pipelines.train", *QUICK],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_entry_point("pipelines.train", QUICK, env, cwd, timeout=60, check=False)
 
 
 def test_a_tracking_uri_with_nothing_listening_fails_fast_naming_it(store, tmp_path):
@@ -369,14 +298,8 @@ def test_a_bad_model_override_fails_before_any_run_exists(
     store, tmp_path, override, named
 ):
     uri, env = store
-    result = subprocess.run(
-        [sys.executable, "-m", "pipelines.train", *QUICK, override],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    args = [*QUICK, override]
+    result = run_entry_point("pipelines.train", args, env, tmp_path, 120, check=False)
     assert result.returncode != 0
     assert named in result.stderr
     assert not (tmp_path / "mlruns" / "mlflow.db").exists()  # store never opened

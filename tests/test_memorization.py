@@ -1,19 +1,14 @@
 """The memorization experiment, end to end through Hydra into a temporary MLflow store."""
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pandas as pd
 import pytest
-from mlflow.tracking import MlflowClient
+from helpers import parent_and_children, run_entry_point, runs_of
 from omegaconf import OmegaConf
 from sklearn.utils import Bunch
-from test_pipelines import parent_and_children
 
-from pipelines.memorization import corrupt, time_to_fit
-from pipelines.together import GROUP_TAG
+from pipelines.memorization import corrupt_inputs, corrupt_labels, time_to_fit
+from pipelines.training import GROUP_TAG
 
 
 def test_time_to_fit_is_the_first_epoch_over_the_threshold():
@@ -25,68 +20,63 @@ def test_time_to_fit_is_the_first_epoch_over_the_threshold():
 
 
 @pytest.mark.parametrize(
-    "kind",
-    ["shuffle", "corrupt", "shuffled_pixels", "random_pixels", "gaussian", "none"],
+    "kind, changes",
+    [
+        ("shuffle", "labels"),
+        ("corrupt", "labels"),
+        ("shuffled_pixels", "inputs"),
+        ("random_pixels", "inputs"),
+        ("gaussian", "inputs"),
+        ("none", None),
+    ],
 )
-def test_corrupt_touches_training_data_only(rng, kind):
+def test_corruption_touches_training_data_only(rng, kind, changes):
     data = Bunch(
         X_train=rng.random((100, 8)),
         y_train=np.arange(100) % 10,
         X_test=rng.random((10, 8)),
         y_test=np.arange(10),
     )
-    result = corrupt(data, OmegaConf.create({"kind": kind, "p": 1.0}), seed=0)
+    shared = corrupt_inputs(data, kind, seed=0)
+    result = corrupt_labels(shared, OmegaConf.create({"kind": kind, "p": 1.0}), seed=0)
     assert result.X_test is data.X_test and result.y_test is data.y_test
-    changed = not np.array_equal(result.X_train, data.X_train) or not np.array_equal(
-        result.y_train, data.y_train
-    )
-    assert changed == (kind != "none")
+    assert result.X_train is shared.X_train  # the members share their inputs
+    inputs = not np.array_equal(result.X_train, data.X_train)
+    labels = not np.array_equal(result.y_train, data.y_train)
+    assert (inputs, labels) == (changes == "inputs", changes == "labels")
 
 
 def test_unknown_corruption_is_refused(rng):
     data = Bunch(X_train=rng.random((10, 2)), y_train=np.arange(10))
     with pytest.raises(ValueError, match="Unknown corruption.kind 'blur'"):
-        corrupt(data, OmegaConf.create({"kind": "blur", "p": 1.0}), seed=0)
+        corrupt_inputs(data, "blur", seed=0)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "together", [[], ["together=false"]], ids=["together", "alone"]
 )
-def test_quick_configuration_end_to_end(tmp_path, mnist, together):  # noqa: ARG001
-    """The quick configuration, smaller still: 500 images, p in {0, 1}, two networks;
-    by default each network's two levels are fitted together, with together=false one
-    network at a time (the joblib launcher)."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-    env.pop("SKMLP_PARENT_RUN_ID", None)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipelines.memorization",
-            "scale=quick",
-            "data.n_train=500",
-            "model.max_iter=40",
-            "corruption.p=0.0,1.0",
-            "model.hidden_layer_sizes=[16,16],[512]",
-            *together,
-        ],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("memorization")
-    runs = client.search_runs([experiment.experiment_id])
+def test_quick_configuration_end_to_end(store, tmp_path, mnist, together):  # noqa: ARG001
+    """The quick configuration, smaller still: 500 images, p in {0, 1}, two networks,
+    one task; by default the four members are fitted with one fit_together call, with
+    together=false one after another."""
+    uri, env = store
+    args = [
+        "scale=quick",
+        "data.n_train=500",
+        "model.max_iter=40",
+        "grid.corruption.p=[0.0,1.0]",
+        "grid.model.hidden_layer_sizes=[[16,16],[512]]",
+        *together,
+    ]
+    run_entry_point("pipelines.memorization", args, env, tmp_path, timeout=900)
+    client, runs = runs_of(uri, "memorization")
     (parent,), children = parent_and_children(runs)
     assert len(children) == 4 and parent.info.status == "FINISHED"
     groups = [child.data.tags.get(GROUP_TAG) for child in children]
-    assert groups == (["2"] * 4 if not together else [None] * 4)
+    assert groups == (["4"] * 4 if not together else [None] * 4)
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    (csv,) = (tmp_path / "outputs" / "memorization").glob("*/*/summary.csv")
     assert {
         "summary.csv",
         "a_learning_curves.png",
@@ -96,7 +86,7 @@ def test_quick_configuration_end_to_end(tmp_path, mnist, together):  # noqa: ARG
     } <= artifacts
 
     table = pd.read_csv(client.download_artifacts(parent.info.run_id, "summary.csv"))
-    assert len(table) == 4
+    assert len(table) == 4 and table.equals(pd.read_csv(csv))
     wide_random = table[(table.p == 1.0) & (table.hidden_layer_sizes == "[512]")].iloc[
         0
     ]
@@ -113,22 +103,8 @@ def test_quick_configuration_end_to_end(tmp_path, mnist, together):  # noqa: ARG
     [("l2", "alpha: 0.01"), ("early_stopping", "early_stopping: true")],
 )
 def test_regularization_contrasts_compose(tmp_path, regularization, expected):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipelines.memorization",
-            f"regularization={regularization}",
-            "--cfg",
-            "job",
-            "--resolve",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    args = [f"regularization={regularization}", "--cfg", "job", "--resolve"]
+    result = run_entry_point("pipelines.memorization", args, None, tmp_path, 120)
     assert expected in result.stdout
     assert f"regularization: {regularization}" in result.stdout
     assert "batch_size: 128" in result.stdout  # Zhang's optimiser underneath

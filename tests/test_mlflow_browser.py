@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import QUICK, free_port, run_entry_point, wait_until_healthy
 from test_mlflow_ui import SWEEP_2X2
-from test_pipelines import QUICK, _free_port, run_entry_point, wait_until_healthy
 
 pytestmark = pytest.mark.slow
 
@@ -69,7 +69,7 @@ def ui(store, tmp_path):
     command = printed(r"(mlflow ui --backend-store-uri \S+)", result.stdout).split()
     url = printed(r"then open (\S+)", result.stdout)
     compare = printed(r"compare them: (\S+)", result.stdout)
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", *command, "--host", "127.0.0.1", "--port", str(port)],
         env=env,

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from test_pipelines import (
+from helpers import (
     QUICK,
     parent_and_children,
     run_entry_point,
@@ -217,9 +217,8 @@ def test_memorization_parent_carries_the_summary(store, tmp_path):
         "pipelines.memorization",
         [
             *QUICK,
-            "hydra/launcher=basic",
-            "corruption.p=0.0,1.0",
-            "model.hidden_layer_sizes=[16]",
+            "grid.corruption.p=[0.0,1.0]",
+            "grid.model.hidden_layer_sizes=[[16]]",
             "model.batch_size=32",
             "tracking.experiment_name=mem-ui",
         ],

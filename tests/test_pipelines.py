@@ -2,50 +2,21 @@
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
+from helpers import (
+    QUICK,
+    free_port,
+    parent_and_children,
+    run_entry_point,
+    runs_of,
+    wait_until_healthy,
+)
 from mlflow.tracking import MlflowClient
-
-ROOT = Path(__file__).resolve().parents[1]
-# A few epochs on the digits (no download); no model logging unless a test wants it.
-QUICK = ["data=digits", "model.max_iter=3", "tracking.log_model=false"]
-
-
-PARENT_ENV = "SKMLP_PARENT_RUN_ID"
-
-
-def run_entry_point(module, args, env, cwd, timeout=600, check=True):
-    result = subprocess.run(
-        [sys.executable, "-m", module, *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if check:
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
-
-
-def parent_and_children(runs):
-    """Split a sweep's runs into its parents and its children."""
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    return parents, children
-
-
-def runs_of(uri, experiment):
-    client = MlflowClient(uri)
-    found = client.get_experiment_by_name(experiment)
-    assert found is not None, f"no experiment {experiment!r}"
-    return client, client.search_runs([found.experiment_id])
 
 
 def test_train_logs_params_curves_metrics_artifacts_and_model(store, tmp_path):
@@ -292,32 +263,12 @@ def _experiment_or_none(client, name):
         return None
 
 
-def wait_until_healthy(base, server, timeout=90):
-    """Wait for the MLflow server process ``server`` to answer at ``base``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise
-            time.sleep(0.5)
-
-
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_mlflow_server_serves_the_runs(store, tmp_path):
     uri, env = store
     run_entry_point(
         "pipelines.train", [*QUICK, "tracking.experiment_name=served"], env, tmp_path
     )
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [
             sys.executable,

@@ -11,22 +11,19 @@
 - The test command is in ``.ci/run`` verbatim, so CI runs what the README says.
 """
 
-import importlib.util
 import os
 import re
 import shlex
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from helpers import ROOT, run
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from pipelines import config_dir
 
-ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 BLOCKS = re.findall(r"^```(\w+)\n(.*?)^```", README, flags=re.MULTILINE | re.DOTALL)
 PYTHON_SNIPPETS = [code for lang, code in BLOCKS if lang == "python"]
@@ -50,14 +47,6 @@ def _pipeline_commands():
 COMMANDS = _pipeline_commands()
 
 
-def _run(argv, cwd, env, timeout=600):
-    result = subprocess.run(
-        argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
-
-
 @pytest.fixture(scope="module")
 def project_like(tmp_path_factory, mnist):  # noqa: ARG001 - the snippets need MNIST
     """A working directory whose ``mlruns/mlflow.db`` holds a finished 3b1b run."""
@@ -65,7 +54,7 @@ def project_like(tmp_path_factory, mnist):  # noqa: ARG001 - the snippets need M
     env = {**os.environ, "MLFLOW_TRACKING_URI": "sqlite:///mlruns/mlflow.db"}
     env.pop("SKMLP_PARENT_RUN_ID", None)
     quick = ["experiment=3b1b", "data.n_train=2000", "model.max_iter=2"]
-    _run([sys.executable, "-m", "pipelines.train", *quick], cwd, env)
+    run([sys.executable, "-m", "pipelines.train", *quick], cwd, env)
     return cwd
 
 
@@ -79,7 +68,7 @@ def test_the_readme_has_snippets_to_test():
 )
 def test_python_snippet_runs_verbatim(code, project_like):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    _run([sys.executable, "-c", code], project_like, env)
+    run([sys.executable, "-c", code], project_like, env)
 
 
 def _first_job(override):
@@ -122,8 +111,11 @@ def test_ci_runs_the_readme_test_command():
     assert command in ci
 
 
-def test_ci_has_what_optional_tests_need():
-    """Outside CI the torch tests may skip; CI must run them (.ci/run installs it)."""
-    if not os.environ.get("CI"):
-        pytest.skip("only CI must have every optional test dependency")
-    assert importlib.util.find_spec("torch"), 'CI must install ".[torch]" (.ci/run)'
+def test_ci_installs_what_optional_tests_need():
+    """Outside CI the torch tests may skip; CI must run them: ``.ci/run`` installs the
+    torch extra into the venv of the README's test command, before that command."""
+    ci = (ROOT / ".ci" / "run").read_text()
+    installs = re.findall(r"^[^#\n]*pip install[^\n]*$", ci, flags=re.MULTILINE)
+    torch = [i for i, line in enumerate(installs) if '-e ".[torch]"' in line]
+    tests = [i for i, line in enumerate(installs) if "pytest" in line]
+    assert torch and tests and torch[0] < tests[-1], installs

@@ -51,8 +51,11 @@ def test_a_fresh_store_opened_by_four_processes_at_once_works(tmp_path, trial):
     """Unguarded, 2 in 3 such trials crashed a process or left the schema half-made."""
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     code = (
-        "import sys; from pipelines.tracking import setup_experiment; "
-        "setup_experiment(sys.argv[1], 'race')"
+        "import sys; from mlflow.tracking import MlflowClient; "
+        "from pipelines.store import open_store; "
+        "from pipelines.tracking import setup_experiment; "
+        "uri = sys.argv[1]; open_store(uri); "
+        "setup_experiment(MlflowClient(uri), uri, 'race')"
     )
     results = start_together(
         [[sys.executable, "-c", code, uri]] * 4, quiet_env(uri), tmp_path

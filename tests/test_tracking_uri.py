@@ -1,12 +1,9 @@
 """MLflow store URIs as users write them: relative sqlite paths included."""
 
-import os
-import subprocess
-import sys
-
+from helpers import run_entry_point
 from mlflow.tracking import MlflowClient
 
-from pipelines.tracking import tracking_uri
+from pipelines.store import tracking_uri
 
 
 def test_relative_sqlite_uri_is_made_absolute(tmp_path, monkeypatch):
@@ -15,27 +12,16 @@ def test_relative_sqlite_uri_is_made_absolute(tmp_path, monkeypatch):
     assert tracking_uri() == f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
 
 
-def test_a_run_with_a_relative_sqlite_uri(tmp_path):
+def test_a_run_with_a_relative_sqlite_uri(store, tmp_path):
     """The README's form, ``sqlite:///mlruns/mlflow.db``, from the working directory."""
-    env = {**os.environ, "MLFLOW_TRACKING_URI": "sqlite:///mlruns/mlflow.db"}
-    env.pop("SKMLP_PARENT_RUN_ID", None)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipelines.train",
-            "data=digits",
-            "model.max_iter=2",
-            "tracking.log_model=false",
-            "tracking.experiment_name=relative",
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    env = {**store[1], "MLFLOW_TRACKING_URI": "sqlite:///mlruns/mlflow.db"}
+    args = [
+        "data=digits",
+        "model.max_iter=2",
+        "tracking.log_model=false",
+        "tracking.experiment_name=relative",
+    ]
+    run_entry_point("pipelines.train", args, env, tmp_path, timeout=300)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("relative")
     (run,) = client.search_runs([experiment.experiment_id])

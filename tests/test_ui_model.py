@@ -2,7 +2,7 @@
 logging, see pipelines/training.py), with MLflow's caution about it said once, not once
 per run of a sweep."""
 
-from test_pipelines import run_entry_point, runs_of
+from helpers import run_entry_point, runs_of
 
 from pipelines.training import PICKLE_CAUTION
 

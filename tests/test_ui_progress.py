@@ -4,7 +4,7 @@ Hydra's joblib launcher (each job in a worker process, with its own log file).""
 
 from pathlib import Path
 
-from test_pipelines import run_entry_point, runs_of
+from helpers import run_entry_point, runs_of
 
 BAR = "SGDMLPClassifier - fit"
 

@@ -1,0 +1,219 @@
+"""One task's run, resolved once: its device, store, experiment and networks.
+
+``task(cfg)`` (after lightning-hydra-template's ``task_wrapper``) is the context every
+entry point runs its task in. It turns SIGTERM and SIGINT into KeyboardInterrupt,
+resolves the run (:func:`resolve_run`: a bad model override, a missing GPU or an
+unusable store fails here, before any data is loaded or run created), limits BLAS
+threads, and ends the runs that a failure leaves open KILLED (interrupt) or FAILED
+(error), never RUNNING. Everything after it reads the :class:`Run` it yields.
+"""
+
+import copy
+import itertools
+import logging
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from numbers import Integral
+
+import hydra
+import mlflow
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf, open_dict
+from threadpoolctl import threadpool_limits
+
+from pipelines.device import Device, resolve_device
+from pipelines.lifecycle import (
+    INTERRUPTED,
+    blas_threads,
+    end_runs,
+    handle_signals,
+    reap_dead_runs,
+)
+from pipelines.store import check_store, tracking_uri
+from pipelines.tracking import PARENT_RUN_ENV, flatten, git_commit, setup_experiment
+
+log = logging.getLogger(__name__)
+
+# What a grid may not vary: its members share one training set (one fit_together call),
+# one device and one store. A Hydra multirun (-m) varies these.
+FIXED_KEYS = ("data", "seed", "preprocessing", "device", "tracking", "eval", "grid")
+FIXED_KEYS += ("corruption.kind", "together")
+
+
+@dataclass(frozen=True)
+class Member:
+    """One network of a task.
+
+    Attributes
+    ----------
+    cfg : DictConfig
+        The task's config with this member's grid values set (and no ``grid``).
+    values : dict of str -> object
+        Its value of each grid key (empty outside a grid).
+    estimator : SGDMLPClassifier
+        Its classifier, unfitted, its parameters validated.
+    """
+
+    cfg: DictConfig
+    values: dict
+    estimator: object
+
+
+@dataclass(frozen=True)
+class Run:
+    """What a task works with, resolved once by :func:`resolve_run`.
+
+    Attributes
+    ----------
+    cfg : DictConfig
+        The task's config.
+    device : Device
+        Where the members train.
+    uri, client, experiment_id : str, MlflowClient, str
+        The store (checked, opened, its dead runs reaped) and the task's experiment.
+    parent_id : str or None
+        The Hydra multirun's parent run (None outside a multirun).
+    members : tuple of Member
+        The task's networks (one outside a grid).
+    preprocessing : tuple of transformers
+        The unfitted preprocessing steps that all members share.
+    commit : str
+        The project's git commit, tagged on every run.
+    started : list of str
+        The runs this task has started and not ended yet; :func:`task` ends them
+        on an interrupt or a failure. (The one field that changes.)
+    """
+
+    cfg: DictConfig
+    device: Device
+    uri: str
+    client: MlflowClient
+    experiment_id: str
+    parent_id: str | None
+    members: tuple
+    preprocessing: tuple
+    commit: str
+    started: list = field(default_factory=list)
+
+    @property
+    def is_grid(self) -> bool:
+        """Whether the task runs a grid (``cfg.grid``): a parent run and its members."""
+        return bool(self.cfg.get("grid"))
+
+
+def resolve_run(cfg: DictConfig) -> Run:
+    """Resolve the task's device, networks, store and experiment, in that order (a
+    bad override fails before the store is touched); reap this host's dead runs."""
+    device = resolve_device(cfg.get("device", "cpu"))
+    members = tuple(grid_members(cfg))
+    steps = tuple(
+        build_step(step) for step in cfg.get("preprocessing", {}).get("steps", [])
+    )
+    uri = tracking_uri(cfg.tracking.uri)
+    check_store(uri)
+    reap_dead_runs(uri)
+    mlflow.set_tracking_uri(uri)  # MLflow's own calls (the model's logging) use it
+    client = MlflowClient(uri)
+    experiment_id = setup_experiment(client, uri, cfg.tracking.experiment_name)
+    parent_id = os.environ.get(PARENT_RUN_ENV) or None  # set by a multirun's callback
+    return Run(
+        cfg, device, uri, client, experiment_id, parent_id, members, steps, git_commit()
+    )
+
+
+def build_step(step_cfg):
+    """Instantiate one configured step and validate its parameters as fit would."""
+    step = hydra.utils.instantiate(step_cfg, _convert_="all")
+    if hasattr(step, "_validate_params"):
+        step._validate_params()  # scikit-learn's _parameter_constraints
+    return step
+
+
+def build_model(cfg: DictConfig):
+    """The classifier of ``cfg.model``, validated; its hidden layer sizes must be
+    positive integers (``model.hidden_layer_sizes=16`` is read as ``[16]``)."""
+    sizes = cfg.model.get("hidden_layer_sizes")
+    if isinstance(sizes, int):
+        cfg.model.hidden_layer_sizes = sizes = [sizes]
+    if sizes is not None and any(
+        not isinstance(s, Integral) or isinstance(s, bool) or s < 1 for s in sizes
+    ):
+        raise ValueError(
+            f"hidden_layer_sizes must contain positive integers, got {list(sizes)}."
+        )
+    return build_step(cfg.model)
+
+
+def grid_members(cfg: DictConfig) -> list[Member]:
+    """One :class:`Member` per combination of the values in ``cfg.grid`` (a nested
+    mapping whose leaves are lists of values, e.g. ``grid.model.alpha=[0.001,0.01]``);
+    a config without a grid is one member."""
+    grid = cfg.get("grid")
+    grid = flatten(OmegaConf.to_container(grid, resolve=True)) if grid else {}
+    grid = {
+        key: values if isinstance(values, list) else [values]
+        for key, values in grid.items()
+    }
+    for key, values in grid.items():
+        _check_grid_key(cfg, key, values)
+    base = copy.deepcopy(cfg)
+    with open_dict(base):
+        base.pop("grid", None)
+    members = []
+    for combination in itertools.product(*grid.values()):
+        member = copy.deepcopy(base)
+        values = dict(zip(grid, combination, strict=True))
+        for key, value in values.items():
+            OmegaConf.update(member, key, value, merge=False)
+        members.append(Member(member, values, build_model(member)))
+    return members
+
+
+def _check_grid_key(cfg, key, values):
+    if any(key == fixed or key.startswith(f"{fixed}.") for fixed in FIXED_KEYS):
+        raise ValueError(
+            f"grid.{key}: a grid varies what its networks do not share ({key} is one "
+            f"training set's, device's or store's); use a Hydra multirun (-m) for it."
+        )
+    if OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
+        raise ValueError(f"grid.{key}: {key} is not a key of the task's config.")
+    if not values:
+        raise ValueError(f"grid.{key}: no values.")
+
+
+_ABSENT = object()
+
+
+@contextmanager
+def task(cfg: DictConfig):
+    """The context of one task: yields its resolved :class:`Run`; on an interrupt or
+    a failure, ends the runs it leaves open (KILLED or FAILED, with the reason)."""
+    # First: a signal while the store is created or migrated waits for the database
+    # call to return, instead of killing the process inside it.
+    handle_signals()
+    run = resolve_run(cfg)
+    try:
+        with threadpool_limits(blas_threads(cfg.blas_threads)):
+            yield run
+    except KeyboardInterrupt:
+        end_runs(run.client, run.started, "KILLED", INTERRUPTED)
+        raise
+    except Exception as exc:
+        log.exception("%s failed", cfg.get("task_name", "the task"))
+        end_runs(
+            run.client, run.started, "FAILED", f"{type(exc).__name__}: {exc}"[:500]
+        )
+        raise
+
+
+def metric_value(metrics: dict, name: str | None):
+    """The value a sweeper optimises: ``metrics[name]`` (``cfg.optimized_metric``)."""
+    if name is None:
+        return None
+    if name not in metrics:
+        raise KeyError(
+            f"optimized_metric={name!r} is not among the run's metrics "
+            f"{sorted(metrics)}; set optimized_metric to one of them."
+        )
+    return metrics[name]
