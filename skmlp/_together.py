@@ -26,6 +26,7 @@ from sklearn.callback._callback_support import callback_management_context
 from skmlp._classifier import SGDMLPClassifier
 from skmlp._loop import train
 from skmlp._member import adopt
+from skmlp._warnings import warn
 
 
 def fit_together(estimators, X, y, *, sample_weight=None, n_jobs=None):
@@ -213,7 +214,7 @@ def _fit_in_workers(parts, X, n_jobs):
             adopt(member.estimator, est)
     for _, caught in fitted:  # here, where the caller's filters apply
         for message, category in caught:
-            warnings.warn(message, category, stacklevel=3)  # the fit_together call
+            warn(message, category)  # at the fit_together call
 
 
 def _fit_part(estimators, X, ys, weights):
