@@ -62,14 +62,12 @@ def run_members(
             set_up(run, inputs, member, own, label, parent_id, tags and tags(member))
         )
     seconds = fit_members(run, inputs, fittings)
-    together = run.cfg.get("together", True) and len(fittings) > 1
     results = []
     for fitting, fit_seconds in zip(fittings, seconds, strict=True):
         extra = None
         if extra_metrics is not None:
             extra = _bind(extra_metrics, fitting.member)
-        group = len(fittings) if together else 1
-        results.append(finish(run, inputs, fitting, fit_seconds, group, extra))
+        results.append(finish(run, inputs, fitting, fit_seconds, extra))
     if run.is_grid:
         return end_grid(run, parent_id, varied, results, summarize)
     if run.parent_id is None:  # a sweep's jobs leave it to the sweep's end

@@ -101,6 +101,12 @@ class Run:
         """Whether the task runs a grid (``cfg.grid``): a parent run and its members."""
         return bool(self.cfg.get("grid"))
 
+    @property
+    def fits_together(self) -> bool:
+        """Whether the members are fitted with one ``fit_together`` call: several,
+        and the config does not say ``together: false``."""
+        return len(self.members) > 1 and self.cfg.get("together", True)
+
 
 def resolve_run(cfg: DictConfig) -> Run:
     """Resolve the task's device, networks, store and experiment, in that order (a

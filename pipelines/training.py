@@ -165,22 +165,23 @@ def set_up(run, inputs, member, data, name, parent_id=None, tags=None) -> Fittin
     run.started.append(run_id)
     context = {**run.device.tags(), **tags}
     log_run_context(run.client, run_id, member.cfg, data, context, run.commit)
-    labels = {"fit": data.y_train, "test": data.y_test}
-    if inputs.rows is not None:
-        labels["train"] = data.y_train[inputs.rows]
-    if data.X_val is not None:
-        labels["val"] = data.y_val
-    labels = {
-        name: y
-        for name, (y, _) in run.device.put_sets(
-            {name: (y, None) for name, y in labels.items()}
-        ).items()
-    }
-    y = labels.pop("fit")
+    y, labels = labels_on_device(run, inputs, data)
     scoring = EpochScoring({k: (inputs.eval_X[k], labels[k]) for k in labels})
     callbacks = instantiate_callbacks(member.cfg.callbacks, scoring, run_id)
     member.estimator.set_callbacks(*callbacks)
     return Fitting(member, run_id, data, y, scoring)
+
+
+def labels_on_device(run, inputs, data):
+    """A member's training labels, and the labels of each evaluation set, on the
+    device."""
+    sets = {"fit": (data.y_train, None), "test": (data.y_test, None)}
+    if inputs.rows is not None:
+        sets["train"] = (data.y_train[inputs.rows], None)
+    if data.X_val is not None:
+        sets["val"] = (data.y_val, None)
+    labels = {key: y for key, (y, _) in run.device.put_sets(sets).items()}
+    return labels.pop("fit"), labels
 
 
 def instantiate_callbacks(callbacks_cfg, scoring, run_id=None):
@@ -204,10 +205,9 @@ def fit_members(run, inputs, fittings) -> list[float]:
     the config says ``together: false`` or there is one member.
     """
     estimators = [f.member.estimator for f in fittings]
-    together = run.cfg.get("together", True) and len(fittings) > 1
     with warnings.catch_warnings(), run.device.dispatch():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        if together:
+        if run.fits_together:
             log.info("fitting %d networks with one fit_together call", len(fittings))
             start = time.perf_counter()
             fit_together(estimators, inputs.X, [f.y for f in fittings])
@@ -220,7 +220,7 @@ def fit_members(run, inputs, fittings) -> list[float]:
         return seconds
 
 
-def finish(run, inputs, fitting, seconds, group_size=1, extra_metrics=None) -> dict:
+def finish(run, inputs, fitting, seconds, extra_metrics=None) -> dict:
     """Evaluate a fitted member, log its curves, final metrics (``extra_metrics(curves)``
     added), figures and model, end its run FINISHED; return its metrics."""
     model = fitting.member.estimator
@@ -236,8 +236,8 @@ def finish(run, inputs, fitting, seconds, group_size=1, extra_metrics=None) -> d
     if extra_metrics is not None:
         metrics.update(extra_metrics(table))
     mlflow.log_metrics(metrics)
-    if group_size > 1:
-        mlflow.set_tag(GROUP_TAG, group_size)
+    if run.fits_together:
+        mlflow.set_tag(GROUP_TAG, len(run.members))
     log_artifacts(pipeline, data, cfg, table)
     mlflow.end_run()
     run.started.remove(fitting.run_id)
