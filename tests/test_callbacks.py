@@ -67,6 +67,24 @@ def test_mlflow_logger_logs_what_scoring_recorded(digits, tmp_path):
     ]
 
 
+def test_mlflow_loggers_of_two_runs_log_to_their_own_runs(digits, tmp_path):
+    """Loggers given a run id each (a grid's members, none of them MLflow's active
+    run) write each their own scores to their own run."""
+    X, y = digits
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_tracking_uri(client.tracking_uri)
+    experiment_id = client.create_experiment("two")
+    runs = [client.create_run(experiment_id).info.run_id for _ in range(2)]
+    for run_id, rows in zip(runs, (slice(0, 50), slice(50, 150)), strict=True):
+        scoring = EpochScoring({"test": (X[rows], y[rows])})
+        _fit(digits, scoring, MLflowEpochLogger(scoring, run_id=run_id), max_iter=2)
+        history = client.get_metric_history(run_id, "test_accuracy")
+        assert [(m.step, m.value) for m in history] == [
+            (s.epoch, s.metrics["test_accuracy"]) for s in scoring.history
+        ]
+    assert mlflow.active_run() is None
+
+
 class InterruptAt(_EpochCallback):
     """Ctrl-C at the end of epoch ``epoch`` (after the callbacks before it ran)."""
 
