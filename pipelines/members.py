@@ -57,6 +57,8 @@ def run_members(
     fittings = []
     for member in run.members:
         own = data if member_data is None else member_data(member, data)
+        if own.X_train is not data.X_train:
+            raise ValueError("a member's training inputs must be the shared ones")
         label = member_name(run, member, varied, name)
         fittings.append(
             set_up(run, inputs, member, own, label, parent_id, tags and tags(member))
@@ -96,11 +98,12 @@ def member_name(run, member, varied, name) -> str:
 
 
 def start_grid(run, varied) -> str:
-    """Start the parent run of a grid (a child of the multirun's parent, if any)."""
+    """Start the parent run of a grid: ``sweep-<time>``, or in a multirun a child of
+    its parent, named by the job's swept values."""
     out_dir = HydraConfig.get().runtime.output_dir
     tags = {"skmlp.sweep_dir": out_dir, "skmlp.git_commit": run.commit}
     tags[SWEPT_TAG] = json.dumps(varied)
-    name = f"sweep-{Path(out_dir).name}"
+    name = sweep_run_name(run.client, run.parent_id) or f"sweep-{Path(out_dir).name}"
     parent_id = start_run(run.client, run.experiment_id, name, run.parent_id, tags)
     run.started.append(parent_id)
     return parent_id
