@@ -79,7 +79,9 @@ def main():
                 print(f"round {round_ + 1} of {args.rounds} done", flush=True)
         finally:
             subprocess.run(
-                ["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, check=False
+                ["git", "worktree", "remove", "--force", str(base)],
+                cwd=ROOT,
+                check=False,
             )
     print(f"\n{' '.join(script)}: median ratio at {args.base} and in the working tree")
     for key, values in collected["tree"].items():

@@ -10,6 +10,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("skmlp", "pipelines")
 MAX_LINES = 500
+# May import project modules inside functions: their --help and --cfg job start fast.
+ENTRY_POINTS = {"pipelines.train", "pipelines.memorization", "pipelines.grid_search"}
 
 
 @pytest.mark.parametrize("args", [["check", "."], ["format", "--check", "."]])
@@ -31,11 +33,11 @@ def _modules():
     return modules
 
 
-def _imported(tree, modules):
+def _imported(tree, modules, nodes=None):
     """The project modules a module imports, anywhere in it (a function's body
-    included: an import hidden there still closes a circle)."""
+    included: an import hidden there still closes a circle), or in ``nodes``."""
     found = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(tree) if nodes is None else nodes:
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
@@ -82,6 +84,19 @@ def find_circle(graph):
 def test_no_import_circle():
     circle = find_circle(import_graph())
     assert circle is None, "import circle: " + " -> ".join(circle)
+
+
+def test_project_modules_are_imported_at_the_top_but_by_entry_points():
+    """An import inside a function hides a dependency (and once hid a circle);
+    only the entry points defer theirs, for their start-up."""
+    modules, hidden = _modules(), {}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text())
+        inner = [node for node in ast.walk(tree) if node not in tree.body]
+        found = _imported(tree, modules, inner)
+        if found and name not in ENTRY_POINTS:
+            hidden[name] = sorted(found)
+    assert not hidden, f"project modules imported inside functions: {hidden}"
 
 
 def test_the_circle_finder_finds_a_circle():
