@@ -62,18 +62,15 @@ def breakdown(overrides):
 
     import pipelines.data
     import pipelines.train as entry
-    from pipelines import training
+    from pipelines import members, run, training
 
     # Everything a run imports, whether the entry point imports it at the top or lazily.
     TIMES["imports"] = (time.perf_counter() - START, time.process_time() - START_CPU)
     timed(pipelines.data, "load_data", "data")
-    if hasattr(entry, "load_data"):  # imported at the top of the entry point
-        entry.load_data = pipelines.data.load_data
-    for name in ("setup_experiment", "log_run_context"):
-        timed(training, name, "MLflow set-up")
-    timed(mlflow, "start_run", "MLflow set-up")
-    timed(training, "fit", "fit")
-    fit = training.fit  # the timed one
+    timed(run, "resolve_run", "run resolved")  # device, networks, store, experiment
+    timed(members, "set_up", "MLflow set-up")  # each member's run
+    timed(members, "fit_members", "fit")
+    fit = members.fit_members  # the timed one
     timed(training, "evaluate", "final evaluation")
     for name in ("plot_learning_curves", "plot_confusion_matrix"):
         timed(training, name, "figures")
@@ -84,12 +81,13 @@ def breakdown(overrides):
     timed(mlflow, "end_run", "ending")
     seconds = {}
 
-    def fit_and_count(cfg, data, sets):
-        pipeline, elapsed, curves = fit(cfg, data, sets)
-        seconds["training"] = float(curves["seconds"].sum())
-        return pipeline, elapsed, curves
+    def fit_and_count(run_, inputs, fittings):
+        result = fit(run_, inputs, fittings)
+        epochs = [f.member.estimator.history_["seconds"].sum() for f in fittings]
+        seconds["training"] = float(sum(epochs))
+        return result
 
-    training.fit = fit_and_count
+    members.fit_members = fit_and_count
     sys.argv = [entry.__file__, *COMMAND[2:], *overrides]
     main_start = time.perf_counter(), time.process_time()
     try:

@@ -88,7 +88,7 @@ array_api_tests() {
 
 memorization() {
     # shellcheck disable=SC2086 # extra overrides, one per word
-    python -m pipelines.memorization "device=$DEVICE" "hydra.sweep.dir=$OUT/memorization" \
+    python -m pipelines.memorization "device=$DEVICE" "hydra.run.dir=$OUT/memorization" \
         $MEMORIZATION_ARGS
 }
 
