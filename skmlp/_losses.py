@@ -90,4 +90,7 @@ def weight_decay(learning_rate, alpha, total_weight):
 def l2_cost(alpha, squares, n_rows, total_weight):
     """The L2 term of a batch's mean cost, ``alpha / (2 n) * squares``, times its
     ``n_rows`` (``n`` is ``total_weight``, the rows or the sum of their weights)."""
-    return 0.5 * alpha * squares * (n_rows / total_weight)
+    cost = 0.5 * alpha * squares
+    if isinstance(total_weight, float) and total_weight == n_rows:  # no weights
+        return cost
+    return cost * (n_rows / total_weight)
