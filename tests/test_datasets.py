@@ -247,6 +247,7 @@ def serve_trickle():
 LOAD = "import sys; from skmlp.datasets import load_mnist; load_mnist(mirrors=sys.argv[1:])"
 
 
+@pytest.mark.slow
 def test_processes_finding_the_same_corrupt_cached_file_all_load(
     isolated, serve, mnist_dir, tmp_path
 ):

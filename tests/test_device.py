@@ -138,6 +138,7 @@ def test_scipy_imported_without_its_array_api_mode_is_a_clear_error(tmp_path):
     assert "set the environment variable SCIPY_ARRAY_API=1" in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "setting, tag",
     [
@@ -190,6 +191,7 @@ def test_a_missing_gpu_fails_before_any_run(store, tmp_path, command):
     assert not (tmp_path / "mlruns").exists()  # no store, no run left behind
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "setting, tag",
     [("torch:cpu", "torch:cpu"), pytest.param("cuda", "cuda:0", marks=needs_cuda)],
@@ -215,6 +217,7 @@ def test_grid_search_on_torch(store, tmp_path, setting, tag):
     assert parent.data.metrics["final_test_accuracy"] > 0.5
 
 
+@pytest.mark.slow
 def test_memorization_on_torch(store, tmp_path):
     """The memorization task on the digits, a grid of one."""
     uri, env = store

@@ -206,6 +206,7 @@ def assert_reaped(uri, run):
     assert run.data.tags["skmlp.pid"] in reason and "gone" in reason
 
 
+@pytest.mark.slow
 def test_the_reap_command_marks_runs_of_killed_processes_failed(store, tmp_path):
     uri, env = store
     run = kill_9_a_running_training(uri, env, tmp_path)
@@ -214,6 +215,7 @@ def test_the_reap_command_marks_runs_of_killed_processes_failed(store, tmp_path)
     assert_reaped(uri, run)
 
 
+@pytest.mark.slow
 def test_the_next_pipeline_run_reaps_runs_of_killed_processes(store, tmp_path):
     uri, env = store
     run = kill_9_a_running_training(uri, env, tmp_path)
@@ -270,6 +272,7 @@ def test_a_tracking_uri_with_nothing_listening_fails_fast_naming_it(store, tmp_p
     assert "MLFLOW_TRACKING_URI" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_tracking_server_that_never_answers_fails_fast_naming_it(store, tmp_path):
     with server_that_holds_connections() as port:
         uri = f"http://127.0.0.1:{port}"

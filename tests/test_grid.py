@@ -33,6 +33,7 @@ def members(uri, experiment):
     return client, parent, {tuple(r.data.params[k] for k in KEY): r for r in children}
 
 
+@pytest.mark.slow
 def test_a_grid_equals_separate_runs(store, tmp_path):
     """Two shapes x two learning rates in one fit_together call: each member its own
     child run, with the curves and final metrics of a run of its own (a multirun)."""
@@ -124,6 +125,7 @@ def test_a_failing_job_of_a_multirun_fails_alone(store, tmp_path):
     assert "no_such_score" in jobs["no_such_score"].data.tags["skmlp.end_reason"]
 
 
+@pytest.mark.slow
 def test_learning_rates_preset_is_one_joint_fit(store, tmp_path):
     uri, env = store
     train(env, tmp_path, "sweep=learning_rates", "tracking.experiment_name=preset")

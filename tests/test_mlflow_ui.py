@@ -100,6 +100,7 @@ def sweep_2x2(store, tmp_path):
     return client, parent, children, result.stdout
 
 
+@pytest.mark.slow
 def test_sweep_parent_carries_the_summary(sweep_2x2):
     client, parent, children, _ = sweep_2x2
     objective = "final_test_accuracy"
@@ -119,6 +120,7 @@ def test_sweep_parent_carries_the_summary(sweep_2x2):
     assert table["run"].iloc[0] == best.info.run_name
 
 
+@pytest.mark.slow
 def test_sweep_runs_have_short_distinct_names_and_the_dataset(sweep_2x2):
     client, parent, children, _ = sweep_2x2
     names = {run.info.run_name for run in children}
@@ -138,6 +140,7 @@ def test_sweep_runs_have_short_distinct_names_and_the_dataset(sweep_2x2):
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
 
+@pytest.mark.slow
 def test_sweep_ends_by_printing_how_to_open_its_view(sweep_2x2, store):
     uri, _ = store
     client, parent, _, output = sweep_2x2
@@ -211,6 +214,7 @@ def test_grid_search_parent_carries_the_summary(store, tmp_path):
     assert {"sweep_summary.json", "objective.png"} <= artifacts
 
 
+@pytest.mark.slow
 def test_memorization_parent_carries_the_summary(store, tmp_path):
     uri, env = store
     run_entry_point(

@@ -82,6 +82,7 @@ def test_cfg_job_shows_the_resolved_config(store, tmp_path):
     assert "alpha: 0.5" in result.stdout
 
 
+@pytest.mark.slow
 def test_multirun_is_one_parent_with_a_child_per_job(store, tmp_path):
     uri, env = store
     run_entry_point(
@@ -114,6 +115,7 @@ def test_multirun_is_one_parent_with_a_child_per_job(store, tmp_path):
     assert all(r.info.status == "FINISHED" for r in runs)
 
 
+@pytest.mark.slow
 def test_joblib_launcher_runs_two_jobs_at_once(store, tmp_path):
     uri, env = store
     run_entry_point(
@@ -139,6 +141,7 @@ def test_joblib_launcher_runs_two_jobs_at_once(store, tmp_path):
     assert {r.data.params["blas_threads"] for r in children} == {"auto"}
 
 
+@pytest.mark.slow
 def test_sweep_preset_runs_without_dash_m(store, tmp_path):
     uri, env = store
     run_entry_point(
@@ -151,6 +154,7 @@ def test_sweep_preset_runs_without_dash_m(store, tmp_path):
     assert len(parent_and_children(runs)[1]) == 8
 
 
+@pytest.mark.slow
 def test_optuna_sweeper(store, tmp_path):
     uri, env = store
     run_entry_point(
@@ -170,6 +174,7 @@ def test_optuna_sweeper(store, tmp_path):
     assert len({r.data.params["model.learning_rate_init"] for r in children}) == 3
 
 
+@pytest.mark.slow
 def test_submitit_local_launcher(store, tmp_path):
     """The cluster path (submitit), exercised with its local executor."""
     uri, env = store
@@ -191,6 +196,7 @@ def test_submitit_local_launcher(store, tmp_path):
     assert len(children) == 2 and all(r.info.status == "FINISHED" for r in runs)
 
 
+@pytest.mark.slow
 def test_grid_search_logs_a_child_per_candidate(store, tmp_path):
     uri, env = store
     run_entry_point(
@@ -212,6 +218,7 @@ def test_grid_search_logs_a_child_per_candidate(store, tmp_path):
     assert all("mean_cv_accuracy" in r.data.metrics for r in children)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_run_ends_killed_not_running(store, tmp_path, sig):
     uri, env = store
@@ -263,6 +270,7 @@ def _experiment_or_none(client, name):
         return None
 
 
+@pytest.mark.slow
 def test_mlflow_server_serves_the_runs(store, tmp_path):
     uri, env = store
     run_entry_point(
@@ -312,6 +320,7 @@ def test_mlflow_server_serves_the_runs(store, tmp_path):
     assert metrics["final_test_accuracy"] > 0.5
 
 
+@pytest.mark.slow
 def test_missing_data_files_fail_the_run_before_it_starts(store, tmp_path):
     """The data are read in a thread while MLflow is imported: a missing file still
     fails the command with the loader's message, and no run is left behind."""

@@ -111,6 +111,20 @@ def test_ci_runs_the_readme_test_command():
     assert command in ci
 
 
+def test_ci_runs_the_slow_tests_too():
+    """The quick suite skips the slow tests; the README's second command runs them,
+    and so does CI, after the first."""
+    (command,) = [
+        code.strip()
+        for lang, code in BLOCKS
+        if lang == "bash" and "pytest" in code and "-m slow" in code
+    ]
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert command in ci
+    quick = [i for i, line in enumerate(ci) if line.endswith("-m pytest -n 2")]
+    assert quick and quick[0] < ci.index(command)
+
+
 def test_ci_installs_what_optional_tests_need():
     """Outside CI the torch tests may skip; CI must run them: ``.ci/run`` installs the
     torch extra into the venv of the README's test command, before that command."""

@@ -21,6 +21,7 @@ def test_each_epoch_is_a_log_line_in_the_console_and_the_log_file(store, tmp_pat
         assert "test_accuracy 0." in text and "test accuracy" in text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "quiet", [["~callbacks.log_epoch"], ["hydra/job_logging=disabled"]]
 )

@@ -46,6 +46,7 @@ def quiet_env(uri):
     return env
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("trial", range(3))
 def test_a_fresh_store_opened_by_four_processes_at_once_works(tmp_path, trial):
     """Unguarded, 2 in 3 such trials crashed a process or left the schema half-made."""

@@ -2,11 +2,13 @@
 logging, see pipelines/training.py), with MLflow's caution about it said once, not once
 per run of a sweep."""
 
+import pytest
 from helpers import run_entry_point, runs_of
 
 from pipelines.training import PICKLE_CAUTION
 
 
+@pytest.mark.slow
 def test_a_sweep_logs_each_model_and_cautions_once(store, tmp_path):
     uri, env = store
     result = run_entry_point(

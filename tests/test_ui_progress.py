@@ -4,11 +4,13 @@ Hydra's joblib launcher (each job in a worker process, with its own log file).""
 
 from pathlib import Path
 
+import pytest
 from helpers import run_entry_point, runs_of
 
 BAR = "SGDMLPClassifier - fit"
 
 
+@pytest.mark.slow
 def test_progress_bar_in_a_parallel_sweep_without_a_terminal(store, tmp_path):
     uri, env = store
     result = run_entry_point(
