@@ -83,7 +83,7 @@ array_api_tests() {
     # sklearn's check_array_api_input runs on torch CUDA and CuPy where they exist;
     # test_device.py runs the train pipeline end to end with device=cuda and cupy.
     python -m pytest "${files[@]}" -q -rs -p no:cacheprovider -n 4 \
-        -k "array_api or cupy or cuda or end_to_end"
+        -m "slow or not slow" -k "array_api or cupy or cuda or end_to_end"
 }
 
 memorization() {
