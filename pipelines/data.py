@@ -6,6 +6,8 @@ import hydra
 from sklearn.model_selection import train_test_split
 from sklearn.utils import Bunch
 
+from skmlp.datasets import DataError
+
 
 def load_data(cfg, seed):
     """Train, validation and test arrays for ``cfg.data``.
@@ -13,7 +15,14 @@ def load_data(cfg, seed):
     ``n_train`` / ``n_test`` take stratified random subsets; ``validation_size``
     (a count or a fraction) holds part of the training set out for validation.
     """
-    data = hydra.utils.instantiate(cfg.loader)
+    loader = hydra.utils.instantiate(cfg.loader, _partial_=True)
+    try:
+        data = loader()  # called here: its own error, not Hydra's wrapping of it
+    except DataError as exc:
+        raise DataError(
+            f"{exc}\nWith the pipelines, name the directory by the override "
+            "data.loader.data_dir=/that/directory (or set the environment variable)."
+        ) from None
     X_train, y_train = _subset(data.X_train, data.y_train, cfg.n_train, seed)
     X_test, y_test = _subset(data.X_test, data.y_test, cfg.n_test, seed)
     X_val = y_val = None

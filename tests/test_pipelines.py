@@ -348,6 +348,8 @@ def test_missing_data_files_fail_the_run_before_it_starts(store, tmp_path):
     output = result.stdout + result.stderr
     assert "train-images-idx3-ubyte.gz not found" in output, output[-3000:]
     assert str(empty) in output and "SKMLP_MNIST_DIR" in output
+    assert "data.loader.data_dir=/that/directory" in output  # the Hydra override
+    assert "InstantiationException" not in output  # the loader's own error
     client = MlflowClient(uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
     assert client.search_runs(experiments) == []
