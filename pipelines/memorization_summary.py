@@ -1,5 +1,6 @@
 """The memorization grid's parent run: its members' summary table and figures."""
 
+import logging
 import os
 import warnings
 
@@ -8,6 +9,17 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from skmlp.plots import plot_memorization_summary
+
+log = logging.getLogger(__name__)
+# What the console shows of each run: the memorization experiment's answer.
+CONSOLE_COLUMNS = [
+    "hidden_layer_sizes",
+    "p",
+    "final_train_accuracy",
+    "final_test_accuracy",
+    "epochs",
+    "time_to_fit",
+]
 
 
 def log_memorization_summary(client: MlflowClient, parent_id: str, out_dir: str):
@@ -23,6 +35,10 @@ def log_memorization_summary(client: MlflowClient, parent_id: str, out_dir: str)
     path = os.path.join(out_dir, "summary.csv")
     table.to_csv(path, index=False)
     client.log_artifact(parent_id, path)
+    shown = table[CONSOLE_COLUMNS].to_string(
+        index=False, float_format=lambda value: f"{value:.4f}"
+    )
+    log.info("Memorization, per network and corruption level p:\n%s", shown)
 
 
 def collect(client, parent_id):

@@ -33,6 +33,7 @@ def search(run, data):
         n_jobs=1 if run.device.is_gpu else cfg.search.n_jobs,
         scoring="accuracy",
         error_score="raise",
+        verbose=cfg.search.verbose,  # 2: a line per candidate and fold, as they end
     )
     sets = run.device.put_sets(
         {"train": (data.X_train, data.y_train), "test": (data.X_test, data.y_test)}

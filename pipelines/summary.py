@@ -9,6 +9,7 @@ children and a figure of the objective against each swept parameter.
 
 import functools
 import json
+import logging
 import time
 import warnings
 
@@ -20,6 +21,8 @@ from mlflow.tracking import MlflowClient
 
 from pipelines.ui import run_link, runs_link, save_runs_view
 from skmlp.plots import plot_objective
+
+log = logging.getLogger(__name__)
 
 SWEPT_TAG = "skmlp.swept_params"
 OBJECTIVE_TAG = "skmlp.objective"
@@ -122,6 +125,16 @@ def children_table(children, swept, objective):
     return table.sort_values(objective, ascending=False, na_position="last")
 
 
+def ranked(table, children):
+    """``children_table`` as console text: the test accuracy beside the objective
+    where runs log it, numbers to 4 decimals, no run ids."""
+    table = table.drop(columns="run_id")
+    tested = {c.info.run_name: c.data.metrics.get(TEST_ACCURACY) for c in children}
+    if TEST_ACCURACY not in table and any(v is not None for v in tested.values()):
+        table.insert(len(table.columns) - 1, TEST_ACCURACY, table["run"].map(tested))
+    return table.to_string(index=False, float_format=lambda value: f"{value:.4f}")
+
+
 def log_sweep_summary(client: MlflowClient, parent_id: str, swept) -> str | None:
     """Give a sweep's parent run the summary of its children.
 
@@ -141,6 +154,9 @@ def log_sweep_summary(client: MlflowClient, parent_id: str, swept) -> str | None
         return None  # no finished child, or children that optimise different things
     (objective,) = objectives
     table = children_table(children, swept, objective).reset_index(drop=True)
+    log.info(
+        "The sweep's %d runs, best first:\n%s", len(table), ranked(table, children)
+    )
     client.log_table(parent_id, table, "sweep_summary.json")
     # A swept config group (data=digits,mnist) is no run parameter: only in the names.
     params = [key for key in swept if table[key].notna().any()]

@@ -34,6 +34,33 @@ def members(uri, experiment):
 
 
 @pytest.mark.slow
+def test_a_grid_ends_with_its_runs_ranked_on_the_console(store, tmp_path):
+    uri, env = store
+    result = train(
+        env,
+        tmp_path,
+        "+grid.model.learning_rate_init=[0.001,0.1,0.02]",
+        "tracking.experiment_name=ranked",
+    )
+    output = result.stdout + result.stderr
+    table = output.split("The sweep's 3 runs, best first:\n", 1)[1].splitlines()
+    header, rows = table[0].split(), [line.split() for line in table[1:4]]
+    assert header == [
+        "run",
+        "model.learning_rate_init",
+        "final_test_accuracy",
+        "status",
+    ]
+    accuracies = [float(row[2]) for row in rows]
+    assert accuracies == sorted(accuracies, reverse=True)
+    assert all(len(row[2].split(".")[1]) == 4 for row in rows)  # 4 decimals
+    _, runs = runs_of(uri, "ranked")
+    best = max(runs, key=lambda r: r.data.metrics.get("final_test_accuracy", -1))
+    assert rows[0][0] == best.info.run_name
+    assert "See the runs in the MLflow UI" in output.split("best first:")[1]
+
+
+@pytest.mark.slow
 def test_a_grid_equals_separate_runs(store, tmp_path):
     """Two shapes x two learning rates in one fit_together call: each member its own
     child run, with the curves and final metrics of a run of its own (a multirun)."""

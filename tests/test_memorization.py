@@ -69,7 +69,20 @@ def test_quick_configuration_end_to_end(store, tmp_path, mnist, together):  # no
         "grid.model.hidden_layer_sizes=[[16,16],[512]]",
         *together,
     ]
-    run_entry_point("pipelines.memorization", args, env, tmp_path, timeout=900)
+    result = run_entry_point("pipelines.memorization", args, env, tmp_path, timeout=900)
+    # the console gives the answer: train and test accuracy per network and level p
+    output = result.stdout + result.stderr
+    shown = output.split("Memorization, per network and corruption level p:\n")[1]
+    header, *rows = shown.splitlines()[:5]
+    assert header.split() == [
+        "hidden_layer_sizes",
+        "p",
+        "final_train_accuracy",
+        "final_test_accuracy",
+        "epochs",
+        "time_to_fit",
+    ]
+    assert len(rows) == 4
     client, runs = runs_of(uri, "memorization")
     (parent,), children = parent_and_children(runs)
     assert len(children) == 4 and parent.info.status == "FINISHED"

@@ -6,7 +6,8 @@ Python; never a downloaded browser. Skipped only where either cannot be had.
 
 The same test makes the README's screenshots: to rewrite them, run
 
-    SKMLP_SCREENSHOTS=tests/screenshots .venv/bin/python -m pytest -m slow tests/test_mlflow_browser.py
+    SKMLP_SCREENSHOTS=tests/screenshots .venv/bin/python -m pytest -m slow \
+        tests/test_mlflow_browser.py
 """
 
 import os

@@ -199,7 +199,7 @@ def test_submitit_local_launcher(store, tmp_path):
 @pytest.mark.slow
 def test_grid_search_logs_a_child_per_candidate(store, tmp_path):
     uri, env = store
-    run_entry_point(
+    result = run_entry_point(
         "pipelines.grid_search",
         [
             "data=digits",
@@ -210,6 +210,9 @@ def test_grid_search_logs_a_child_per_candidate(store, tmp_path):
         env,
         tmp_path,
     )
+    output = result.stdout + result.stderr
+    assert output.count("[CV] END ") == 16  # progress: a line per candidate and fold
+    assert "The sweep's 8 runs, best first:" in output
     client, runs = runs_of(uri, "gs")
     parents, children = parent_and_children(runs)
     assert len(parents) == 1 and len(children) == 8
