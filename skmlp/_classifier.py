@@ -109,9 +109,8 @@ class SGDMLPClassifier(
         input in float32 and uses float64 otherwise.
     capture : bool, default=True
         On torch CUDA tensors and CuPy arrays, capture the epoch once per ``fit`` as
-        one CUDA graph and replay it every epoch (the first epoch runs eagerly, as the
-        warm-up). The weights are those of the eager loop up to float rounding. False
-        runs every epoch eagerly; NumPy, sparse and CPU input always do.
+        one CUDA graph and replay it every epoch (the first epoch, eager, warms up):
+        the eager loop's weights up to float rounding. False: every epoch eager.
 
     Attributes
     ----------
@@ -162,10 +161,11 @@ class SGDMLPClassifier(
     cost exceeds 1e6 times that of guessing (``log(n_classes)`` for the cross-entropy,
     ``n_outputs / 4`` for the quadratic cost): the data term is bounded, so such a cost
     means weights grown without bound, which float64 can carry for many epochs. The
-    same rule holds on every path (NumPy, sparse, array API, captured GPU epochs). The
-    weights of the last good epoch are kept, training stops and a ConvergenceWarning
-    says so. A ``fit`` or ``partial_fit`` that raises leaves the estimator exactly as
-    it was; one interrupted mid-epoch (Ctrl-C) keeps its completed epochs.
+    rule holds on every path (NumPy, sparse, array API, GPU graphs). The last good
+    epoch's weights are kept (with early stopping: the best validation epoch's) and a
+    ConvergenceWarning says so; with no good epoch yet, the call raises a ValueError.
+    A ``fit`` or ``partial_fit`` that raises leaves the estimator exactly as it was;
+    one interrupted mid-epoch (Ctrl-C) keeps its completed epochs.
 
     Examples
     --------
@@ -430,7 +430,8 @@ class SGDMLPClassifier(
     def _fit(self, X, y, sample_weight, *, incremental, classes=None):
         if incremental and self.early_stopping:
             raise ValueError("partial_fit does not support early_stopping=True.")
-        train([self._member(X, y, sample_weight, incremental, classes)])
+        train([member := self._member(X, y, sample_weight, incremental, classes)])
+        member.raise_failure()
         return self
 
     def _member(self, X, y, sample_weight, incremental, classes, validate=False):

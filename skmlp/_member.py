@@ -68,6 +68,7 @@ class Member:
         self.epochs, self.incremental, self.arguments = epochs, incremental, arguments
         self.best_params, self.n_epochs, self.numpy_step = None, 0, None
         self.before = None  # the estimator before the call (set by its ``_member``)
+        self.failure = None  # diverged before any good epoch: the call's error
 
     @property
     def n_samples(self):
@@ -105,6 +106,8 @@ class Member:
             reconstruction_attributes=self.estimator._reconstruction_attributes,
         )
         stopped = bool(converged or stop)
+        if self.failure is not None:  # no model to finish: the call raises
+            return True
         if stopped or self.n_epochs == self.epochs:
             self.finish(stopped)
             return True
@@ -138,10 +141,19 @@ class Member:
         """Judge and record an epoch of mean cost ``loss``; True when training stops.
 
         ``saved`` is the ``snapshot()`` taken before the epoch, put back if it
-        diverged.
+        diverged. A network that diverges before any good epoch has no model to keep:
+        ``failure`` then holds the error its call raises (``raise_failure``).
         """
         if self.diverged(loss):
             self.restore(saved)
+            if not self.state.records:
+                self.failure = ValueError(
+                    f"Training diverged in its first epoch (the loss became {loss:.4g}) "
+                    "and no epoch trained well, so there is no model to keep; the "
+                    "estimator is left as it was. Lower learning_rate_init (now "
+                    f"{self.optimizer.learning_rate_init})."
+                )
+                return True
             warn(
                 f"Training diverged in epoch {len(self.state.records) + 1}: the loss "
                 f"became {loss:.4g}. The weights of epoch {len(self.state.records)} "
@@ -220,6 +232,12 @@ class Member:
     def put_back(self):
         """The estimator as it was before this call (nothing of it trained)."""
         put_back(self.estimator, self.before)
+
+    def raise_failure(self):
+        """If training failed (``failure``): the estimator as it was, and the error."""
+        if self.failure is not None:
+            self.put_back()
+            raise self.failure
 
     def snapshot(self):
         """Everything an epoch changes, to undo a diverged or interrupted epoch."""

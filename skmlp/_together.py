@@ -134,7 +134,24 @@ def fit_together(estimators, X, y, *, sample_weight=None, n_jobs=None):
                 member.put_back()
             raise
     _fit_groups(groups)
+    _raise_failures(estimators, members)
     return estimators
+
+
+def _raise_failures(estimators, members):
+    """Members whose fit would have raised (diverged before any good epoch): each
+    put back as it was, one error naming them all; the others stay fitted."""
+    failed = [m for m in members if m.failure is not None]
+    for member in failed:
+        member.put_back()
+    if failed:
+        index = {id(est): i for i, est in enumerate(estimators)}
+        raise ValueError(
+            "fit_together: the other estimators were fitted, but not "
+            + "; ".join(
+                f"estimators[{index[id(m.estimator)]}]: {m.failure}" for m in failed
+            )
+        )
 
 
 def _fit_groups(groups):
@@ -209,10 +226,13 @@ def _fit_in_workers(parts, X, n_jobs):
         )
         for part in parts
     )
-    for part, (estimators, _) in zip(parts, fitted, strict=True):
-        for member, est in zip(part, estimators, strict=True):
-            adopt(member.estimator, est)
-    for _, caught in fitted:  # here, where the caller's filters apply
+    for part, (estimators, _, failures) in zip(parts, fitted, strict=True):
+        for member, est, failure in zip(part, estimators, failures, strict=True):
+            if failure is None:
+                adopt(member.estimator, est)
+            else:  # left as it was (put back above); raised with the others
+                member.failure = ValueError(failure)
+    for _, caught, _ in fitted:  # here, where the caller's filters apply
         for message, category in caught:
             warn(message, category)  # at the fit_together call
 
@@ -227,7 +247,8 @@ def _fit_part(estimators, X, ys, weights):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         _fit_groups(_groups(members))
-    return estimators, [(str(w.message), w.category) for w in caught]
+    failures = [None if m.failure is None else str(m.failure) for m in members]
+    return estimators, [(str(w.message), w.category) for w in caught], failures
 
 
 def _per_member(values, n_members, name):

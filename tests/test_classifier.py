@@ -411,22 +411,57 @@ def test_invscaling_schedule(digits):
     )
 
 
-def test_divergence_warns_and_keeps_finite_weights(digits):
+def test_divergence_warns_and_keeps_the_last_good_epoch(digits):
     X, y = digits
-    clf = SGDMLPClassifier(
-        (32,),
-        activation="identity",
-        learning_rate_init=50.0,
-        max_iter=20,
-        random_state=0,
-    )
-    with pytest.warns(ConvergenceWarning, match="diverged in epoch 1: the loss became"):
-        clf.fit(X * 16, y)
+    params = dict(activation="identity", learning_rate_init=0.2, batch_size=64)
+    clf = SGDMLPClassifier((16, 8), **params, max_iter=6, random_state=0)
+    with pytest.warns(ConvergenceWarning, match="diverged in epoch 3: the loss became"):
+        clf.fit(X, y)
     weights = clf.coefs_ + clf.intercepts_
     assert all(np.isfinite(w).all() for w in weights)
-    assert clf.n_iter_ == len(clf.loss_curve_) < 20
+    assert clf.n_iter_ == len(clf.loss_curve_) == 2
     assert all(np.isfinite(clf.loss_curve_))
     assert np.isfinite(clf.predict_proba(X)).all()
+    two = quiet_fit(
+        SGDMLPClassifier((16, 8), **params, max_iter=2, random_state=0), X, y
+    )
+    assert_same_weights(clf, two, rtol=0)
+
+
+def test_divergence_with_early_stopping_keeps_the_best_validation_epoch(digits):
+    """As MLPClassifier ends (scikit-learn gh-29504): the best epoch by validation
+    score, not the last good one."""
+    X, y = digits
+    params = dict(
+        hidden_layer_sizes=(16, 8), activation="identity", batch_size=64,
+        learning_rate_init=0.2, early_stopping=True, n_iter_no_change=50,
+        random_state=0,
+    )  # fmt: skip
+    clf = SGDMLPClassifier(**params, max_iter=20)
+    with pytest.warns(ConvergenceWarning, match="diverged in epoch"):
+        clf.fit(X, y)
+    good = clf.n_iter_
+    scores = clf.validation_scores_
+    assert good >= 2 and np.argmax(scores) < good - 1  # the last good one is not best
+    reference = quiet_fit(SGDMLPClassifier(**params, max_iter=good), X, y)
+    assert reference.validation_scores_ == scores
+    assert_same_weights(clf, reference, rtol=0)  # both end on the best epoch
+
+
+def test_divergence_in_the_first_epoch_raises_and_changes_nothing(digits):
+    X, y = digits
+    params = dict(activation="identity", max_iter=20, random_state=0)
+    clf = SGDMLPClassifier((32,), learning_rate_init=50.0, **params)
+    with pytest.raises(ValueError, match="diverged in its first epoch .* no model"):
+        clf.fit(X * 16, y)
+    assert not hasattr(clf, "coefs_")  # unfitted, as before the call
+    fitted = quiet_fit(SGDMLPClassifier((32,), learning_rate_init=0.01, **params), X, y)
+    before = [np.copy(w) for w in fitted.coefs_ + fitted.intercepts_]
+    with pytest.raises(ValueError, match="diverged in its first epoch"):
+        fitted.set_params(learning_rate_init=50.0).fit(X * 16, y)
+    after = fitted.coefs_ + fitted.intercepts_
+    assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
+    assert fitted.n_iter_ == len(fitted.loss_curve_) == 20
 
 
 # -------------------------------------------------------------------- callbacks
@@ -751,7 +786,8 @@ def test_n_iter_counts_each_fit_and_partial_fit_adds_one(digits):
 
 @pytest.mark.parametrize("data", ["dense", "sparse", "torch"])
 def test_divergence_with_finite_numbers_in_float64(digits, data):
-    """lr=1e6 in float64: losses of 1e38 and more, all finite; caught at epoch 1."""
+    """lr=1e6 in float64: losses of 1e38 and more, all finite; caught at epoch 1,
+    before any good epoch: the fit raises."""
     X, y = digits
     params = dict(hidden_layer_sizes=(32,), learning_rate_init=1e6, max_iter=10)
     clf = SGDMLPClassifier(**params, random_state=0, dtype="float64")
@@ -761,9 +797,6 @@ def test_divergence_with_finite_numbers_in_float64(digits, data):
     elif data == "sparse":
         X = sp.csr_matrix(X)
     with config_context(array_api_dispatch=data == "torch"):
-        with pytest.warns(ConvergenceWarning, match="diverged in epoch 1: the loss"):
+        with pytest.raises(ValueError, match="diverged in its first epoch"):
             clf.fit(X, y)
-    assert clf.n_iter_ == 0 and clf.loss_curve_ == []
-    # the initial weights were kept: within Glorot's bound sqrt(6 / (fan_in + fan_out))
-    for W in clf.coefs_:
-        assert np.abs(np.asarray(W)).max() <= np.sqrt(6 / sum(W.shape))
+    assert not hasattr(clf, "coefs_")  # left as it was: unfitted

@@ -18,6 +18,7 @@ from helpers import (
     free_port,
     output_of,
     run_entry_point,
+    runs_of,
     start,
     wait_for,
 )
@@ -319,3 +320,21 @@ def test_an_int_layer_size_and_no_train_sample_run_as_meant(store, tmp_path):
     client = MlflowClient(uri)
     assert len(client.get_metric_history(run.info.run_id, "test_accuracy")) == 3
     assert client.get_metric_history(run.info.run_id, "train_accuracy") == []
+
+
+def test_a_run_that_diverges_before_any_good_epoch_fails_saying_so(store, tmp_path):
+    """No model to keep: the run ends FAILED with the reason, the command exits 1."""
+    uri, env = store
+    args = [
+        "data=digits",
+        "model.learning_rate_init=1e6",
+        "model.max_iter=3",
+        "tracking.log_model=false",
+        "tracking.experiment_name=diverged",
+    ]
+    result = run_entry_point("pipelines.train", args, env, tmp_path, check=False)
+    assert result.returncode != 0
+    assert "diverged in its first epoch" in result.stdout + result.stderr
+    _, (run,) = runs_of(uri, "diverged")
+    assert run.info.status == "FAILED"
+    assert "diverged in its first epoch" in run.data.tags["skmlp.end_reason"]

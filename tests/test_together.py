@@ -191,6 +191,22 @@ def test_a_diverging_member_warns_as_its_own_fit(digits):
 
 
 @pytest.mark.parametrize("n_jobs", [None, 2])
+def test_a_member_diverging_in_its_first_epoch_is_named_the_others_fitted(
+    digits, n_jobs
+):
+    """Its own fit would raise and change nothing: so here, after the others."""
+    X, y = digits
+    estimators = _members("learning_rate_init")
+    estimators[1].set_params(activation="identity", learning_rate_init=50.0)
+    alone = _separately([estimators[0], estimators[2]], X * 16, [y, y], [None, None])
+    with pytest.raises(ValueError, match=r"not estimators\[1\]: .*first epoch"):
+        fit_together(estimators, X * 16, y, n_jobs=n_jobs)
+    assert not hasattr(estimators[1], "coefs_")
+    for together, reference in zip([estimators[0], estimators[2]], alone, strict=True):
+        assert_same_fit(together, reference)
+
+
+@pytest.mark.parametrize("n_jobs", [None, 2])
 def test_each_member_its_own_labels_and_weights(digits, n_jobs):
     """Per-member labels (a corrupted copy, a binary task, strings) and weights,
     including a batch whose weights sum to 0 (no step for that member only); with
