@@ -396,19 +396,20 @@ class SGDMLPClassifier(
         )
         return activations[-1], xp
 
-    def _initialize(self, n_features, dtype, xp, device):
+    def _initialize(self, X, xp, device):
         """Create the random generator, the weights and the training state."""
         random_state = check_random_state(self.random_state)
         n_classes = self.classes_.shape[0]
         self.n_outputs_ = 1 if n_classes == 2 else n_classes
-        layer_units = [n_features, *layer_sizes(self.hidden_layer_sizes)]
+        layer_units = [X.shape[1], *layer_sizes(self.hidden_layer_sizes)]
         layer_units.append(self.n_outputs_)
         self.n_layers_ = len(layer_units)
         self.out_activation_ = (
             "logistic" if n_classes == 2 else LOSSES[self.loss].out_activation
         )
+        fit = (X.shape[0], self.batch_size, self.early_stopping)
         self.coefs_, self.intercepts_ = init_params(
-            layer_units, self.activation, random_state, dtype, xp, device
+            layer_units, self.activation, random_state, X.dtype, xp, device, fit
         )
         optimizer = SGDOptimizer(
             [FlatParams(self.coefs_, self.intercepts_, xp).flat],
@@ -436,8 +437,7 @@ class SGDMLPClassifier(
 
     def _member(self, X, y, sample_weight, incremental, classes, validate=False):
         """This estimator's training in one call, for ``_loop.train``: validated
-        (``validate``: the parameters too), initialised where needed; a failure leaves
-        the estimator as it was (``fit_together`` puts back the others)."""
+        (``validate``: the parameters too), initialised; a failure changes nothing."""
         before = estimator_state(self)
         try:
             if validate:
@@ -465,7 +465,7 @@ class SGDMLPClassifier(
         self.classes_ = check_classes(y, classes, known, incremental, xp, device)
         y_indices = encode(y, self.classes_, xp)
         if first_call:
-            self._initialize(X.shape[1], X.dtype, xp, device)
+            self._initialize(X, xp, device)
         validation = None
         if self.early_stopping:
             fraction, random_state = self.validation_fraction, self._random_state

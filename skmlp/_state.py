@@ -17,10 +17,14 @@ import numpy as np
 from skmlp._capture import graph_backend
 from skmlp._data import namespace
 
-# Arrays the size of the weights that a fit holds at its peak: parameters, velocity,
-# gradient, scratch, the epoch's snapshot of parameters and velocity, early stopping's
-# best weights (benchmarks/bench_memory.py measures it).
-WEIGHT_COPIES = 8
+# What a fit holds at its peak beyond its data (``memory_needed``; measured by
+# benchmarks/bench_memory.py and tests/test_state.py): arrays the size of the weights
+# (parameters, velocity, step, scratch, the epoch's snapshot of parameters and velocity;
+# one more with early stopping, the best weights), and the batch's activations: one set
+# of buffers per batch size (a short last batch has its own) and the backward pass's
+# temporaries.
+WEIGHT_COPIES = 6
+ACTIVATION_TEMPORARIES = 1.2
 
 # Rows gathered at once: a few MiB for MNIST, so a chunk stays in cache while its
 # batches are used, and one gather replaces many.
@@ -92,13 +96,14 @@ def chunks(n_samples, batch_size):
     return result
 
 
-def init_params(layer_units, activation, random_state, dtype, xp, device):
+def init_params(layer_units, activation, random_state, dtype, xp, device, fit=None):
     """Glorot-uniform weights and biases, drawn exactly as MLPClassifier does.
 
-    The memory the training will need is checked first (``check_memory``), so an
-    impossible size fails at once, before anything is allocated.
+    The memory the training will need is checked first (``check_memory``, with
+    ``fit``: its ``(n_samples, batch_size, early_stopping)``), so an impossible size
+    fails at once, before anything is allocated.
     """
-    check_memory(layer_units, dtype, xp, device)
+    check_memory(layer_units, dtype, xp, device, *(fit or (1, 1, False)))
     factor = 2.0 if activation == "logistic" else 6.0
     coefs, intercepts = [], []
     for fan_in, fan_out in zip(layer_units[:-1], layer_units[1:], strict=False):
@@ -110,27 +115,37 @@ def init_params(layer_units, activation, random_state, dtype, xp, device):
     return coefs, intercepts
 
 
-def check_memory(layer_units, dtype, xp, device):
-    """Raise MemoryError, naming the need, if training cannot fit in memory.
-
-    A fit holds about ``WEIGHT_COPIES`` arrays the size of the weights.
-    """
+def memory_needed(layer_units, itemsize, n_samples, batch_size, early_stopping):
+    """Bytes a fit holds at its peak beyond its data: copies of the weights, and the
+    activations of a batch (see ``WEIGHT_COPIES``)."""
     sizes = zip(layer_units[:-1], layer_units[1:], strict=False)
     n_params = sum(fan_in * fan_out + fan_out for fan_in, fan_out in sizes)
-    weights = n_params * xp.finfo(dtype).bits // 8
-    needed, available = WEIGHT_COPIES * weights, _available_bytes(xp, device)
+    rows = max(1, min(200 if batch_size == "auto" else batch_size, n_samples))
+    batch_sizes = 1 if n_samples % rows == 0 else 2  # a short last batch: its own
+    activations = rows * sum(layer_units[1:]) * itemsize
+    weights = (WEIGHT_COPIES + bool(early_stopping)) * n_params * itemsize
+    return weights + (batch_sizes + ACTIVATION_TEMPORARIES) * activations
+
+
+def check_memory(layer_units, dtype, xp, device, n_samples, batch_size, early_stopping):
+    """Raise MemoryError, naming the need, if training cannot fit in memory."""
+    itemsize = xp.finfo(dtype).bits // 8
+    needed = memory_needed(layer_units, itemsize, n_samples, batch_size, early_stopping)
+    available = _available_bytes(xp, device)
     if available is not None and needed > available:
         raise MemoryError(
-            f"A network of layer sizes {list(layer_units)} has {n_params:,} parameters "
-            f"({weights / 2**30:.1f} GiB); training it needs about {needed / 2**30:.1f} "
-            f"GiB ({WEIGHT_COPIES} copies of the weights), but only "
+            f"A network of layer sizes {list(layer_units)}, trained in batches of "
+            f"{batch_size} (of {n_samples} samples), needs about "
+            f"{needed / 2**30:.1f} GiB for its weights and activations, but only "
             f"{available / 2**30:.1f} GiB of memory is available. Use smaller "
-            "hidden_layer_sizes or dtype='float32'."
+            "hidden_layer_sizes or batch_size, or dtype='float32'."
         )
 
 
 def _available_bytes(xp, device):
-    """Free memory where the arrays live (None when it cannot be told)."""
+    """Free memory where the arrays live (None when it cannot be told): on the CPU
+    the least of the machine's available memory, the cgroup's room (a container's
+    limit) and the address space left under ``ulimit -v``."""
     backend = graph_backend(xp, device)
     if backend == "torch":
         import torch
@@ -140,6 +155,12 @@ def _available_bytes(xp, device):
         import cupy
 
         return cupy.cuda.Device().mem_info[0]
+    found = [_meminfo_available(), _cgroup_room(), _address_space_left()]
+    found = [value for value in found if value is not None]
+    return min(found) if found else None
+
+
+def _meminfo_available():
     try:
         with open("/proc/meminfo") as meminfo:
             for line in meminfo:
@@ -151,6 +172,42 @@ def _available_bytes(xp, device):
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (AttributeError, ValueError, OSError):
         return None
+
+
+def _cgroup_room():
+    """The cgroup's memory limit less its usage (v2, then v1), None if unlimited."""
+    for limit, usage in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        (
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+            "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+        ),
+    ):
+        try:
+            with open(limit) as file_limit, open(usage) as file_usage:
+                text = file_limit.read().strip()
+                used = int(file_usage.read().strip())
+        except (OSError, ValueError):
+            continue
+        if text == "max" or int(text) >= 2**60:  # v1 writes "unlimited" as ~2**63
+            return None
+        return max(0, int(text) - used)
+    return None
+
+
+def _address_space_left():
+    """``ulimit -v`` less the address space this process maps, None if unlimited."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft == resource.RLIM_INFINITY:
+            return None
+        with open("/proc/self/statm") as statm:
+            mapped = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (ImportError, OSError, ValueError):
+        return None
+    return max(0, soft - mapped)
 
 
 class FlatParams:
