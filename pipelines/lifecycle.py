@@ -82,11 +82,18 @@ def _in_database_call(frame) -> bool:
     return False
 
 
-def blas_threads(setting):
+# Below this many first-layer units in all, more BLAS threads gain little on a quiet
+# machine and lose much on a busy one (benchmarks/README.md, "blas_threads").
+THREADED_MIN_WIDTH = 128
+
+
+def blas_threads(setting, width=None):
     """BLAS threads for this job: an int, None (no limit), or "auto".
 
-    "auto" shares the cores among the jobs a parallel launcher runs at once (the
-    joblib launcher's ``n_jobs``), so that a sweep does not oversubscribe them.
+    "auto": in a parallel sweep (the joblib launcher's ``n_jobs``), each job's share
+    of the CPUs this process may use (its affinity, Slurm's ``SLURM_CPUS_PER_TASK``);
+    otherwise 1 for networks narrower than ``THREADED_MIN_WIDTH`` first-layer units
+    (``width``: all the task's networks together), else the CPUs idle right now.
     """
     if setting != "auto":
         return setting
@@ -94,10 +101,46 @@ def blas_threads(setting):
     n_jobs = (
         launcher.get("n_jobs") if "joblib" in launcher.get("_target_", "") else None
     )
-    if not n_jobs or n_jobs == 1:
+    return auto_threads(usable_cpus(), n_jobs, width, idle_cpus)
+
+
+def auto_threads(cpus, n_jobs, width, idle):
+    """The rule of ``blas_threads("auto")``; ``idle()`` gives the idle CPUs (or None)."""
+    if n_jobs and n_jobs != 1:
+        return max(1, cpus // (cpus if n_jobs < 0 else n_jobs))
+    if width is not None and width < THREADED_MIN_WIDTH:
+        return 1
+    free = idle()
+    return cpus if free is None else max(1, min(cpus, int(free + 0.5)))
+
+
+def usable_cpus():
+    """The CPUs this process may run on: its affinity, and Slurm's share."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    cpus = cpus or os.cpu_count() or 1
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    return min(cpus, int(slurm)) if slurm.isdigit() and int(slurm) > 0 else cpus
+
+
+def idle_cpus(seconds=0.1):
+    """How many CPUs sat idle over the next ``seconds`` (``/proc/stat``; None where
+    it cannot be read)."""
+
+    def sample():
+        with open("/proc/stat") as stat:
+            ticks = [int(value) for value in stat.readline().split()[1:]]
+        return ticks[3] + ticks[4], sum(ticks)  # idle + iowait, all
+
+    try:
+        idle_before, all_before = sample()
+        time.sleep(seconds)
+        idle_after, all_after = sample()
+    except (OSError, ValueError, IndexError):
         return None
-    n_jobs = os.cpu_count() if n_jobs < 0 else n_jobs
-    return max(1, (os.cpu_count() or 1) // n_jobs)
+    if all_after == all_before:
+        return None
+    share = (idle_after - idle_before) / (all_after - all_before)
+    return share * (os.cpu_count() or 1)
 
 
 def end_runs(client: MlflowClient, run_ids, status: str, reason: str) -> None:

@@ -32,6 +32,7 @@ from pipelines.lifecycle import (
 )
 from pipelines.store import check_store, tracking_uri
 from pipelines.tracking import PARENT_RUN_ENV, flatten, git_commit, setup_experiment
+from skmlp._data import layer_sizes
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +201,9 @@ def task(cfg: DictConfig):
     handle_signals()
     run = resolve_run(cfg)
     try:
-        with threadpool_limits(blas_threads(cfg.blas_threads)):
+        threads = blas_threads(cfg.blas_threads, first_layers(run))
+        log.info("BLAS threads: %s (blas_threads=%s)", threads, cfg.blas_threads)
+        with threadpool_limits(threads):
             yield run
     except KeyboardInterrupt:
         end_runs(run.client, run.started, "KILLED", INTERRUPTED)
@@ -211,6 +214,13 @@ def task(cfg: DictConfig):
             run.client, run.started, "FAILED", f"{type(exc).__name__}: {exc}"[:500]
         )
         raise
+
+
+def first_layers(run) -> int:
+    """The first-layer units of all the task's networks together (what BLAS threads
+    would share out: a joint fit's first layer is one wide product)."""
+    sizes = [layer_sizes(m.estimator.hidden_layer_sizes) for m in run.members]
+    return sum(units[0] if units else 10 for units in sizes)
 
 
 def metric_value(metrics: dict, name: str | None):
