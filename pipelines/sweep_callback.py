@@ -10,7 +10,13 @@ from hydra.experimental.callback import Callback
 from mlflow.tracking import MlflowClient
 
 from pipelines.device import resolve_device
-from pipelines.lifecycle import handle_signals, interrupted, stop_children
+from pipelines.lifecycle import (
+    INTERRUPTED,
+    REASON_TAG,
+    handle_signals,
+    interrupted,
+    stop_children,
+)
 from pipelines.store import check_store, tracking_uri
 from pipelines.summary import SWEPT_TAG, log_sweep_summary, swept_keys
 from pipelines.tracking import PARENT_RUN_ENV, git_commit, setup_experiment, start_run
@@ -83,6 +89,12 @@ class MLflowSweepCallback(Callback):
                 interrupted() or any(c.info.status == "KILLED" for c in children)
             ):
                 status = "KILLED"
+            if status != "FINISHED":  # why, as on every run that ends early
+                failed = sum(c.info.status == "FAILED" for c in children)
+                reason = (
+                    INTERRUPTED if status == "KILLED" else f"{failed} job(s) failed"
+                )
+                client.set_tag(self._parent, REASON_TAG, reason)
             client.set_terminated(self._parent, status)
         os.environ.pop(PARENT_RUN_ENV, None)
         self._parent = None

@@ -85,9 +85,11 @@ def test_an_interrupted_sweep_or_grid_ends_every_run_killed(
     runs = all_runs(uri)
     assert len(runs) == 3
     assert {r.info.status for r in runs} == {"KILLED"}, output[-3000:]
+    reasons = {r.data.tags.get("skmlp.end_reason") for r in runs}
     if how == "grid":  # each run ended by the task itself, with the reason
-        reasons = {r.data.tags.get("skmlp.end_reason") for r in runs}
         assert reasons == {INTERRUPTED}, output[-3000:]
+    else:  # the parent too says why (the children: their sweep was interrupted)
+        assert None not in reasons and INTERRUPTED in reasons, output[-3000:]
 
 
 def hooked(env, tmp_path, code, marker):
