@@ -220,7 +220,7 @@ def first_layers(run) -> int:
     """The first-layer units of all the task's networks together (what BLAS threads
     would share out: a joint fit's first layer is one wide product)."""
     sizes = [layer_sizes(m.estimator.hidden_layer_sizes) for m in run.members]
-    return sum(units[0] if units else 10 for units in sizes)
+    return sum(units[0] if units else 0 for units in sizes)  # none: a narrow product
 
 
 def metric_value(metrics: dict, name: str | None):

@@ -233,9 +233,7 @@ class StackedRunner:
         self.capture = _capture_mode(members)
         self.mirrored = _mirrored(members)  # a CuPy group, captured as torch kernels
         self._captured = None  # (key, stack, graph) of the captured epoch
-        # by id(member): equal inputs stored once (see ``shared_inputs``)
-        self.X = {id(m): inputs[id(m)][0] for m in members}
-        self.input_index = {id(m): inputs[id(m)][1] for m in members}
+        self.inputs = inputs  # id(member) -> (X, index): see ``shared_inputs``
 
     def epoch(self, members, orders):
         """Each member's summed cost, in the order of ``members``."""
@@ -248,7 +246,7 @@ class StackedRunner:
         else:
             stack = Stack(members, self.xp, self.loss_kwargs)
             costs = stack.epoch(
-                [self.X[id(m)] for m in members],
+                [self._X(m) for m in members],
                 [m.data.Y for m in members],
                 [m.data.sample_weight for m in members],
                 [self._device_order(order) for order in orders],
@@ -287,7 +285,7 @@ class StackedRunner:
     def _capture(self, members, streams):
         """``(stack, graph)``: the stacked buffers and the captured epoch."""
         xp, mirror = self.xp, None
-        arrays = [(self.X[id(m)], m.data.Y, m.data.sample_weight) for m in members]
+        arrays = [(self._X(m), m.data.Y, m.data.sample_weight) for m in members]
         if self.mirrored:  # CuPy refuses cuBLAS calls during a capture
             mirror, xp = torch_mirror()
             arrays = [tuple(map(mirror, a)) for a in arrays]
@@ -310,6 +308,10 @@ class StackedRunner:
         )
         return stack, graph
 
+    def _X(self, member):
+        """The member's training input, equal inputs as one array."""
+        return self.inputs[id(member)][0]
+
     def _device_order(self, order):
         if order is None or self.xp is np:
             return order
@@ -319,7 +321,7 @@ class StackedRunner:
         member = pair[0]
         seed = member.estimator.random_state
         seed = seed if isinstance(seed, (int, np.integer)) else -1 - id(member)
-        return (self.input_index[id(member)], int(seed))
+        return (self.inputs[id(member)][1], int(seed))
 
     def _streams(self, members, orders):
         """Runs of neighbouring members that see the same batches: ``[(begin, end)]``."""
@@ -329,7 +331,7 @@ class StackedRunner:
             same_order = (a is None and b is None) or (
                 a is not None and b is not None and np.array_equal(a, b)
             )
-            same_input = self.X[id(members[i])] is self.X[id(members[i - 1])]
+            same_input = self._X(members[i]) is self._X(members[i - 1])
             if not (same_input and same_order):
                 bounds.append(i)
         bounds.append(len(members))

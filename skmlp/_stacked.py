@@ -416,16 +416,18 @@ class Stack:
         """``momentum_step`` for every member, with its own scalars, as a few calls
         over the flat buffers (``grad_flat`` holds the plain steps
         ``lr * g``: see ``step``)."""
-        velocity = self.velocity_flat
         momentum_step(
             self.flat,
-            velocity,
+            self.velocity_flat,
             self.grad_flat,
             self.momenta,
             self.nesterov,
-            times=lambda a, b: self._times(a, b, velocity),
+            times=self._times_velocity,
             xp=self.xp,
         )
+
+    def _times_velocity(self, a, b):
+        return self._times(a, b, self.velocity_flat)
 
     def _update_kept(self, keep):
         """``_update`` for the members in ``keep`` only; the others stay as they were."""
