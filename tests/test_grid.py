@@ -150,6 +150,9 @@ def test_a_failing_job_of_a_multirun_fails_alone(store, tmp_path):
     assert jobs["train_accuracy"].info.status == "FINISHED"
     assert jobs["no_such_score"].info.status == "FAILED"
     assert "no_such_score" in jobs["no_such_score"].data.tags["skmlp.end_reason"]
+    ((parent,), _) = parent_and_children(runs)  # the sweep's parent says why too
+    assert parent.info.status == "FAILED"
+    assert parent.data.tags["skmlp.end_reason"] == "1 job(s) failed"
 
 
 @pytest.mark.slow
