@@ -20,6 +20,7 @@ import mlflow
 from hydra.core.hydra_config import HydraConfig
 from mlflow.tracking import MlflowClient
 
+from pipelines.redact import redact_uri
 from pipelines.store import check_store, tracking_uri
 
 # Tags on every run: where its process lives, and why it ended if not by itself.
@@ -245,7 +246,7 @@ def reap_main(argv=None) -> None:
     uri = tracking_uri(parser.parse_args(argv).uri)
     check_store(uri)
     reaped = reap_dead_runs(uri)
-    print(f"{len(reaped)} runs of dead processes marked FAILED in {uri}")
+    print(f"{len(reaped)} runs of dead processes marked FAILED in {redact_uri(uri)}")
     for run_id in reaped:
         print(f"  {run_id}")
 

@@ -15,12 +15,14 @@ import sqlite3
 import tempfile
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 from filelock import FileLock, Timeout
 from mlflow.store.db.utils import _get_latest_schema_revision
 from mlflow.tracking import MlflowClient
+
+from pipelines.redact import has_password, redact
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,13 @@ DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 
 
 class StoreError(RuntimeError):
-    """The tracking store cannot be used; the message says why and what to do."""
+    """The tracking store cannot be used; the message says why and what to do.
+
+    The message never shows a password: every URI in it is redacted.
+    """
+
+    def __init__(self, message: str):
+        super().__init__(redact(message))
 
 
 def tracking_uri(configured: str | None = None) -> str:
@@ -90,15 +98,72 @@ def open_store(uri: str) -> None:
     try:
         with FileLock(lock, timeout=LOCK_TIMEOUT_S):
             path = sqlite_path(uri)
-            if path is not None and path.exists():
-                recover_half_made(path)
-            MlflowClient(uri).search_experiments(max_results=1)
+            with _damage_named(uri, path):
+                if path is not None and path.exists():
+                    check_sqlite_file(uri, path)
+                    recover_half_made(path)
+                MlflowClient(uri).search_experiments(max_results=1)
     except Timeout as exc:
         raise StoreError(
             f"Another process has held the lock {lock} of the MLflow store {uri} for "
             f"over {LOCK_TIMEOUT_S} s. Wait for it to finish; a lock whose holder "
             "died is released by the system."
         ) from exc
+
+
+# What SQLite answers for a file that is not a database, or one damaged or cut short.
+DAMAGE_CODES = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+
+
+def check_sqlite_file(uri: str, path: Path) -> None:
+    """Fail if the file of a SQLite store is not a database: a directory, another
+    kind of file, a damaged or truncated copy (StoreError naming ``uri``, or SQLite's
+    own error, which :func:`open_store` turns into one).
+
+    Read only: nothing of the file changes. SQLite itself finds the damage (a header
+    that is not its own, pages that the header counts and the file lacks).
+    """
+    if path.is_dir():
+        reason = "it is a directory, not a database file"
+        raise StoreError(_damaged_message(uri, path, reason))
+    with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
+        db.execute("PRAGMA page_count").fetchone()
+        db.execute("SELECT name FROM sqlite_master").fetchall()
+
+
+@contextmanager
+def _damage_named(uri: str, path: Path | None):
+    """Turn SQLite's report of a damaged store file into a StoreError naming ``uri``
+    and what to do (other errors pass: busy, locked, a journal to roll back)."""
+    try:
+        yield
+    except Exception as exc:
+        if path is None or not _damaged(exc):
+            raise
+        reason = (
+            f"SQLite says {str(exc).splitlines()[0][:200]!r}: the file is damaged, "
+            "cut short or not a database"
+        )
+        raise StoreError(_damaged_message(uri, path, reason)) from None
+
+
+def _damaged(exc: BaseException | None) -> bool:
+    """Whether SQLite reported a damaged database anywhere in ``exc``'s chain."""
+    while exc is not None:
+        for error in (exc, getattr(exc, "orig", None)):  # SQLAlchemy wraps it
+            if getattr(error, "sqlite_errorname", None) in DAMAGE_CODES:
+                return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _damaged_message(uri: str, path: Path, reason: str) -> str:
+    return (
+        f"The MLflow store {uri} cannot be opened: {reason}. Nothing was changed. "
+        f"Move it aside (mv {path} {path}.damaged) to start a new store there, "
+        "restore it from a backup, or point tracking.uri (or MLFLOW_TRACKING_URI) "
+        "at another store."
+    )
 
 
 def schema_state(path: Path) -> tuple[bool, str | None, list[str], int]:
@@ -181,6 +246,8 @@ def check_store(uri: str, timeout: float = CHECK_TIMEOUT_S) -> None:
     """
     for name, value in HTTP_BOUNDS.items():
         os.environ.setdefault(name, value)
+    if has_password(uri):  # MLflow would print run addresses with it
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     path = sqlite_path(uri)
     if path is not None:
         _check_writable(uri, path)

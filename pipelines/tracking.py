@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from pipelines.lifecycle import process_tags
+from pipelines.redact import redact_config
 from pipelines.store import PROJECT_ROOT, sqlite_path
 from pipelines.ui import EXPERIMENT_TAGS, log_training_input, training_dataset
 
@@ -89,6 +90,12 @@ def dataset_checksum(checksums):
     return hashlib.md5(joined.encode()).hexdigest()
 
 
+def logged_config(cfg) -> dict:
+    """The resolved config as runs record it (parameters, ``config.yaml``): every
+    password in a URI shown as ``***``."""
+    return redact_config(OmegaConf.to_container(cfg, resolve=True))
+
+
 def log_run_context(client, run_id, cfg, data, tags=None, commit=None):
     """Tag run ``run_id`` (git commit, data set and its checksum, ``tags``), log the
     whole resolved config as flattened parameters and the training data as its input.
@@ -101,7 +108,7 @@ def log_run_context(client, run_id, cfg, data, tags=None, commit=None):
         "skmlp.dataset_checksum": dataset_checksum(data.checksums),
         **(tags or {}),
     }
-    params = flatten(OmegaConf.to_container(cfg, resolve=True))
+    params = flatten(logged_config(cfg))
     client.log_batch(
         run_id,
         params=[Param(key, str(value)) for key, value in params.items()],

@@ -25,7 +25,6 @@ import numpy as np
 import pandas as pd
 from mlflow.entities import Metric
 from mlflow.models import infer_signature
-from omegaconf import OmegaConf
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import log_loss
 from sklearn.pipeline import Pipeline
@@ -33,7 +32,7 @@ from sklearn.pipeline import Pipeline
 from pipelines.callbacks import EpochScoring
 from pipelines.device import to_numpy
 from pipelines.summary import OBJECTIVE_TAG
-from pipelines.tracking import log_run_context, start_run
+from pipelines.tracking import log_run_context, logged_config, start_run
 from skmlp import fit_together
 from skmlp.inspection import noise_confidence
 from skmlp.plots import (
@@ -307,7 +306,7 @@ def log_artifacts(pipeline, data, cfg, curves):
     """Config, learning curves, figures and (if ``cfg.tracking.log_model``) the model,
     to the active run."""
     model = pipeline[-1]
-    mlflow.log_dict(OmegaConf.to_container(cfg, resolve=True), "config.yaml")
+    mlflow.log_dict(logged_config(cfg), "config.yaml")
     mlflow.log_table(curves, "learning_curves.json")
     mlflow.log_figure(plot_learning_curves(curves), "learning_curves.png")
     mlflow.log_figure(

@@ -28,6 +28,8 @@ from mlflow.entities import DatasetInput, InputTag
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
+from pipelines.redact import redact_uri
+
 log = logging.getLogger(__name__)
 
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
@@ -163,7 +165,9 @@ def run_link(experiment_id, run_id):
 
 
 def announce(uri, experiment_id, view_id=None):
-    """Log (to the terminal and Hydra's log file) how to open these runs in the UI."""
+    """Log (to the terminal and Hydra's log file) how to open these runs in the UI
+    (a password in ``uri`` shown as ``***``)."""
+    uri = redact_uri(uri)
     command, url = ui_command(uri), runs_url(uri, experiment_id, view_id)
     message = f"{command}\n  then open {url}" if command else url
     if view_id:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy
 from alembic import command
+from mlflow.entities import Metric
 from mlflow.store.db.utils import _get_alembic_config, _get_latest_schema_revision
 from mlflow.store.tracking.dbmodels.initial_models import Base as InitialBase
 from mlflow.tracking import MlflowClient
@@ -134,3 +135,93 @@ def test_a_half_made_store_with_data_is_left_alone_with_what_to_do(tmp_path):
     assert "mlflow db upgrade" in message and "_alembic_tmp_tags" in message
     assert path.read_bytes() == before
     assert list(tmp_path.glob("mlflow.db.half-made-*")) == []
+
+
+# ----------------------------------------------------------------------------------
+# Damaged stores (issue 21, item 6): named, with what to do, and left as they are
+
+
+def store_with_a_run(path):
+    """A real store at ``path`` holding an experiment and a run with 300 points."""
+    uri = f"sqlite:///{path}"
+    open_store(uri)
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("precious")).info.run_id
+    points = [Metric("loss", 1 / (step + 1), 0, step) for step in range(300)]
+    client.log_batch(run_id, metrics=points)
+    client.set_terminated(run_id)
+
+
+def damage(path, how):
+    """Leave at ``path`` what a user may find where their store was."""
+    if how == "a directory":
+        path.mkdir()
+        (path / "notes.txt").write_text("not a database")
+    elif how == "random bytes":
+        path.write_bytes(os.urandom(256 * 1024))
+    else:  # a copy cut short: a full disk, an interrupted transfer
+        store_with_a_run(path)
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+
+
+def files_under(root):
+    """Every file under ``root`` (but the store's lock) and its bytes."""
+    return {
+        p.relative_to(root): p.read_bytes()
+        for p in root.rglob("*")
+        if p.is_file() and not p.name.endswith(".lock")
+    }
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        "a directory",
+        "random bytes",
+        pytest.param("cut short", marks=pytest.mark.slow),  # makes a store first
+    ],
+)
+def test_a_damaged_store_is_named_with_what_to_do_and_left_as_it_is(tmp_path, how):
+    """Unchecked, these raised SQLite's own errors (``file is not a database``,
+    ``disk I/O error``...) in a chain of SQLAlchemy's, naming no store."""
+    path = tmp_path / "mlflow.db"
+    damage(path, how)
+    before = files_under(tmp_path)
+    with pytest.raises(StoreError) as excinfo:
+        open_store(f"sqlite:///{path}")
+    error = excinfo.value
+    message = str(error)
+    assert f"The MLflow store sqlite:///{path} cannot be opened" in message
+    assert f"mv {path} {path}.damaged" in message and "tracking.uri" in message
+    assert "Nothing was changed" in message
+    assert error.__cause__ is None
+    assert error.__context__ is None or error.__suppress_context__
+    assert files_under(tmp_path) == before
+
+
+@pytest.mark.slow
+def test_a_run_into_a_damaged_store_fails_first_with_the_store_named(tmp_path):
+    """Before any data is loaded (an empty data directory would fail otherwise),
+    with the store's message and none of SQLite's or SQLAlchemy's."""
+    path = tmp_path / "mlruns" / "mlflow.db"
+    path.parent.mkdir()
+    damage(path, "random bytes")
+    before = path.read_bytes()
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    env = {**quiet_env(f"sqlite:///{path}"), "SKMLP_MNIST_DIR": str(empty)}
+    env["SKMLP_CACHE_DIR"] = str(empty)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.train", "data=mnist", "model.max_iter=1"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0
+    assert f"The MLflow store sqlite:///{path} cannot be opened" in result.stderr
+    assert "sqlalchemy" not in result.stderr.lower()
+    assert "sqlite3." not in result.stderr and "MNIST" not in result.stderr
+    assert path.read_bytes() == before
