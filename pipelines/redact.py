@@ -4,15 +4,17 @@ Hydra's output files.
 A store URI may carry a password (``postgresql+psycopg2://user:PASSWORD@host/db``,
 ``http://user:PASSWORD@host``). The pipelines connect with the URI as given, and
 show it everywhere else as ``user:***@host``: :func:`redact_uri` is the one function
-that hides a password (SQLAlchemy's ``render_as_string(hide_password=True)`` for
-database URIs, :mod:`urllib.parse` for web addresses); :func:`redact` applies it to
-every URI in a text, :func:`redact_config` to every string of a config. Better still,
-keep passwords out of URIs: ``~/.pgpass`` or ``PGPASSWORD`` for PostgreSQL,
-``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` for an MLflow server.
+that hides a password (it asks :mod:`urllib.parse`, for web addresses, or
+SQLAlchemy's ``make_url``, for databases, whether there is one); :func:`redact`
+applies it to every URI in a text, :func:`redact_config` to every string of a config.
+Better still, keep passwords out of URIs: ``~/.pgpass`` or ``PGPASSWORD`` for
+PostgreSQL, ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` or
+``~/.netrc`` for an MLflow server.
 
 :func:`redact_logs` redacts every log record of the process (MLflow's, Hydra's and
 ours, their tracebacks included); :class:`RedactCallback` rewrites the files Hydra
-saves before the task runs (``.hydra/*.yaml``, a sweep's ``multirun.yaml``).
+saves before the task runs (``.hydra/*.yaml``, a sweep's ``multirun.yaml``) and a
+failed job's report.
 """
 
 import logging
