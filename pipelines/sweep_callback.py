@@ -11,7 +11,6 @@ from hydra.experimental.callback import Callback
 from joblib import register_parallel_backend
 from mlflow.tracking import MlflowClient
 
-from pipelines.device import resolve_device
 from pipelines.lifecycle import (
     INTERRUPTED,
     REASON_TAG,
@@ -19,8 +18,9 @@ from pipelines.lifecycle import (
     interrupted,
     stop_children,
 )
-from pipelines.store import check_store, tracking_uri
+from pipelines.store import tracking_uri
 from pipelines.summary import SWEPT_TAG, log_sweep_summary, swept_keys
+from pipelines.sweep_check import check_sweep
 from pipelines.tracking import PARENT_RUN_ENV, git_commit, setup_experiment, start_run
 from pipelines.ui import announce
 from skmlp._workers import (
@@ -34,12 +34,13 @@ from skmlp._workers import (
 class MLflowSweepCallback(Callback):
     """Hydra callback: one parent MLflow run per multirun, its jobs as children.
 
-    ``on_multirun_start`` creates the experiment (once, before any worker starts) and
-    the parent run, and hands its id to the jobs through ``SKMLP_PARENT_RUN_ID``.
-    The parent ends FINISHED in ``on_multirun_end``; if the sweep dies first (a failed
-    job, a dead worker, Ctrl-C, SIGTERM), an exit handler ends it FAILED or KILLED,
-    never RUNNING. The joblib launcher's workers end with this process, however it
-    ends, and start no job once it is gone.
+    ``on_multirun_start`` checks every job's config and the store (a failure stops
+    the sweep before any job), creates the experiment (once, before any worker
+    starts) and the parent run, and hands its id to the jobs through
+    ``SKMLP_PARENT_RUN_ID``. The parent ends FINISHED in ``on_multirun_end``; if
+    the sweep dies first (a failed job, a dead worker, Ctrl-C, SIGTERM), an exit
+    handler ends it FAILED or KILLED, never RUNNING. The joblib launcher's workers
+    end with this process, however it ends, and start no job once it is gone.
     """
 
     def __init__(self):
@@ -52,9 +53,8 @@ class MLflowSweepCallback(Callback):
         # KILLED; on Ctrl-C or SIGTERM the children end their runs before joblib
         # kills its workers.
         handle_signals(before_raise=self._stop_children)
-        resolve_device(config.get("device", "cpu"))  # a missing GPU: no parent, no job
         uri = tracking_uri(config.tracking.uri)
-        check_store(uri)
+        check_sweep(config, uri)  # a bad value, GPU or store: no parent, no job
         _watch_workers()
         client = MlflowClient(uri)
         experiment_id = setup_experiment(client, uri, config.tracking.experiment_name)

@@ -15,12 +15,16 @@ from helpers import (
     finish,
     output_of,
     parent_and_children,
+    run_entry_point,
     start,
     wait_for,
 )
 from mlflow.tracking import MlflowClient
-from test_faults import LONG
+from omegaconf import OmegaConf
+from test_faults import LONG, QUICK, server_that_holds_connections
 from test_workers import group_alive, kill_group, leftovers_of
+
+from pipelines.sweep_check import BASIC_SWEEPER, job_overrides
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="reads /proc and /dev/shm"
@@ -100,3 +104,67 @@ def test_a_killed_worker_fails_its_runs_with_the_cause(store, tmp_path):
         assert f"process {pid}" in parent.data.tags["skmlp.end_reason"]
     finally:
         kill_group(process)
+
+
+@pytest.mark.slow
+def test_a_hanging_server_stops_a_six_job_sweep_once(store, tmp_path):
+    """A server that accepts and never answers: the six-job sweep waits once (the
+    store check) and stops within 20 s, naming the server, with no job started."""
+    _, env = store
+    rates = "model.learning_rate_init=0.1,0.2,0.3,0.4,0.5,0.6"
+    with server_that_holds_connections() as port:
+        uri = f"http://127.0.0.1:{port}"
+        env = {**env, "MLFLOW_TRACKING_URI": uri}
+        began = time.monotonic()
+        result = run_entry_point(
+            "pipelines.train", ["-m", rates, *QUICK], env, tmp_path, 60, check=False
+        )
+        took = time.monotonic() - began
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert output.count(f"The MLflow tracking server {uri} cannot be used") == 1
+    assert "The sweep was stopped before any job started" in output
+    assert "#0 : " not in output  # no job launched
+    assert took < 20, output[-3000:]
+
+
+@pytest.mark.parametrize(
+    "overrides, named",
+    [
+        (["model.activation=relu,foo"], "Got 'foo' instead"),
+        (["hydra/launcher=parallel", "model.hidden_layer_sizes=[16],[0]"], "[0]"),
+    ],
+    ids=["activation", "parallel-sizes"],
+)
+@pytest.mark.slow
+def test_a_bad_value_in_a_sweep_fails_before_any_run(store, tmp_path, overrides, named):
+    uri, env = store
+    args = ["-m", *overrides, *QUICK]
+    result = run_entry_point("pipelines.train", args, env, tmp_path, 120, check=False)
+    assert result.returncode != 0
+    message = result.stderr
+    assert "The sweep was stopped before any job started: job #1" in message
+    assert named in message
+    assert "#0 : " not in result.stdout + result.stderr  # no job launched
+    assert not (tmp_path / "mlruns" / "mlflow.db").exists()  # store never opened
+
+
+def test_a_sweep_is_expanded_as_the_basic_sweeper_expands_it():
+    """The preset's ``hydra.sweeper.params`` first, the command line's after (it
+    wins for the same key), one list of overrides per job."""
+    config = OmegaConf.create(
+        {
+            "hydra": {
+                "sweeper": {"_target_": BASIC_SWEEPER, "params": {"seed": "0,1"}},
+                "overrides": {"task": ["model.activation=relu,foo", "data=digits"]},
+            }
+        }
+    )
+    assert job_overrides(config) == [
+        ["seed=0", "model.activation=relu", "data=digits"],
+        ["seed=0", "model.activation=foo", "data=digits"],
+        ["seed=1", "model.activation=relu", "data=digits"],
+        ["seed=1", "model.activation=foo", "data=digits"],
+    ]
+    config.hydra.sweeper._target_ = "hydra_plugins.hydra_optuna_sweeper.X"
+    assert job_overrides(config) == []  # chosen as it goes: each job checks its own
