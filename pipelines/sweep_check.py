@@ -21,6 +21,7 @@ def check_sweep(config: DictConfig, uri: str) -> None:
     """Check every job of the multirun ``config``, then the store at ``uri``; on a
     failure, stop the sweep (``SystemExit`` with a message saying what to do)."""
     try:
+        resolve_device(config.get("device", "cpu"))  # whatever the sweeper
         check_jobs(config)
     except Exception as exc:
         raise SystemExit(

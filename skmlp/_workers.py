@@ -136,7 +136,9 @@ def remove_dead_leftovers(folder=SHARED_MEMORY) -> list:
 
     Their tracker removes them when the last process using them ends; this catches
     what a tracker killed with the rest leaves. Only ``/dev/shm``, which belongs to
-    this machine (a shared temporary folder may hold other hosts' live pids).
+    this machine (a shared temporary folder may hold other hosts' live pids), and
+    only this user's entries (another user's, or a container's that shares
+    ``/dev/shm`` but not our pids, are left alone).
     """
     removed = []
     try:
@@ -145,7 +147,7 @@ def remove_dead_leftovers(folder=SHARED_MEMORY) -> list:
         return removed
     for path in entries:
         match = LEFTOVER.match(path.name)
-        if match is None or _alive(int(match.group(1))):
+        if match is None or _alive(int(match.group(1))) or not _ours(path):
             continue
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
@@ -153,6 +155,13 @@ def remove_dead_leftovers(folder=SHARED_MEMORY) -> list:
             path.unlink(missing_ok=True)
         removed.append(path)
     return removed
+
+
+def _ours(path: Path) -> bool:
+    try:
+        return path.lstat().st_uid == os.getuid()
+    except OSError:
+        return False
 
 
 def _alive(pid: int) -> bool:
