@@ -112,7 +112,8 @@ def test_a_hanging_server_stops_a_six_job_sweep_once(store, tmp_path):
     store check) and stops within 20 s, naming the server, with no job started."""
     _, env = store
     rates = "model.learning_rate_init=0.1,0.2,0.3,0.4,0.5,0.6"
-    with server_that_holds_connections() as port:
+    held = []
+    with server_that_holds_connections(held) as port:
         uri = f"http://127.0.0.1:{port}"
         env = {**env, "MLFLOW_TRACKING_URI": uri}
         began = time.monotonic()
@@ -125,6 +126,7 @@ def test_a_hanging_server_stops_a_six_job_sweep_once(store, tmp_path):
     assert output.count(f"The MLflow tracking server {uri} cannot be used") == 1
     assert "The sweep was stopped before any job started" in output
     assert "#0 : " not in output  # no job launched
+    assert len(held) == 1  # one request: the check (no retry), no job's
     assert took < 20, output[-3000:]
 
 
