@@ -5,7 +5,9 @@ Every run is tagged with its host and pid (``process_tags``), so that ``reap_dea
 (at every pipeline start, or ``skmlp-reap``) can mark the runs of a process killed with
 ``-9`` FAILED. SIGTERM and SIGINT become KeyboardInterrupt (``handle_signals``), and
 ``end_runs`` ends what they leave open KILLED (interrupt) or FAILED (error), never
-RUNNING. A sweep's parent stops its children through ``stop_children`` before it ends.
+RUNNING. A sweep's parent stops its children through ``stop_children`` before it ends;
+children whose process died end FAILED with the cause. A parallel sweep's workers end
+with its parent (``skmlp._workers``); runs they leave end KILLED, saying so.
 """
 
 import argparse
@@ -22,10 +24,13 @@ from mlflow.tracking import MlflowClient
 
 from pipelines.redact import redact_uri
 from pipelines.store import check_store, tracking_uri
+from skmlp._workers import parent_gone, worker_exit
 
 # Tags on every run: where its process lives, and why it ended if not by itself.
 HOST_TAG, PID_TAG, REASON_TAG = "skmlp.host", "skmlp.pid", "skmlp.end_reason"
 INTERRUPTED = "interrupted (Ctrl-C or SIGTERM)"
+PARENT_GONE = "interrupted: the sweep's parent process died"
+SWEEP_INTERRUPTED = "its sweep was interrupted"
 # How long a sweep's parent waits for its children to end their runs themselves.
 CHILDREN_GRACE_S = 20
 DATABASE_CODE = tuple(
@@ -146,7 +151,13 @@ def idle_cpus(seconds=0.1):
 
 def end_runs(client: MlflowClient, run_ids, status: str, reason: str) -> None:
     """End MLflow's active runs of this thread, then the runs ``run_ids``, with
-    ``status`` (KILLED, FAILED) and ``reason`` in the tag ``skmlp.end_reason``."""
+    ``status`` (KILLED, FAILED) and ``reason`` in the tag ``skmlp.end_reason``.
+
+    A sweep's worker whose parent died says so, and reaps the dead parent's run.
+    """
+    gone = parent_gone()
+    if reason == INTERRUPTED and gone:
+        reason = PARENT_GONE
     while mlflow.active_run() is not None:
         mlflow.set_tag(REASON_TAG, reason)
         mlflow.end_run(status)
@@ -154,34 +165,64 @@ def end_runs(client: MlflowClient, run_ids, status: str, reason: str) -> None:
         if client.get_run(run_id).info.status == "RUNNING":
             client.set_tag(run_id, REASON_TAG, reason)
             client.set_terminated(run_id, status)
+    if gone:
+        reap_dead_runs(client.tracking_uri)
 
 
-def stop_children(client: MlflowClient, parent_id: str) -> None:
-    """SIGTERM the RUNNING children of a sweep on this host and wait (at most
-    ``CHILDREN_GRACE_S``) for them to end their runs; mark those left KILLED.
+def stop_children(client: MlflowClient, parent_id: str) -> list[str]:
+    """End the RUNNING children of a sweep: SIGTERM those on this host and wait (at
+    most ``CHILDREN_GRACE_S``) for them to end their runs; mark those left KILLED.
 
-    A pid is signalled only if its process started before its run (a pid reused
-    after a ``kill -9`` belongs to someone else). Children of this process are left
-    to it: they end through its own ``end_runs``.
+    A child whose process on this host is dead (a worker killed, a crash) cannot end
+    its run: it is marked FAILED at once, with the cause where this process knows it
+    (its worker's signal or exit code), and not waited for. A pid is signalled only
+    if its process started before its run (a pid reused after a ``kill -9`` belongs
+    to someone else). Children of this process are left to it: they end through its
+    own ``end_runs``. Returns what killed those marked FAILED ("process 123 on
+    host died: killed by signal 9 (SIGKILL)").
     """
     deadline = time.monotonic() + CHILDREN_GRACE_S
     for child in running_children(client, parent_id):
-        pid = int(child.data.tags.get(PID_TAG, 0))
-        on_this_host = child.data.tags.get(HOST_TAG) == socket.gethostname()
-        ours = on_this_host and pid > 1 and pid != os.getpid()
-        if ours and process_alive(pid, child.info.start_time):
+        pid = _local_pid(child)
+        if pid and process_alive(pid, child.info.start_time):
             try:
                 os.kill(pid, signal.SIGTERM)
             except OSError:
                 pass  # gone already
-    while time.monotonic() < deadline and any(
-        int(child.data.tags.get(PID_TAG, 0)) != os.getpid()
-        for child in running_children(client, parent_id)
-    ):
+    crashed = []
+    while True:
+        waiting = []
+        for child in running_children(client, parent_id):
+            pid = _local_pid(child)
+            if pid and not process_alive(pid, child.info.start_time):
+                crashed.append(_end_crashed(client, child, pid))
+            elif int(child.data.tags.get(PID_TAG, 0)) != os.getpid():
+                waiting.append(child)
+        if not waiting or time.monotonic() >= deadline:
+            break
         time.sleep(0.5)
     for child in running_children(client, parent_id):
-        client.set_tag(child.info.run_id, REASON_TAG, "its sweep was interrupted")
+        client.set_tag(child.info.run_id, REASON_TAG, SWEEP_INTERRUPTED)
         client.set_terminated(child.info.run_id, "KILLED")
+    return crashed
+
+
+def _local_pid(child) -> int | None:
+    """The pid of a child run's process if it is on this host and not this one."""
+    pid = int(child.data.tags.get(PID_TAG, 0))
+    on_this_host = child.data.tags.get(HOST_TAG) == socket.gethostname()
+    return pid if on_this_host and pid > 1 and pid != os.getpid() else None
+
+
+def _end_crashed(client: MlflowClient, child, pid: int) -> str:
+    """Mark the run of a child whose process died FAILED, with the cause."""
+    cause = worker_exit(pid)
+    death = f"process {pid} on {socket.gethostname()} died" + (
+        f": {cause}" if cause else " (killed?)"
+    )
+    client.set_tag(child.info.run_id, REASON_TAG, f"its {death}")
+    client.set_terminated(child.info.run_id, "FAILED")
+    return death
 
 
 def running_children(client: MlflowClient, parent_id: str) -> list:

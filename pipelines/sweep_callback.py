@@ -4,12 +4,13 @@ children, and gives the parent the sweep's summary when it ends."""
 import atexit
 import json
 import os
+import sys
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
+from joblib import register_parallel_backend
 from mlflow.tracking import MlflowClient
 
-from pipelines.device import resolve_device
 from pipelines.lifecycle import (
     INTERRUPTED,
     REASON_TAG,
@@ -17,19 +18,29 @@ from pipelines.lifecycle import (
     interrupted,
     stop_children,
 )
-from pipelines.store import check_store, tracking_uri
+from pipelines.store import tracking_uri
 from pipelines.summary import SWEPT_TAG, log_sweep_summary, swept_keys
+from pipelines.sweep_check import check_sweep
 from pipelines.tracking import PARENT_RUN_ENV, git_commit, setup_experiment, start_run
 from pipelines.ui import announce
+from skmlp._workers import (
+    EXIT_CODE,
+    WatchedLokyBackend,
+    parent_gone,
+    remove_dead_leftovers,
+)
 
 
 class MLflowSweepCallback(Callback):
     """Hydra callback: one parent MLflow run per multirun, its jobs as children.
 
-    ``on_multirun_start`` creates the experiment (once, before any worker starts) and
-    the parent run, and hands its id to the jobs through ``SKMLP_PARENT_RUN_ID``.
-    The parent ends FINISHED in ``on_multirun_end``; if the sweep dies first (a failed
-    job, Ctrl-C, SIGTERM), an exit handler ends it FAILED or KILLED, never RUNNING.
+    ``on_multirun_start`` checks every job's config and the store (a failure stops
+    the sweep before any job), creates the experiment (once, before any worker
+    starts) and the parent run, and hands its id to the jobs through
+    ``SKMLP_PARENT_RUN_ID``. The parent ends FINISHED in ``on_multirun_end``; if
+    the sweep dies first (a failed job, a dead worker, Ctrl-C, SIGTERM), an exit
+    handler ends it FAILED or KILLED, never RUNNING. The joblib launcher's workers
+    end with this process, however it ends, and start no job once it is gone.
     """
 
     def __init__(self):
@@ -42,9 +53,9 @@ class MLflowSweepCallback(Callback):
         # KILLED; on Ctrl-C or SIGTERM the children end their runs before joblib
         # kills its workers.
         handle_signals(before_raise=self._stop_children)
-        resolve_device(config.get("device", "cpu"))  # a missing GPU: no parent, no job
         uri = tracking_uri(config.tracking.uri)
-        check_store(uri)
+        check_sweep(config, uri)  # a bad value, GPU or store: no parent, no job
+        _watch_workers()
         client = MlflowClient(uri)
         experiment_id = setup_experiment(client, uri, config.tracking.experiment_name)
         sweep_dir = config.hydra.sweep.dir
@@ -61,6 +72,12 @@ class MLflowSweepCallback(Callback):
         self._uri = uri
         os.environ[PARENT_RUN_ENV] = self._parent
         atexit.register(self._end, "FAILED")
+
+    def on_job_start(self, config, **kwargs):
+        # (In the job's process.) A worker whose sweep's parent died starts nothing.
+        if parent_gone():
+            print("The sweep's parent process died: job not started.", file=sys.stderr)
+            os._exit(EXIT_CODE)
 
     def _stop_children(self):
         if self._parent is not None:
@@ -80,7 +97,7 @@ class MLflowSweepCallback(Callback):
         client = MlflowClient(self._uri)
         parent = client.get_run(self._parent)
         if parent.info.status == "RUNNING":
-            stop_children(client, self._parent)
+            crashed = stop_children(client, self._parent)
             children = client.search_runs(
                 [parent.info.experiment_id],
                 f"tags.mlflow.parentRunId = '{self._parent}'",
@@ -94,7 +111,16 @@ class MLflowSweepCallback(Callback):
                 reason = (
                     INTERRUPTED if status == "KILLED" else f"{failed} job(s) failed"
                 )
+                if crashed:  # a worker died: which, and how
+                    reason += ": " + "; ".join(crashed)
                 client.set_tag(self._parent, REASON_TAG, reason)
             client.set_terminated(self._parent, status)
         os.environ.pop(PARENT_RUN_ENV, None)
         self._parent = None
+
+
+def _watch_workers():
+    """Make the joblib launcher's workers (loky, which it names) end with this process
+    and remove what killed sweeps left in ``/dev/shm``."""
+    register_parallel_backend("loky", WatchedLokyBackend)
+    remove_dead_leftovers()

@@ -27,6 +27,7 @@ from skmlp._classifier import SGDMLPClassifier
 from skmlp._loop import train
 from skmlp._member import adopt
 from skmlp._warnings import warn
+from skmlp._workers import loky_backend, remove_dead_leftovers
 
 
 def fit_together(estimators, X, y, *, sample_weight=None, n_jobs=None):
@@ -86,6 +87,9 @@ def fit_together(estimators, X, y, *, sample_weight=None, n_jobs=None):
     do; what a worker prints, ``verbose`` output included, goes to the terminal), and
     its warnings are raised here once all parts are fitted; if the call is
     interrupted or a worker fails, every estimator is left as it was before the call.
+    Under joblib's default backend (loky), the workers end within a second of this
+    process, however it ends (``kill -9`` and an unhandled SIGTERM included), and
+    the next call removes the memory maps that a killed one left in ``/dev/shm``.
     A group's ``history_`` gives, as each member's ``seconds``, the wall time of the
     group's joint epoch. Groups of wide networks on NumPy train side by side in
     threads instead of stacked (see ``_loop.py``). On torch CUDA and CuPy, a group's
@@ -217,7 +221,10 @@ def _fit_in_workers(parts, X, n_jobs):
     here (if a part fails, no member of any part is copied back)."""
     for member in (member for part in parts for member in part):
         member.put_back()
-    fitted = Parallel(n_jobs=min(n_jobs, len(parts)))(
+    remove_dead_leftovers()  # memory maps of earlier calls whose process was killed
+    # loky's workers outlive a parent killed with -9 (or by an unhandled SIGTERM):
+    # these end with it (skmlp/_workers.py).
+    fitted = Parallel(n_jobs=min(n_jobs, len(parts)), backend=loky_backend())(
         delayed(_fit_part)(
             [m.estimator for m in part],
             X,

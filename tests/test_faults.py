@@ -235,12 +235,13 @@ def test_the_next_pipeline_run_reaps_runs_of_killed_processes(store, tmp_path):
 
 
 @contextmanager
-def server_that_holds_connections():
-    """A TCP server on 127.0.0.1 that accepts connections and never answers."""
+def server_that_holds_connections(held=None):
+    """A TCP server on 127.0.0.1 that accepts connections and never answers; they
+    are appended to the list ``held`` (if given)."""
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(16)
-        held, stop = [], threading.Event()
+        held, stop = [] if held is None else held, threading.Event()
 
         def accept():
             listener.settimeout(0.2)
