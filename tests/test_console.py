@@ -164,3 +164,18 @@ def test_a_quiet_sweep_prints_its_table_and_the_address_alone(store, tmp_path):
     assert lines[5].startswith("  then open http://127.0.0.1:5000/#/experiments/")
     assert lines[6].startswith("  compare them: http://127.0.0.1:5000/#/experiments/")
     assert len(lines) == 7, lines
+
+
+def test_tab_completion_of_the_console_scripts(tmp_path):
+    """README: ``eval "$(skmlp-train --shell-completion install=bash)"`` makes bash
+    complete the overrides of the installed console script."""
+    scripts = os.path.dirname(sys.executable)  # the venv's bin, where skmlp-train is
+    script = """
+        eval "$(skmlp-train --shell-completion install=bash)"
+        COMP_LINE="skmlp-train data=" COMP_POINT=17 COMP_CWORD=1
+        hydra_bash_completion
+        printf '%s\\n' "${COMPREPLY[@]}"
+    """
+    env = {**os.environ, "PATH": scripts + os.pathsep + os.environ["PATH"]}
+    result = run(["bash", "-c", script], tmp_path, env)
+    assert {"data=digits", "data=mnist"} <= set(result.stdout.split()), result.stdout
