@@ -65,12 +65,11 @@ def run_members(
         own = data if member_data is None else member_data(member, data)
         if own.X_train is not data.X_train:
             raise ValueError("a member's training inputs must be the shared ones")
-        labels.append(member_name(run, member, varied, name))
+        label = member_name(run, member, varied, name)
         fittings.append(
-            set_up(
-                run, inputs, member, own, labels[-1], parent_id, tags and tags(member)
-            )
+            set_up(run, inputs, member, own, label, parent_id, tags and tags(member))
         )
+        labels.append(label)
     seconds = fit_members(run, inputs, fittings)
     # A run alone gives its answer here; a sweep's or a grid's table gives theirs.
     logger = log if run.is_grid or run.parent_id else results
