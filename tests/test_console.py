@@ -3,6 +3,7 @@ real terminal, the lines of a joint fit, the quiet mode, and the printed way to 
 run's model from any directory."""
 
 import fcntl
+import logging
 import os
 import re
 import struct
@@ -10,10 +11,17 @@ import subprocess
 import sys
 import termios
 import time
+import warnings
 
 import pyte
 import pytest
-from helpers import run, run_entry_point
+from helpers import ROOT, run, run_entry_point
+from omegaconf import OmegaConf
+from sklearn.exceptions import ConvergenceWarning
+
+from pipelines.callbacks import EpochScoring
+from pipelines.training import instantiate_callbacks
+from skmlp import SGDMLPClassifier, fit_together
 
 QUICK = ["data=digits", "model.tol=0", "tracking.log_model=false"]
 # A log line as Hydra's job logging writes it: [time][logger][LEVEL] - message.
@@ -82,6 +90,7 @@ def test_progress_bar_and_log_lines_share_the_terminal(store, tmp_path):
     assert bars and "100%" in bars[-1], shown
 
 
+@pytest.mark.slow
 def test_a_joint_fit_names_the_run_of_each_line(store, tmp_path):
     """A grid's networks log their epochs in turn: each line says whose it is."""
     grid = "+grid.model.learning_rate_init=[0.01,0.1]"
@@ -107,6 +116,34 @@ def test_a_joint_fit_names_the_run_of_each_line(store, tmp_path):
         assert any(f"[{name}] test accuracy 0." in line for line in lines), (
             result.stdout
         )
+
+
+def test_a_joint_fit_names_the_run_of_each_epoch_line(digits, caplog):
+    """The configured epoch log of each network of one fit_together call names its
+    run (the name that the pipelines hand to the callbacks)."""
+    X, y = digits
+    config = OmegaConf.load(ROOT / "conf" / "callbacks" / "default.yaml")
+    config.pop("mlflow")  # no store here: only the log lines
+    models = []
+    for rate in (0.01, 0.1):
+        scoring = EpochScoring({"test": (X, y)})
+        model = SGDMLPClassifier((8,), learning_rate_init=rate, max_iter=2, tol=0)
+        model.set_callbacks(*instantiate_callbacks(config, scoring, None, f"lr={rate}"))
+        models.append(model)
+    with caplog.at_level(logging.INFO, logger="pipelines.callbacks"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            fit_together(models, X, y)
+    named = [
+        re.match(r"\[(lr=[\d.]+)\] epoch (\d)/2: loss ", r.getMessage())
+        for r in caplog.records
+    ]
+    assert sorted((m[1], m[2]) for m in named if m) == [
+        ("lr=0.01", "1"),
+        ("lr=0.01", "2"),
+        ("lr=0.1", "1"),
+        ("lr=0.1", "2"),
+    ], caplog.text
 
 
 @pytest.mark.slow
