@@ -6,6 +6,7 @@ import fcntl
 import logging
 import os
 import re
+import select
 import struct
 import subprocess
 import sys
@@ -58,6 +59,8 @@ def run_in_terminal(args, env, cwd, timeout=300):
     stream = pyte.ByteStream(screen)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if not select.select([master], [], [], 1.0)[0]:
+            continue  # nothing yet: look at the clock again
         try:
             data = os.read(master, 65536)
         except OSError:  # EIO: the program ended and closed the terminal
@@ -66,6 +69,8 @@ def run_in_terminal(args, env, cwd, timeout=300):
             break
         stream.feed(data)
     os.close(master)
+    if process.poll() is None:
+        process.kill()
     assert process.wait(timeout=60) == 0, "\n".join(screen.display)
     return [line.rstrip() for line in screen.display if line.strip()]
 
