@@ -164,7 +164,21 @@ class MLflowEpochLogger(_ReadsScores):
 
 
 class EpochLog(_ReadsScores):
-    """One line per epoch through :mod:`logging` (logger ``pipelines.callbacks``)."""
+    """One line per epoch through :mod:`logging` (logger ``pipelines.callbacks``),
+    named ``[run_name]`` where given: a joint fit's networks, or a parallel sweep's
+    jobs, write their lines in turn.
+
+    Parameters
+    ----------
+    scoring : EpochScoring
+        Where the scores come from.
+    run_name : str, default=None
+        The run's name (its MLflow run name, e.g. ``lr=0.1``).
+    """
+
+    def __init__(self, scoring, run_name=None):
+        super().__init__(scoring)
+        self.run_name = run_name
 
     def on_new_scores(self, estimator, scores):
         accuracies = ", ".join(
@@ -173,7 +187,8 @@ class EpochLog(_ReadsScores):
             if name.endswith("_accuracy")
         )
         log.info(
-            "epoch %d/%d: loss %.4f, %s (%.2f s)",
+            "%sepoch %d/%d: loss %.4f, %s (%.2f s)",
+            f"[{self.run_name}] " if self.run_name else "",
             scores.epoch,
             estimator.max_iter,
             scores.metrics["loss"],

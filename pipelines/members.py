@@ -8,6 +8,7 @@ are its members, fitted with one ``skmlp.fit_together`` call.
 """
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -17,6 +18,11 @@ from pipelines.summary import SWEPT_TAG, log_sweep_summary, short_name, sweep_ru
 from pipelines.tracking import start_run
 from pipelines.training import finish, fit_members, prepare_inputs, set_up
 from pipelines.ui import announce, save_runs_view
+
+log = logging.getLogger(__name__)
+# A task's answer, which the quiet console (console=quiet) shows: a single run's result
+# and how to load its model.
+results = logging.getLogger("pipelines.results")
 
 # The parameters that the runs-table view of single runs shows (pipelines.ui).
 SINGLE_RUN_PARAMS = [
@@ -54,7 +60,7 @@ def run_members(
     inputs = prepare_inputs(run, data)
     varied = varied_keys(run.members)
     parent_id = start_grid(run, varied) if run.is_grid else run.parent_id
-    fittings = []
+    fittings, labels = [], []
     for member in run.members:
         own = data if member_data is None else member_data(member, data)
         if own.X_train is not data.X_train:
@@ -63,18 +69,49 @@ def run_members(
         fittings.append(
             set_up(run, inputs, member, own, label, parent_id, tags and tags(member))
         )
+        labels.append(label)
     seconds = fit_members(run, inputs, fittings)
-    results = []
-    for fitting, fit_seconds in zip(fittings, seconds, strict=True):
+    # A run alone gives its answer here; a sweep's or a grid's table gives theirs.
+    logger = log if run.is_grid or run.parent_id else results
+    outcomes = []
+    for fitting, label, fit_seconds in zip(fittings, labels, seconds, strict=True):
         extra = None
         if extra_metrics is not None:
             extra = _bind(extra_metrics, fitting.member)
-        results.append(finish(run, inputs, fitting, fit_seconds, extra))
+        outcomes.append(finish(run, inputs, fitting, fit_seconds, extra))
+        log_result(logger, label, fitting.run_id, outcomes[-1])
     if run.is_grid:
-        return end_grid(run, parent_id, varied, results, summarize)
+        return end_grid(run, parent_id, varied, outcomes, summarize)
     if run.parent_id is None:  # a sweep's jobs leave it to the sweep's end
+        announce_model(run, fittings[0].run_id)
         announce_single_run(run)
-    return results[0]
+    return outcomes[0]
+
+
+def log_result(logger, label, run_id, metrics):
+    """One line with a finished member's test accuracy, named by ``label``."""
+    logger.info(
+        "[%s] test accuracy %.4f after %d epochs (%.1f s), run %s",
+        label,
+        metrics["final_test_accuracy"],
+        metrics["n_epochs"],
+        metrics["fit_seconds"],
+        run_id,
+    )
+
+
+def announce_model(run, run_id):
+    """Say how to load the run's logged model from any directory: the store's
+    absolute URI and a ``runs:/`` URI (none where the model is not logged)."""
+    if not run.cfg.tracking.get("log_model"):
+        return
+    results.info(
+        "Load its model, from any directory:\n"
+        "  import mlflow; mlflow.set_tracking_uri(%r)\n"
+        "  model = mlflow.sklearn.load_model(%r)",
+        run.uri,
+        f"runs:/{run_id}/model",
+    )
 
 
 def _bind(extra_metrics, member):

@@ -35,9 +35,12 @@ def log_memorization_summary(client: MlflowClient, parent_id: str, out_dir: str)
     path = os.path.join(out_dir, "summary.csv")
     table.to_csv(path, index=False)
     client.log_artifact(parent_id, path)
-    shown = table[CONSOLE_COLUMNS].to_string(
-        index=False, float_format=lambda value: f"{value:.4f}"
-    )
+    counts = {  # epochs: no decimals; "-": never fitted
+        key: table[key].map(lambda v: "-" if pd.isna(v) else f"{v:.0f}")
+        for key in ("epochs", "time_to_fit")
+    }
+    shown = table[CONSOLE_COLUMNS].assign(**counts)
+    shown = shown.to_string(index=False, float_format=lambda value: f"{value:.4f}")
     log.info("Memorization, per network and corruption level p:\n%s", shown)
 
 

@@ -11,6 +11,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline
 
+from pipelines.console import is_quiet
 from pipelines.summary import OBJECTIVE_TAG, log_sweep_summary, short_name
 from pipelines.tracking import log_run_context, start_run
 from pipelines.ui import announce, log_training_input, training_dataset
@@ -33,7 +34,8 @@ def search(run, data):
         n_jobs=1 if run.device.is_gpu else cfg.search.n_jobs,
         scoring="accuracy",
         error_score="raise",
-        verbose=cfg.search.verbose,  # 2: a line per candidate and fold, as they end
+        # 2: a line per candidate and fold, as they end (none on a quiet console)
+        verbose=0 if is_quiet() else cfg.search.verbose,
     )
     sets = run.device.put_sets(
         {"train": (data.X_train, data.y_train), "test": (data.X_test, data.y_test)}

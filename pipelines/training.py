@@ -166,7 +166,7 @@ def set_up(run, inputs, member, data, name, parent_id=None, tags=None) -> Fittin
     log_run_context(run.client, run_id, member.cfg, data, context, run.commit)
     y, labels = labels_on_device(run, inputs, data)
     scoring = EpochScoring({k: (inputs.eval_X[k], labels[k]) for k in labels})
-    callbacks = instantiate_callbacks(member.cfg.callbacks, scoring, run_id)
+    callbacks = instantiate_callbacks(member.cfg.callbacks, scoring, run_id, name)
     member.estimator.set_callbacks(*callbacks)
     return Fitting(member, run_id, data, y, scoring)
 
@@ -183,11 +183,12 @@ def labels_on_device(run, inputs, data):
     return labels.pop("fit"), labels
 
 
-def instantiate_callbacks(callbacks_cfg, scoring, run_id=None):
+def instantiate_callbacks(callbacks_cfg, scoring, run_id=None, run_name=None):
     """The callbacks of ``cfg.callbacks``, after ``scoring``. Those whose class takes
-    a ``scoring`` or ``run_id`` argument (``pipelines.callbacks``) get it; others
-    (sklearn's ``ProgressBar``) are built from their config alone."""
+    a ``scoring``, ``run_id`` or ``run_name`` argument (``pipelines.callbacks``) get
+    it; others (sklearn's ``ProgressBar``) are built from their config alone."""
     callbacks, given = [scoring], {"scoring": scoring, "run_id": run_id}
+    given["run_name"] = run_name
     for callback in (callbacks_cfg or {}).values():
         if callback is not None:
             takes = inspect.signature(hydra.utils.get_object(callback._target_))
@@ -240,13 +241,6 @@ def finish(run, inputs, fitting, seconds, extra_metrics=None) -> dict:
     log_artifacts(pipeline, data, cfg, table)
     mlflow.end_run()
     run.started.remove(fitting.run_id)
-    log.info(
-        "run %s: test accuracy %.4f after %d epochs (%.1f s)",
-        fitting.run_id,
-        metrics["final_test_accuracy"],
-        metrics["n_epochs"],
-        metrics["fit_seconds"],
-    )
     return metrics
 
 

@@ -1,8 +1,9 @@
 """The README's snippets, collected from the README itself and run.
 
-- ``python`` blocks run verbatim, each in a fresh interpreter, in a directory laid out
-  like the project after its quickstart: a store ``mlruns/mlflow.db`` holding a 3b1b run
-  (a short one, with its model).
+- ``python`` blocks run verbatim, each in a fresh interpreter, in an empty directory
+  away from the store, a store like the project's after its quickstart (a short 3b1b
+  run, with its model) named by ``MLFLOW_TRACKING_URI``; no snippet may leave a file
+  there (a relative store URI would leave an empty ``mlruns/mlflow.db``).
 - Each pipeline command of a ``bash`` block (``python -m pipelines.*``, also after an
   install prefix ``... && .venv/bin/python -m ...``) is composed by Hydra as written,
   in process (a sweep: its first job): every group, preset and key it names must exist,
@@ -48,14 +49,16 @@ COMMANDS = _pipeline_commands()
 
 
 @pytest.fixture(scope="module")
-def project_like(tmp_path_factory, mnist):  # noqa: ARG001 - the snippets need MNIST
-    """A working directory whose ``mlruns/mlflow.db`` holds a finished 3b1b run."""
+def project_store(tmp_path_factory, mnist):  # noqa: ARG001 - the snippets need MNIST
+    """The environment of a user whose store (``MLFLOW_TRACKING_URI``, absolute) holds
+    a finished 3b1b run."""
     cwd = tmp_path_factory.mktemp("project")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": "sqlite:///mlruns/mlflow.db"}
+    uri = f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
     env.pop("SKMLP_PARENT_RUN_ID", None)
     quick = ["experiment=3b1b", "data.n_train=2000", "model.max_iter=2"]
     run([sys.executable, "-m", "pipelines.train", *quick], cwd, env)
-    return cwd
+    return env
 
 
 def test_the_readme_has_snippets_to_test():
@@ -66,9 +69,9 @@ def test_the_readme_has_snippets_to_test():
 @pytest.mark.parametrize(
     "code", PYTHON_SNIPPETS, ids=[f"python{i}" for i in range(len(PYTHON_SNIPPETS))]
 )
-def test_python_snippet_runs_verbatim(code, project_like):
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    run([sys.executable, "-c", code], project_like, env)
+def test_python_snippet_runs_verbatim_from_any_directory(code, project_store, tmp_path):
+    run([sys.executable, "-c", code], tmp_path, project_store)
+    assert list(tmp_path.iterdir()) == []  # no stray store
 
 
 def _first_job(override):

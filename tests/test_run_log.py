@@ -23,7 +23,8 @@ def test_each_epoch_is_a_log_line_in_the_console_and_the_log_file(store, tmp_pat
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "quiet", [["~callbacks.log_epoch"], ["hydra/job_logging=disabled"]]
+    "quiet",
+    [["~callbacks.log_epoch"], ["hydra/job_logging=disabled"], ["console=quiet"]],
 )
 def test_progress_can_be_silenced(store, tmp_path, quiet):
     console = _train(store, tmp_path, *quiet)
