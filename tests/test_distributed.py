@@ -18,8 +18,7 @@ from pipelines.tracking import SWEEP_JOB_TAG
 def stripped_env():
     """The driver's environment without any tracking URI (the store is configured)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    for name in ("MLFLOW_TRACKING_URI", "SKMLP_PARENT_RUN_ID"):
-        env.pop(name, None)
+    env.pop("MLFLOW_TRACKING_URI", None)
     return env
 
 

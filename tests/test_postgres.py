@@ -89,8 +89,7 @@ def readme_recipe() -> list[str]:
 def recipe_env(postgres, tmp_path):  # noqa: F811
     """The README's shell variables for this machine, the venv's programs first."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    for name in ("MLFLOW_TRACKING_URI", "SKMLP_PARENT_RUN_ID"):
-        env.pop(name, None)
+    env.pop("MLFLOW_TRACKING_URI", None)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     return env | {
         "DB": f"postgres@127.0.0.1:{postgres.port}/mlflow",
