@@ -21,6 +21,7 @@ from pipelines.store import (
     DATABASE_SCHEMES,
     PROJECT_ROOT,
     StoreError,
+    shown,
     sqlite_path,
     tracking_uri,
 )
@@ -88,7 +89,7 @@ def check_parent(client: MlflowClient, uri: str, parent_id: str) -> None:
 def _unreachable(uri, parent_id, reason):
     return (
         f"This job belongs to the multirun whose parent run {parent_id} is in the "
-        f"MLflow store {uri}, which it cannot use here: {reason}. Every job of a "
+        f"MLflow store {shown(uri)}, which it cannot use here: {reason}. Every job of a "
         "sweep logs to its parent's store, never to one of its own: give every node "
         "that runs jobs the same path (a shared file system), or use a database or an "
         "MLflow server that every node can reach (README: Past one machine)."
