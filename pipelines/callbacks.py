@@ -124,13 +124,16 @@ class MLflowEpochLogger(_ReadsScores):
     one thread. Epochs are written in batches, one every ``flush_seconds`` at most, and
     the rest when the fit ends, well or not (``teardown``): a write is one database
     transaction, which can take longer than a GPU epoch. A process killed outright
-    loses at most ``flush_seconds`` of curves.
+    loses at most ``flush_seconds`` of curves. The store is ``tracking_uri`` (default:
+    MLflow's tracking URI when the logger is made), kept with the logger, so that a
+    fit in a worker process (joblib, on another node) logs to the same store.
     """
 
-    def __init__(self, scoring, run_id=None, flush_seconds=2.0):
+    def __init__(self, scoring, run_id=None, flush_seconds=2.0, tracking_uri=None):
         super().__init__(scoring)
         run = mlflow.active_run()
         self.run_id = run_id or (None if run is None else run.info.run_id)
+        self.tracking_uri = tracking_uri or mlflow.get_tracking_uri()
         self.flush_seconds = flush_seconds
         self._pending, self._flushed = [], time.monotonic()
 
@@ -160,7 +163,9 @@ class MLflowEpochLogger(_ReadsScores):
                 "mlflow.start_run(), or start a run before the fit ends."
             )
         pending, self._pending = self._pending, []
-        mlflow.MlflowClient().log_batch(run_id, metrics=pending)
+        mlflow.MlflowClient(tracking_uri=self.tracking_uri).log_batch(
+            run_id, metrics=pending
+        )
 
 
 class EpochLog(_ReadsScores):

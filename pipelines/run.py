@@ -11,7 +11,6 @@ threads, and ends the runs that a failure leaves open KILLED (interrupt) or FAIL
 import copy
 import itertools
 import logging
-import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from numbers import Integral
@@ -30,8 +29,14 @@ from pipelines.lifecycle import (
     handle_signals,
     reap_dead_runs,
 )
-from pipelines.store import check_store, tracking_uri
-from pipelines.tracking import PARENT_RUN_ENV, flatten, git_commit, setup_experiment
+from pipelines.store import check_store
+from pipelines.tracking import (
+    check_parent,
+    flatten,
+    git_commit,
+    handed_over,
+    setup_experiment,
+)
 from skmlp._data import layer_sizes
 
 log = logging.getLogger(__name__)
@@ -117,13 +122,16 @@ def resolve_run(cfg: DictConfig) -> Run:
     steps = tuple(
         build_step(step) for step in cfg.get("preprocessing", {}).get("steps", [])
     )
-    uri = tracking_uri(cfg.tracking.uri)
+    uri, parent_id = handed_over(cfg)  # a multirun's job: its parent's store
     check_store(uri)
     reap_dead_runs(uri)
     mlflow.set_tracking_uri(uri)  # MLflow's own calls (the model's logging) use it
     client = MlflowClient(uri)
-    experiment_id = setup_experiment(client, uri, cfg.tracking.experiment_name)
-    parent_id = os.environ.get(PARENT_RUN_ENV) or None  # set by a multirun's callback
+    if parent_id is not None:
+        check_parent(client, uri, parent_id)
+    experiment_id = setup_experiment(
+        client, uri, cfg.tracking.experiment_name, cfg.tracking.get("artifact_root")
+    )
     return Run(
         cfg, device, uri, client, experiment_id, parent_id, members, steps, git_commit()
     )

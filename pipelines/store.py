@@ -4,8 +4,10 @@ before any work.
 MLflow creates and migrates a database store on its first use in each process. Two
 processes doing that at once race on alembic's migrations, and SQLite runs them without
 a transaction, so the loser can leave the schema half-migrated for good. ``open_store``
-serialises that first use with a file lock, and recovers a store left half-made (by an
-older version of this code, or a process killed while migrating) where no data is lost.
+serialises that first use: with an advisory lock held in the database for PostgreSQL
+(processes on any number of hosts), else with a file lock; and it recovers a SQLite
+store left half-made (by an older version of this code, or a process killed while
+migrating) where no data is lost.
 """
 
 import hashlib
@@ -18,11 +20,14 @@ import time
 from contextlib import closing, contextmanager
 from pathlib import Path
 
+import sqlalchemy
 from filelock import FileLock, Timeout
 from mlflow.store.db.utils import _get_latest_schema_revision
 from mlflow.tracking import MlflowClient
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
-from pipelines.redact import has_password, redact
+from pipelines.redact import has_password, redact, redact_uri
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +37,10 @@ LOCK_TIMEOUT_S = 300
 # A migration in progress moves on within this time; a half-made store stays still.
 MIGRATION_QUIET_S = 2
 DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+# The key of the PostgreSQL advisory lock that serialises the first open of a store.
+ADVISORY_LOCK_KEY = int.from_bytes(
+    hashlib.md5(b"skmlp-mlflow-store").digest()[:8], signed=True
+)
 
 
 class StoreError(RuntimeError):
@@ -91,6 +100,12 @@ def open_store(uri: str) -> None:
     MLflow caches the store it builds per URI, so later clients of ``uri`` in this
     process skip the migration. Raises StoreError if the store cannot be made usable.
     """
+    if _scheme(uri) in DATABASE_SCHEMES and _scheme(uri) != "sqlite":
+        check_driver(uri)
+    if _scheme(uri) == "postgresql":
+        with advisory_lock(uri):
+            MlflowClient(uri).search_experiments(max_results=1)
+        return
     lock = lock_path(uri)
     if lock is None:
         return
@@ -164,6 +179,74 @@ def _damaged_message(uri: str, path: Path, reason: str) -> str:
         "restore it from a backup, or point tracking.uri (or MLFLOW_TRACKING_URI) "
         "at another store."
     )
+
+
+def _scheme(uri: str) -> str:
+    """``postgresql`` of ``postgresql+psycopg://...``."""
+    return uri.split(":", 1)[0].split("+")[0]
+
+
+def check_driver(uri: str) -> None:
+    """Fail, naming ``uri`` and what to install, unless its database driver imports.
+
+    SQLAlchemy 2.1 reads ``postgresql://`` as psycopg 3 (the ``postgres`` extra);
+    ``postgresql+psycopg2://`` asks for psycopg2.
+    """
+    try:
+        make_url(uri).get_dialect().import_dbapi()
+    except ImportError as exc:
+        extra = (
+            "install the postgres extra (pip install -e '.[postgres]' in the project: "
+            "psycopg 3)"
+            if _scheme(uri) == "postgresql" and exc.name == "psycopg"
+            else f"install it (pip install {exc.name})"
+        )
+        raise StoreError(
+            f"The MLflow store {redact_uri(uri)} needs the database driver {exc.name!r}, which is "
+            f"not installed: {extra}."
+        ) from exc
+
+
+@contextmanager
+def advisory_lock(uri: str):
+    """Hold PostgreSQL's advisory lock ``ADVISORY_LOCK_KEY`` on the database of
+    ``uri`` for the duration of a block: one process at a time, on any host, creates
+    or migrates the store. The lock goes with the connection if the process dies."""
+    engine = sqlalchemy.create_engine(uri, poolclass=NullPool)
+    try:
+        with _connect(engine, uri) as db:
+            db.execute(sqlalchemy.text(f"SET lock_timeout = '{LOCK_TIMEOUT_S}s'"))
+            try:
+                db.execute(
+                    sqlalchemy.text("SELECT pg_advisory_lock(:key)"),
+                    {"key": ADVISORY_LOCK_KEY},
+                )
+            except sqlalchemy.exc.OperationalError as exc:
+                raise StoreError(
+                    f"Another process has held the creation lock of the MLflow store "
+                    f"{redact_uri(uri)} for over {LOCK_TIMEOUT_S} s. Wait for it to finish; the "
+                    "lock of a process that died goes with its connection."
+                ) from exc
+            db.commit()
+            try:
+                yield
+            finally:
+                db.execute(
+                    sqlalchemy.text("SELECT pg_advisory_unlock(:key)"),
+                    {"key": ADVISORY_LOCK_KEY},
+                )
+                db.commit()
+    finally:
+        engine.dispose()
+
+
+def _connect(engine, uri):
+    try:
+        return engine.connect()
+    except sqlalchemy.exc.OperationalError as exc:
+        raise StoreError(
+            f"The MLflow store {redact_uri(uri)} cannot be reached: {exc.orig}. {WHAT_TO_DO}"
+        ) from exc
 
 
 def schema_state(path: Path) -> tuple[bool, str | None, list[str], int]:

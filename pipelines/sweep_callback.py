@@ -10,6 +10,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from joblib import register_parallel_backend
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 
 from pipelines.lifecycle import (
     INTERRUPTED,
@@ -21,7 +22,13 @@ from pipelines.lifecycle import (
 from pipelines.store import tracking_uri
 from pipelines.summary import SWEPT_TAG, log_sweep_summary, swept_keys
 from pipelines.sweep_check import check_sweep
-from pipelines.tracking import PARENT_RUN_ENV, git_commit, setup_experiment, start_run
+from pipelines.tracking import (
+    SWEEP_JOB_TAG,
+    git_commit,
+    hand_over,
+    setup_experiment,
+    start_run,
+)
 from pipelines.ui import announce
 from skmlp._workers import (
     EXIT_CODE,
@@ -36,17 +43,20 @@ class MLflowSweepCallback(Callback):
 
     ``on_multirun_start`` checks every job's config and the store (a failure stops
     the sweep before any job), creates the experiment (once, before any worker
-    starts) and the parent run, and hands its id to the jobs through
-    ``SKMLP_PARENT_RUN_ID``. The parent ends FINISHED in ``on_multirun_end``; if
-    the sweep dies first (a failed job, a dead worker, Ctrl-C, SIGTERM), an exit
-    handler ends it FAILED or KILLED, never RUNNING. The joblib launcher's workers
-    end with this process, however it ends, and start no job once it is gone.
+    starts) and the parent run, and hands the store and the parent's id to the jobs
+    in their config (:func:`pipelines.tracking.hand_over`). The parent ends FINISHED
+    in ``on_multirun_end`` if every job launched has its run there; if not, it ends
+    FAILED naming the jobs missing, and the command exits non-zero. If the sweep dies
+    first (a failed job, a dead worker, Ctrl-C, SIGTERM), an exit handler ends it
+    FAILED or KILLED, never RUNNING. The joblib launcher's workers end with this
+    process, however it ends, and start no job once it is gone.
     """
 
     def __init__(self):
         self._parent = None
         self._uri = None
         self._swept = []
+        self._sweep_dir = None
 
     def on_multirun_start(self, config, **kwargs):
         # First, so that a signal from here on ends the parent and its children
@@ -57,7 +67,12 @@ class MLflowSweepCallback(Callback):
         check_sweep(config, uri)  # a bad value, GPU or store: no parent, no job
         _watch_workers()
         client = MlflowClient(uri)
-        experiment_id = setup_experiment(client, uri, config.tracking.experiment_name)
+        experiment_id = setup_experiment(
+            client,
+            uri,
+            config.tracking.experiment_name,
+            config.tracking.get("artifact_root"),
+        )
         sweep_dir = config.hydra.sweep.dir
         self._swept = swept_keys(
             config.hydra.overrides.task, config.hydra.sweeper.get("params")
@@ -69,8 +84,8 @@ class MLflowSweepCallback(Callback):
         }
         name = f"sweep-{Path(sweep_dir).name}"
         self._parent = start_run(client, experiment_id, name, tags=tags)
-        self._uri = uri
-        os.environ[PARENT_RUN_ENV] = self._parent
+        self._uri, self._sweep_dir = uri, Path(sweep_dir)
+        hand_over(config, uri, self._parent)
         atexit.register(self._end, "FAILED")
 
     def on_job_start(self, config, **kwargs):
@@ -86,12 +101,30 @@ class MLflowSweepCallback(Callback):
     def on_multirun_end(self, config, **kwargs):
         if self._parent is not None:
             client = MlflowClient(self._uri)
-            view_id = log_sweep_summary(client, self._parent, self._swept)
-            experiment_id = client.get_run(self._parent).info.experiment_id
-            announce(self._uri, experiment_id, view_id)
+            launched = launched_jobs(self._sweep_dir)
+            missing = missing_jobs(client, self._parent, launched)
+            if len(missing) < len(launched) or not launched:  # a summary of some
+                view_id = log_sweep_summary(client, self._parent, self._swept)
+                experiment_id = client.get_run(self._parent).info.experiment_id
+                announce(self._uri, experiment_id, view_id)
+            if missing:
+                self._end_missing(missing)
         self._end("FINISHED")
 
-    def _end(self, status):
+    def _end_missing(self, missing):
+        """End the parent FAILED naming the jobs without a run under it, and exit
+        non-zero (Hydra turns a callback's exceptions into warnings, not exits)."""
+        jobs = "; ".join(f"job {num} ({' '.join(o)})" for num, o in missing.items())
+        reason = f"{len(missing)} job(s) have no run under this sweep: {jobs}"
+        parent, uri = self._parent, self._uri
+        self._end("FAILED", reason[:500])
+        raise SystemExit(
+            f"The sweep's parent run {parent} in {uri} ended FAILED: {reason}. They "
+            "ran but logged elsewhere (another store or experiment): check that every "
+            "job can reach this store (README: Past one machine)."
+        )
+
+    def _end(self, status, reason=None):
         if self._parent is None:
             return
         client = MlflowClient(self._uri)
@@ -108,14 +141,13 @@ class MLflowSweepCallback(Callback):
                 status = "KILLED"
             if status != "FINISHED":  # why, as on every run that ends early
                 failed = sum(c.info.status == "FAILED" for c in children)
-                reason = (
-                    INTERRUPTED if status == "KILLED" else f"{failed} job(s) failed"
-                )
+                if status == "KILLED":
+                    reason = INTERRUPTED
+                reason = reason or f"{failed} job(s) failed"
                 if crashed:  # a worker died: which, and how
                     reason += ": " + "; ".join(crashed)
                 client.set_tag(self._parent, REASON_TAG, reason)
             client.set_terminated(self._parent, status)
-        os.environ.pop(PARENT_RUN_ENV, None)
         self._parent = None
 
 
@@ -124,3 +156,30 @@ def _watch_workers():
     and remove what killed sweeps left in ``/dev/shm``."""
     register_parallel_backend("loky", WatchedLokyBackend)
     remove_dead_leftovers()
+
+
+def launched_jobs(sweep_dir: Path) -> dict:
+    """``{job number: its overrides}`` of the jobs Hydra started under ``sweep_dir``
+    (each saves its config in ``<job dir>/.hydra``), the hand-over's overrides left
+    out."""
+    jobs = {}
+    for saved in Path(sweep_dir).glob("**/.hydra/hydra.yaml"):
+        hydra = OmegaConf.load(saved).hydra
+        overrides = [o for o in hydra.overrides.task if not o.startswith("++tracking.")]
+        jobs[str(hydra.job.num)] = overrides
+    return jobs
+
+
+def missing_jobs(client: MlflowClient, parent_id: str, launched: dict) -> dict:
+    """Those of the ``launched`` jobs (:func:`launched_jobs`) with no child run under
+    ``parent_id`` in the parent's experiment."""
+    parent = client.get_run(parent_id)
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'"
+    )
+    found = {child.data.tags.get(SWEEP_JOB_TAG) for child in children}
+    return {
+        num: overrides
+        for num, overrides in sorted(launched.items(), key=lambda job: int(job[0]))
+        if num not in found
+    }

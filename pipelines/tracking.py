@@ -7,36 +7,148 @@ members, set up before one joint fit and finished after it).
 
 import hashlib
 import subprocess
+from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from mlflow.entities import Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, read_write
 
 from pipelines.lifecycle import process_tags
-from pipelines.redact import redact_config
-from pipelines.store import PROJECT_ROOT, sqlite_path
+from pipelines.redact import redact_config, redact_uri
+from pipelines.store import (
+    DATABASE_SCHEMES,
+    PROJECT_ROOT,
+    StoreError,
+    sqlite_path,
+    tracking_uri,
+)
 from pipelines.ui import EXPERIMENT_TAGS, log_training_input, training_dataset
 
-PARENT_RUN_ENV = "SKMLP_PARENT_RUN_ID"
+# The Hydra job number of a sweep's child run: how the sweep's end finds jobs whose
+# runs are missing (pipelines.sweep_callback).
+SWEEP_JOB_TAG = "skmlp.sweep_job"
 
 
-def setup_experiment(client: MlflowClient, uri: str, name: str) -> str:
-    """The id of experiment ``name`` in the (opened) store ``uri``, created if new.
+# ----------------------------------------------------------------------------------
+# A multirun's store and parent, handed over in each job's config
 
-    Artifacts of a sqlite store go beside the database, under ``artifacts/``.
+
+def hand_over(config, uri: str, parent_id: str) -> None:
+    """Make every job of the multirun ``config`` log to store ``uri`` under run
+    ``parent_id``, whatever environment it runs in.
+
+    Hydra composes each job's config again from ``hydra.overrides.hydra`` and the job's
+    own overrides, on whichever node runs it: the resolved URI, the artifact root and
+    the parent's id go there as overrides (``tracking.uri``, ``tracking.artifact_root``,
+    ``tracking.parent_run_id``), and so into the job's config and its
+    ``.hydra/overrides.yaml``. Call it before the sweeper is made (``on_multirun_start``).
     """
+    values = {"uri": uri, "parent_run_id": parent_id}
+    root = config.tracking.get("artifact_root")
+    if root:
+        values["artifact_root"] = artifact_root_uri(root)
+    with read_write(config.hydra):
+        config.hydra.overrides.hydra.extend(
+            [f"++tracking.{key}={_quoted(value)}" for key, value in values.items()]
+        )
+
+
+def _quoted(value: str) -> str:
+    """``value`` as a quoted Hydra override value (any character kept)."""
+    return "'" + value.replace("'", "\\'") + "'"
+
+
+def handed_over(cfg) -> tuple[str, str | None]:
+    """The store and the parent run (None outside a multirun) of a task of ``cfg``.
+
+    A multirun's job logs to the store its config names (:func:`hand_over`), whatever
+    its environment says; it never falls back to a store of its own. Other tasks
+    resolve their store with :func:`pipelines.store.tracking_uri`.
+    """
+    parent_id = cfg.tracking.get("parent_run_id")
+    if not parent_id:
+        return tracking_uri(cfg.tracking.uri), None
+    uri = cfg.tracking.uri
+    path = sqlite_path(uri)
+    if path is not None and not path.exists():
+        raise StoreError(_unreachable(uri, parent_id, f"{path} does not exist here"))
+    return uri, parent_id
+
+
+def check_parent(client: MlflowClient, uri: str, parent_id: str) -> None:
+    """Fail, naming the store, unless run ``parent_id`` is in store ``uri``."""
+    try:
+        client.get_run(parent_id)
+    except MlflowException as exc:
+        raise StoreError(_unreachable(uri, parent_id, exc.message)) from exc
+
+
+def _unreachable(uri, parent_id, reason):
+    return (
+        f"This job belongs to the multirun whose parent run {parent_id} is in the "
+        f"MLflow store {redact_uri(uri)}, which it cannot use here: {reason}. Every job of a "
+        "sweep logs to its parent's store, never to one of its own: give every node "
+        "that runs jobs the same path (a shared file system), or use a database or an "
+        "MLflow server that every node can reach (README: Past one machine)."
+    )
+
+
+def sweep_job_tags() -> dict:
+    """``{SWEEP_JOB_TAG: n}`` in the job number ``n`` of a Hydra multirun, else ``{}``."""
+    if not HydraConfig.initialized():
+        return {}
+    hydra = HydraConfig.get()
+    if hydra.mode != RunMode.MULTIRUN or hydra.job.get("num") is None:
+        return {}
+    return {SWEEP_JOB_TAG: str(hydra.job.num)}
+
+
+# ----------------------------------------------------------------------------------
+# Experiments and runs
+
+
+def artifact_root_uri(root: str) -> str:
+    """``tracking.artifact_root`` as a URI: an object store's (``s3://...``) as given,
+    a path made absolute."""
+    if "://" in root:
+        return root.rstrip("/")
+    return Path(root).expanduser().resolve().as_uri()
+
+
+def artifact_location(uri: str, name: str, artifact_root: str | None) -> str | None:
+    """Where experiment ``name`` of store ``uri`` keeps its artifacts.
+
+    ``artifact_root`` (``tracking.artifact_root``) if given; else beside a sqlite
+    database, under ``artifacts/``; else, for a database server, the project's
+    ``mlruns/artifacts`` (never the working directory's); else (an MLflow server) the
+    server's choice.
+    """
+    if artifact_root:
+        return f"{artifact_root_uri(artifact_root)}/{name}"
+    path = sqlite_path(uri)
+    if path is not None:
+        return (path.resolve().parent / "artifacts" / name).as_uri()
+    if uri.split(":", 1)[0].split("+")[0] in DATABASE_SCHEMES:
+        return (PROJECT_ROOT / "mlruns" / "artifacts" / name).as_uri()
+    return None
+
+
+def setup_experiment(
+    client: MlflowClient, uri: str, name: str, artifact_root: str | None = None
+) -> str:
+    """The id of experiment ``name`` in the (opened) store ``uri``, created if new,
+    its artifacts at :func:`artifact_location`."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    location, path = None, sqlite_path(uri)
-    if path is not None:
-        store_dir = path.resolve().parent
-        store_dir.mkdir(parents=True, exist_ok=True)
-        location = (store_dir / "artifacts" / name).as_uri()
     try:
         return client.create_experiment(
-            name, artifact_location=location, tags=EXPERIMENT_TAGS
+            name,
+            artifact_location=artifact_location(uri, name, artifact_root),
+            tags=EXPERIMENT_TAGS,
         )
     except MlflowException:  # created meanwhile by a parallel job
         return client.get_experiment_by_name(name).experiment_id
@@ -47,7 +159,7 @@ def start_run(client, experiment_id, name, parent_id=None, tags=None) -> str:
     process and ``tags``; return its id."""
     tags = {**process_tags(), **(tags or {})}
     if parent_id is not None:
-        tags["mlflow.parentRunId"] = parent_id
+        tags.update({**sweep_job_tags(), "mlflow.parentRunId": parent_id})
     return client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
 
 
