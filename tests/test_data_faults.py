@@ -189,9 +189,7 @@ print("loaded", data.X_train.shape)
 
 
 @pytest.mark.slow
-def test_four_processes_heal_one_damaged_cache_with_one_fetch(
-    cache, mnist_dir, mirror
-):
+def test_four_processes_heal_one_damaged_cache_with_one_fetch(cache, mnist_dir, mirror):
     url, served = mirror
     victim = cache / "train-images-idx3-ubyte.gz"  # the first file read
     damage(victim, "four-bytes")
@@ -213,3 +211,87 @@ def test_four_processes_heal_one_damaged_cache_with_one_fetch(
     assert len(list(cache.glob(f"{victim.name}.damaged-*"))) == 1
     assert list(cache.glob(".*.part")) == []  # nothing half-written
     assert md5(victim) == md5(mnist_dir / victim.name)
+
+
+# ---- impossible data, evaluation and tracking settings (issue 21, item 6), checked
+# on configs composed by Hydra as the entry points compose them; the cases of the
+# issue run the real command in tests/test_pipelines.py.
+
+
+def composed(task, overrides):
+    """The config of ``task`` (``train``, ``memorization``, ...) with ``overrides``."""
+    from hydra import compose, initialize_config_dir
+
+    from pipelines import config_dir
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return compose(task, overrides=overrides)
+
+
+@pytest.mark.parametrize(
+    "task, overrides",
+    [
+        ("train", []),
+        ("train", ["data=digits"]),
+        ("train", ["data=fashion_mnist"]),
+        ("train", ["experiment=3b1b"]),
+        ("train", ["experiment=wide"]),
+        ("train", ["sweep=seed_network"]),
+        ("train", ["data.validation_size=0.1", "data.n_train=1000"]),
+        ("train", ["data.validation_size=100", "eval.train_accuracy_samples=null"]),
+        ("memorization", []),
+        ("memorization", ["scale=full", "regularization=early_stopping"]),
+        ("grid_search", ["data=digits"]),
+    ],
+)
+def test_the_shipped_configs_pass_the_checks(task, overrides):
+    from pipelines.checks import check_config
+
+    check_config(composed(task, overrides))
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.n_test=0.5", "data.n_test=0.5: must be null (the whole set) or a"),
+        ("data.n_train=true", "data.n_train=True: must be null"),
+        ("data.validation_size=-1", "data.validation_size=-1: must be 0 (no valid"),
+        ("data.validation_size=1.0", "data.validation_size=1.0: must be 0 (no valid"),
+        ("eval.noise_samples=0", "eval.noise_samples=0: must be a positive integer"),
+        ("eval.train_accuracy_samples=0.5", "eval.train_accuracy_samples=0.5: must"),
+        ("tracking.experiment_name=null", "tracking.experiment_name=null: must be a"),
+        ("seed=-1", "seed=-1: must be an integer from 0 to 4294967295"),
+        ("seed=4294967296", "seed=4294967296: must be an integer from 0"),
+    ],
+)
+def test_an_impossible_setting_is_refused_naming_it(override, message):
+    from pipelines.checks import ConfigError, check_config
+
+    with pytest.raises(ConfigError) as error:
+        check_config(composed("train", [override]))
+    assert str(error.value).startswith(message)
+
+
+def test_a_validation_count_that_leaves_no_training_set_is_refused():
+    from pipelines.checks import ConfigError, check_config
+
+    cfg = composed("train", ["data.n_train=100", "data.validation_size=100"])
+    with pytest.raises(ConfigError, match="holds out 100 of data.n_train=100"):
+        check_config(cfg)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("grid.corruption.p=[0.0,-0.2]", "grid.corruption.p=-0.2: must be a number"),
+        ("grid.corruption.p=2", "grid.corruption.p=2: must be a number from 0 to 1"),
+        ("fit_threshold=99", "fit_threshold=99: must be a number from 0 to 1"),
+        ("corruption.kind=labels", "corruption.kind=labels: must be one of: none,"),
+    ],
+)
+def test_an_impossible_memorization_setting_is_refused(override, message):
+    from pipelines.checks import ConfigError, check_config
+
+    with pytest.raises(ConfigError) as error:
+        check_config(composed("memorization", [override]))
+    assert str(error.value).startswith(message)
