@@ -15,6 +15,8 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from skmlp.corruption import INPUT_CORRUPTIONS, LABEL_CORRUPTIONS
+
 SEED_MAX = 2**32 - 1  # what NumPy's and scikit-learn's random states take
 
 
@@ -168,8 +170,6 @@ def _experiment_name(value, cfg):
 
 
 def _corruption_kind(value, cfg):
-    from skmlp.corruption import INPUT_CORRUPTIONS, LABEL_CORRUPTIONS
-
     known = ["none", *LABEL_CORRUPTIONS, *INPUT_CORRUPTIONS]
     return None if value in known else f"must be one of: {', '.join(known)}."
 

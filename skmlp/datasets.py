@@ -433,7 +433,10 @@ def load_mnist(data_dir=None, *, as_frame=False, dtype=np.float32, mirrors=None)
     Raises
     ------
     DataError
-        If a file is missing and cannot be downloaded, or is corrupt or truncated.
+        If a file is missing and cannot be downloaded, or is damaged and is not the
+        cache's (a damaged cached file is moved aside and downloaded again), or if
+        ``data_dir`` or ``$SKMLP_MNIST_DIR`` is not a directory. The message names
+        the file and what to do.
     """
     return _load_idx_dataset(MNIST, data_dir, as_frame, dtype, mirrors)
 

@@ -1,5 +1,9 @@
-"""Damaged data files (issue 21, item 5): real files damaged on disk, real mirrors
-(a local HTTP server, a ``file://`` directory), real processes healing one cache."""
+"""Data that heals or says what is wrong (issue 21, items 5 and 6).
+
+Damaged files: real files damaged on disk, real mirrors (a local HTTP server, a
+``file://`` directory), real processes healing one cache, the pipeline's command.
+Impossible settings: ``pipelines.checks`` on configs composed by Hydra.
+"""
 
 import functools
 import gzip
@@ -15,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import all_runs, run_entry_point, runs_of
 
 from skmlp.datasets import MNIST, DataError, cache_dir, load_mnist
 
@@ -211,6 +216,48 @@ def test_four_processes_heal_one_damaged_cache_with_one_fetch(cache, mnist_dir, 
     assert len(list(cache.glob(f"{victim.name}.damaged-*"))) == 1
     assert list(cache.glob(".*.part")) == []  # nothing half-written
     assert md5(victim) == md5(mnist_dir / victim.name)
+
+
+# ---- the same, through the pipeline's command
+
+SMALL = ["data.n_train=1000", "data.n_test=1000", "model.max_iter=1"]
+SMALL += ["tracking.log_model=false", "tracking.experiment_name=data-faults"]
+
+
+@pytest.mark.slow
+def test_the_pipeline_heals_a_damaged_cache_and_trains(store, cache, mnist_dir):
+    uri, env = store
+    env = {**env, "SKMLP_CACHE_DIR": str(cache.parent)}
+    env.pop("SKMLP_MNIST_DIR", None)
+    victim = cache / VICTIM
+    damage(victim, "four-bytes")
+    mirrors = f"+data.loader.mirrors=[{mnist_dir.as_uri()}/]"
+    result = run_entry_point("pipelines.train", [*SMALL, mirrors], env, cache)
+    output = result.stdout + result.stderr
+    assert f"{victim}: cannot read or decompress (Error -3" in output
+    assert "Downloading it again" in output
+    assert md5(victim) == md5(mnist_dir / VICTIM)
+    _, (run,) = runs_of(uri, "data-faults")
+    assert run.info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_the_pipeline_names_a_damaged_file_of_the_users_directory(
+    store, tmp_path, mnist_dir
+):
+    uri, env = store
+    own = tmp_path / "my-mnist"
+    own.mkdir()
+    for name in FILES:
+        shutil.copyfile(mnist_dir / name, own / name)
+    damaged = damage(own / VICTIM, "four-bytes")
+    env = {**env, "SKMLP_MNIST_DIR": str(own), "SKMLP_CACHE_DIR": str(tmp_path)}
+    result = run_entry_point("pipelines.train", SMALL, env, tmp_path, check=False)
+    assert result.returncode != 0
+    assert f"DataError: {own / VICTIM}: cannot read or decompress" in result.stderr
+    assert "has been left as it is" in result.stderr
+    assert (own / VICTIM).read_bytes() == damaged
+    assert all_runs(uri) == []
 
 
 # ---- impossible data, evaluation and tracking settings (issue 21, item 6), checked
