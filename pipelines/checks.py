@@ -140,7 +140,7 @@ def _validation_size(value, cfg):
 
 
 def _data_dir(value, cfg):
-    if value is None or Path(str(value)).expanduser().is_dir():
+    if value is None or Path(str(value)).is_dir():  # as the loader reads it
         return None
     return (
         "is not a directory. Name the directory that holds the data set's files, or "
