@@ -1,6 +1,7 @@
 """Load the configured data set and cut the subsets a run asks for."""
 
 import threading
+from contextlib import contextmanager
 
 import hydra
 from sklearn.model_selection import train_test_split
@@ -23,17 +24,18 @@ def load_data(cfg, seed):
             f"{exc}\nWith the pipelines, name the directory by the override "
             "data.loader.data_dir=/that/directory (or set the environment variable)."
         ) from None
-    X_train, y_train = _subset(data.X_train, data.y_train, cfg.n_train, seed)
-    X_test, y_test = _subset(data.X_test, data.y_test, cfg.n_test, seed)
+    X_train, y_train = _subset(data.X_train, data.y_train, cfg, "n_train", seed)
+    X_test, y_test = _subset(data.X_test, data.y_test, cfg, "n_test", seed)
     X_val = y_val = None
     if cfg.validation_size:
-        X_train, X_val, y_train, y_val = train_test_split(
-            X_train,
-            y_train,
-            test_size=cfg.validation_size,
-            stratify=y_train,
-            random_state=seed,
-        )
+        with _naming(cfg, "validation_size", len(y_train)):
+            X_train, X_val, y_train, y_val = train_test_split(
+                X_train,
+                y_train,
+                test_size=cfg.validation_size,
+                stratify=y_train,
+                random_state=seed,
+            )
     return Bunch(
         X_train=X_train,
         y_train=y_train,
@@ -80,8 +82,25 @@ class _Loading(threading.Thread):
         return self._data
 
 
-def _subset(X, y, n, seed):
+def _subset(X, y, cfg, key, seed):
+    """A stratified random subset of ``cfg[key]`` rows (all if null or more)."""
+    n = cfg[key]
     if n is None or n >= len(y):
         return X, y
-    X, _, y, _ = train_test_split(X, y, train_size=n, stratify=y, random_state=seed)
+    with _naming(cfg, key, len(y)):
+        X, _, y, _ = train_test_split(X, y, train_size=n, stratify=y, random_state=seed)
     return X, y
+
+
+@contextmanager
+def _naming(cfg, key, n_rows):
+    """Turn scikit-learn's refusal of a split (fewer rows than classes) into an
+    error that names the override (``pipelines.checks`` refused what it could
+    before the data were loaded)."""
+    try:
+        yield
+    except ValueError as exc:
+        raise ValueError(
+            f"data.{key}={cfg[key]} cannot be used with {cfg.name}'s {n_rows} rows: "
+            f"{exc} Each part of a stratified split needs every class."
+        ) from None

@@ -2,8 +2,8 @@
 
 ``task(cfg)`` (after lightning-hydra-template's ``task_wrapper``) is the context every
 entry point runs its task in. It turns SIGTERM and SIGINT into KeyboardInterrupt,
-resolves the run (:func:`resolve_run`: a bad model override, a missing GPU or an
-unusable store fails here, before any data is loaded or run created), limits BLAS
+resolves the run (:func:`resolve_run`: a bad model or data override, a missing GPU or
+an unusable store fails here, before any data is loaded or run created), limits BLAS
 threads, and ends the runs that a failure leaves open KILLED (interrupt) or FAILED
 (error), never RUNNING. Everything after it reads the :class:`Run` it yields.
 """
@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf, open_dict
 from threadpoolctl import threadpool_limits
 
+from pipelines.checks import check_config
 from pipelines.device import Device, resolve_device
 from pipelines.lifecycle import (
     INTERRUPTED,
@@ -117,6 +118,7 @@ class Run:
 def resolve_run(cfg: DictConfig) -> Run:
     """Resolve the task's device, networks, store and experiment, in that order (a
     bad override fails before the store is touched); reap this host's dead runs."""
+    check_config(cfg)  # data, evaluation and tracking settings: no import, no I/O
     device = resolve_device(cfg.get("device", "cpu"))
     members = tuple(grid_members(cfg))
     steps = tuple(

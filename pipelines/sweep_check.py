@@ -10,6 +10,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig
 
+from pipelines.checks import check_config
 from pipelines.device import resolve_device
 from pipelines.run import build_step, grid_members
 from pipelines.store import check_store
@@ -53,7 +54,9 @@ def check_jobs(config: DictConfig) -> None:
 
 def check_task(cfg: DictConfig, devices: set) -> None:
     """The checks ``pipelines.run.resolve_run`` makes before it opens the store:
-    the device (each setting once), the networks, the preprocessing steps."""
+    the data, evaluation and tracking settings, the device (each setting once), the
+    networks, the preprocessing steps."""
+    check_config(cfg)
     device = str(cfg.get("device", "cpu"))
     if device not in devices:
         resolve_device(device)

@@ -7,10 +7,17 @@ of them are downloaded into the cache, trying each mirror in turn, written atomi
 (mode 0644) and checked against the known checksums before they are kept. A mirror
 gets ``SKMLP_DOWNLOAD_DEADLINE`` seconds (default 600) per file before the next one is
 tried.
+
+Every read is checked: decompressed, checksummed and parsed. A damaged file in the
+cache is moved aside (``<name>.damaged-<time>``) and downloaded again; one process at a
+time fetches a file into the cache (a lock file beside it, ``.<name>.lock``), the others
+wait and read what it fetched. A damaged file in a user's own directory is named in the
+error and left as it is.
 """
 
 import gzip
 import hashlib
+import logging
 import os
 import socket
 import struct
@@ -18,15 +25,22 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock, Timeout
 from sklearn.utils import Bunch
+
+log = logging.getLogger(__name__)
 
 
 class DataError(OSError):
     """A data file is missing, unreadable, truncated or fails its checksum."""
+
+    damaged = False  # whether a damaged copy was found (and moved aside)
 
 
 @dataclass(frozen=True)
@@ -126,7 +140,7 @@ def cache_dir(name):
     return Path(root) / name
 
 
-def parse_idx(raw, spec):
+def parse_idx(raw, spec, source=None):
     """Parse the bytes of an uncompressed IDX file into a uint8 array.
 
     Parameters
@@ -135,44 +149,55 @@ def parse_idx(raw, spec):
         Decompressed file content.
     spec : _IdxFile
         Expected name and shape.
+    source : str or Path, default=None
+        The file the bytes come from, named in errors (default: ``spec.name``).
 
     Returns
     -------
     array : ndarray of dtype uint8 and shape ``spec.shape``
+
+    Raises
+    ------
+    DataError
+        If the header, the shape or the size is not what ``spec`` expects.
     """
-    n_dims = len(spec.shape)
+    n_dims, name = len(spec.shape), source or spec.name
     if len(raw) < 4 + 4 * n_dims:
-        raise DataError(f"{spec.name}: truncated header ({len(raw)} bytes).")
+        raise DataError(f"{name}: truncated header ({len(raw)} bytes).")
     zero, dtype, dims = struct.unpack(">HBB", raw[:4])
     if zero != 0 or dtype != _IDX_DTYPE or dims != n_dims:
         raise DataError(
-            f"{spec.name}: bad magic number {raw[:4].hex()} (expected an IDX file of "
+            f"{name}: bad magic number {raw[:4].hex()} (expected an IDX file of "
             f"unsigned bytes with {n_dims} dimensions)."
         )
     shape = struct.unpack(f">{n_dims}I", raw[4 : 4 + 4 * n_dims])
     if shape != spec.shape:
-        raise DataError(f"{spec.name}: shape {shape}, expected {spec.shape}.")
+        raise DataError(f"{name}: shape {shape}, expected {spec.shape}.")
     body = raw[4 + 4 * n_dims :]
     if len(body) != int(np.prod(shape)):
         raise DataError(
-            f"{spec.name}: {len(body)} bytes of data, expected {int(np.prod(shape))} "
+            f"{name}: {len(body)} bytes of data, expected {int(np.prod(shape))} "
             "(the file is truncated or has trailing bytes)."
         )
     return np.frombuffer(body, dtype=np.uint8).reshape(shape)
 
 
 def _read_verified(path, spec):
-    """Read, checksum and parse one .gz IDX file; DataError if anything is wrong."""
+    """Read, checksum and parse one .gz IDX file; DataError naming ``path`` if
+    anything is wrong (unreadable, truncated, not gzip, a damaged stream, a wrong
+    checksum, a bad header or size)."""
     try:
         packed = path.read_bytes()
         raw = gzip.decompress(packed)
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+    # BadGzipFile (a CRC or a header) is an OSError; a damaged deflate stream is a
+    # zlib.error; a truncated one an EOFError.
+    except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"{path}: cannot read or decompress ({exc}).") from exc
     if spec.raw_md5 and hashlib.md5(raw).hexdigest() != spec.raw_md5:
         raise DataError(f"{path}: checksum mismatch, the file is corrupt.")
     if spec.gz_md5 and hashlib.md5(packed).hexdigest() != spec.gz_md5:
         raise DataError(f"{path}: checksum mismatch, the file is corrupt.")
-    return parse_idx(raw, spec)
+    return parse_idx(raw, spec, source=path)
 
 
 def download_deadline():
@@ -237,32 +262,128 @@ def _download(spec, directory, mirrors):
 
 
 def _read(dataset, spec, data_dir, mirrors):
-    """The verified content of ``spec``, downloading it into the cache if needed.
+    """The verified content of ``spec``: from the user's directory if it holds the
+    file, else from the cache, fetched (or healed) there if needed.
 
-    Each file is decompressed and checksummed once: the check is the read.
+    Each file is decompressed and checksummed once when all is well: the check is
+    the read.
     """
-    given = [Path(d) for d in (data_dir, os.environ.get(dataset.env_var)) if d]
+    given = _given_directories(dataset, data_dir)
     for directory in given:
         if (directory / spec.name).exists():
-            # The user's file: a corrupt one is an error, never deleted.
-            return _read_verified(directory / spec.name, spec)
+            return _read_own(dataset, spec, directory)
     cached = cache_dir(dataset.name) / spec.name
     if cached.exists():
         try:
             return _read_verified(cached, spec)
         except DataError:
-            # A corrupt cached copy is removed and fetched again (another process
-            # that found it too may have removed it first).
-            cached.unlink(missing_ok=True)
+            pass  # damaged (or replaced as it was read): healed under the lock
     try:
-        return _download(spec, cached.parent, mirrors or dataset.mirrors)
+        return _fetch_into_cache(spec, cached, mirrors or dataset.mirrors)
     except DataError as exc:
         looked = ", ".join(str(d) for d in [*given, cached.parent])
+        what = "was damaged" if exc.damaged else f"not found (looked in: {looked})"
         raise DataError(
-            f"{dataset.name} file {spec.name} not found (looked in: {looked}) and "
-            f"could not be downloaded. Put the four IDX files in a directory and pass "
-            f"data_dir=... or set {dataset.env_var}.\n{exc}"
+            f"{dataset.name} file {spec.name} {what} and could not be downloaded. "
+            f"Put the four IDX files in a directory and pass data_dir=... or set "
+            f"{dataset.env_var}.\n{exc}"
         ) from None
+
+
+def _given_directories(dataset, data_dir):
+    """The user's directories, ``data_dir`` then the environment variable's; an
+    error if one is named that is not a directory (a typo would silently read, or
+    download, the cache's files instead)."""
+    given = []
+    for what, directory in (
+        ("data_dir", data_dir),
+        (f"${dataset.env_var}", os.environ.get(dataset.env_var)),
+    ):
+        if not directory:
+            continue
+        if not Path(directory).is_dir():
+            raise DataError(
+                f"{what}={directory} is not a directory. Name the directory that "
+                f"holds the four IDX files of {dataset.name}, or leave {what} unset "
+                "to use the cache (downloading into it if needed)."
+            )
+        given.append(Path(directory))
+    return given
+
+
+def _read_own(dataset, spec, directory):
+    """The content of ``spec`` in a user's ``directory``; a damaged file is named,
+    with what to do, and never touched."""
+    try:
+        return _read_verified(directory / spec.name, spec)
+    except DataError as exc:
+        raise DataError(
+            f"{exc}\nThis file is in your own data directory ({directory}: data_dir "
+            f"or ${dataset.env_var}) and has been left as it is. Replace it with a "
+            "good copy (the file as distributed), or remove it to have it downloaded "
+            f"into the cache ({cache_dir(dataset.name)})."
+        ) from None
+
+
+def _fetch_into_cache(spec, cached, mirrors):
+    """The verified content of the cached file ``cached``, downloaded if it is
+    missing or damaged (a damaged one is moved aside first, never deleted).
+
+    One process at a time, under a lock file beside it: a process that waited reads
+    what the one before it fetched, so several processes finding the same damage
+    fetch the file once.
+    """
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    with _cache_lock(cached, len(mirrors)):
+        damage = None
+        if cached.exists():
+            try:
+                return _read_verified(cached, spec)  # fetched or healed meanwhile
+            except DataError as exc:
+                aside = _move_aside(cached)
+                damage = f"{exc}\nThe damaged file was moved to {aside}."
+                log.warning("%s Downloading it again.", damage)
+        try:
+            return _download(spec, cached.parent, mirrors)
+        except DataError as exc:
+            error = DataError(f"{damage}\n{exc}" if damage else str(exc))
+            error.damaged = damage is not None
+            raise error from None
+
+
+@contextmanager
+def _cache_lock(cached, n_mirrors):
+    """Hold the lock that one process at a time holds to fetch ``cached``; wait as
+    long as a download may take from every mirror, then give up."""
+    path = cached.with_name(f".{cached.name}.lock")
+    timeout = download_deadline() * n_mirrors + 60
+    lock = FileLock(path, timeout=timeout)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise DataError(
+            f"{cached}: another process has held {path} for {timeout:g} s while "
+            "fetching it. If no process is downloading, remove the lock file."
+        ) from None
+    except OSError as exc:  # an unusable lock file (permissions, read-only disk)
+        raise DataError(f"{path}: cannot lock the cache ({exc}).") from exc
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _move_aside(path):
+    """Rename the damaged ``path`` to ``<name>.damaged-<time>`` beside it."""
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    aside = path.with_name(f"{path.name}.damaged-{stamp}-{os.getpid()}")
+    try:
+        os.replace(path, aside)
+    except OSError as exc:
+        raise DataError(
+            f"{path} is damaged and cannot be moved aside ({exc}): remove it."
+        ) from exc
+    return aside
 
 
 def _load_idx_dataset(dataset, data_dir, as_frame, dtype, mirrors):
@@ -312,7 +433,10 @@ def load_mnist(data_dir=None, *, as_frame=False, dtype=np.float32, mirrors=None)
     Raises
     ------
     DataError
-        If a file is missing and cannot be downloaded, or is corrupt or truncated.
+        If a file is missing and cannot be downloaded, or is damaged and is not the
+        cache's (a damaged cached file is moved aside and downloaded again), or if
+        ``data_dir`` or ``$SKMLP_MNIST_DIR`` is not a directory. The message names
+        the file and what to do.
     """
     return _load_idx_dataset(MNIST, data_dir, as_frame, dtype, mirrors)
 

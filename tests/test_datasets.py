@@ -105,7 +105,9 @@ def test_downloads_into_the_cache_atomically(isolated, serve, mnist_dir, tmp_pat
     shutil.copytree(mnist_dir, mirror)
     data = load_mnist(mirrors=[closed_port_url(), serve(mirror)])
     assert data.X_train.shape == (60000, 784)
-    assert sorted(p.name for p in isolated.iterdir()) == sorted(FILES)  # no .part left
+    # No .part left; beside the files, only their (empty) lock files.
+    names = sorted(p.name for p in isolated.iterdir() if not p.name.endswith(".lock"))
+    assert names == sorted(FILES)
     # The second call reads the cache, with every mirror gone.
     assert load_mnist(mirrors=[closed_port_url()]).y_test.shape == (10000,)
 
@@ -126,18 +128,23 @@ def test_offline_without_files_names_the_directory_and_the_variable(isolated):
     with pytest.raises(DataError, match="SKMLP_MNIST_DIR") as error:
         load_mnist(mirrors=[closed_port_url()])
     assert str(isolated) in str(error.value)
-    assert not any(isolated.iterdir())  # nothing half-written left behind
+    # Nothing half-written left behind (a lock file is empty and reused).
+    assert [p.name for p in isolated.iterdir()] == [".train-images-idx3-ubyte.gz.lock"]
 
 
-def test_corrupt_cached_file_is_removed(isolated, mnist_dir):
+def test_corrupt_cached_file_is_moved_aside_and_named_offline(isolated, mnist_dir):
     isolated.mkdir(parents=True)
     for name in FILES:
         shutil.copy(mnist_dir / name, isolated / name)
     corrupt = isolated / "t10k-labels-idx1-ubyte.gz"
-    corrupt.write_bytes(corrupt.read_bytes()[:-50])
-    with pytest.raises(DataError, match="t10k-labels"):
+    damaged = corrupt.read_bytes()[:-50]
+    corrupt.write_bytes(damaged)
+    with pytest.raises(DataError, match="t10k-labels") as error:
         load_mnist(mirrors=[closed_port_url()])
     assert not corrupt.exists()
+    (aside,) = isolated.glob("t10k-labels-idx1-ubyte.gz.damaged-*")
+    assert aside.read_bytes() == damaged  # kept, for whoever wants to look
+    assert f"moved to {aside}" in str(error.value)
 
 
 def test_cached_files_are_decompressed_once(isolated, mnist_dir, monkeypatch):

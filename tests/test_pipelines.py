@@ -356,3 +356,86 @@ def test_missing_data_files_fail_the_run_before_it_starts(store, tmp_path):
     client = MlflowClient(uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
     assert client.search_runs(experiments) == []
+
+
+# ---- issue 21, item 6: data, evaluation and tracking settings checked before loading
+
+BAD_SETTINGS = {  # the cases of issue 21 (more in tests/test_data_faults.py)
+    "eval.train_accuracy_samples=-1": "must be null (score the whole training set",
+    "tracking.experiment_name=''": "must be a non-empty name",
+    "data.name=foo": "data.name names the data set in runs and tags",
+    "data.n_train=0": "must be null (the whole set) or a positive integer",
+    "data.n_train=-5": "must be null (the whole set) or a positive integer",
+    "data.validation_size=2.0": "must be 0 (no validation set), a fraction",
+}
+
+
+@pytest.mark.parametrize("override", BAD_SETTINGS)
+def test_a_bad_data_or_eval_setting_fails_before_loading_or_any_run(
+    store, tmp_path, override
+):
+    """MNIST (the default data set) is never read: each fails in resolve_run, before
+    the data, with the override named, and the store is never opened."""
+    _, env = store
+    env = {**env, "SKMLP_MNIST_DIR": str(tmp_path / "never-read")}
+    (tmp_path / "never-read").mkdir()  # empty: loading would fail differently
+    args = ["model.max_iter=1", "tracking.log_model=false", override]
+    result = run_entry_point("pipelines.train", args, env, tmp_path, 120, check=False)
+    assert result.returncode != 0
+    message = f"ConfigError: {override}: {BAD_SETTINGS[override]}"
+    assert message in result.stderr, result.stderr[-3000:]
+    assert "not found" not in result.stderr  # no data loaded
+    assert not (tmp_path / "mlruns" / "mlflow.db").exists()  # no store, no run
+
+
+def test_a_data_name_other_than_the_chosen_data_set_says_how_to_choose(store, tmp_path):
+    _, env = store
+    args = [*QUICK, "data.name=mnist"]
+    result = run_entry_point("pipelines.train", args, env, tmp_path, 120, check=False)
+    assert result.returncode != 0
+    assert "This task loads data=digits, whose name is digits" in result.stderr
+    assert "data=<one of: digits, fashion_mnist, mnist>" in result.stderr
+    assert not (tmp_path / "mlruns" / "mlflow.db").exists()
+
+
+def test_a_data_dir_that_does_not_exist_fails_before_loading(store, tmp_path):
+    _, env = store
+    args = ["model.max_iter=1", f"data.loader.data_dir={tmp_path / 'typo'}"]
+    result = run_entry_point("pipelines.train", args, env, tmp_path, 120, check=False)
+    assert result.returncode != 0
+    assert f"data.loader.data_dir={tmp_path / 'typo'}: is not a directory" in (
+        result.stderr
+    )
+    assert not (tmp_path / "mlruns" / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("grid.corruption.p=[0.5,1.5]", "grid.corruption.p=1.5: must be a number"),
+        ("corruption.kind=foo", "corruption.kind=foo: must be one of: none, corrupt"),
+    ],
+)
+def test_a_bad_memorization_setting_fails_before_loading(
+    store, tmp_path, override, message
+):
+    _, env = store
+    args = ["model.max_iter=1", override]
+    result = run_entry_point(
+        "pipelines.memorization", args, env, tmp_path, 120, check=False
+    )
+    assert result.returncode != 0
+    assert f"ConfigError: {message}" in result.stderr, result.stderr[-3000:]
+    assert not (tmp_path / "mlruns" / "mlflow.db").exists()
+
+
+def test_a_subset_smaller_than_the_classes_names_the_override(store, tmp_path):
+    """What only the data can tell is named after loading, still before any run."""
+    uri, env = store
+    args = [*QUICK, "data.n_train=5"]
+    result = run_entry_point("pipelines.train", args, env, tmp_path, 120, check=False)
+    assert result.returncode != 0
+    assert "data.n_train=5 cannot be used with digits's 1347 rows" in result.stderr
+    client = MlflowClient(uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    assert client.search_runs(experiments) == []
