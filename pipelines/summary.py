@@ -183,6 +183,9 @@ def log_sweep_summary(client: MlflowClient, parent_id: str, swept) -> str | None
         params,
         search_filter=children_filter(parent_id),
         curves=[key for key in EPOCH_CURVES if key in logged],
+        # No Dataset column: room for the objective beside MLflow's fixed columns and
+        # its assistant panel (a sweep's runs share their data, or their names say it).
+        dataset=False,
     )
 
 

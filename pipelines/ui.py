@@ -102,12 +102,21 @@ def ui_command(uri):
 
 
 def save_runs_view(
-    client, experiment_id, view_id, name, metrics, params, search_filter="", curves=()
+    client,
+    experiment_id,
+    view_id,
+    name,
+    metrics,
+    params,
+    search_filter="",
+    curves=(),
+    dataset=True,
 ):
-    """Save (or replace) a runs-table view of the experiment: the data set, ``metrics``
-    and ``params`` as columns, sorted by the first metric, highest first, showing the
-    runs that match ``search_filter`` (MLflow's search syntax; empty: all runs). The
-    first metric also becomes the experiment's primary metric.
+    """Save (or replace) a runs-table view of the experiment: the data set (unless
+    not ``dataset``), ``metrics`` and ``params`` as columns, sorted by the first metric,
+    highest first, showing the runs that match ``search_filter`` (MLflow's search
+    syntax; empty: all runs). The first metric also becomes the experiment's primary
+    metric.
 
     Its chart view (what the runs page's "Compare" mode shows) charts each metric
     against the swept ``params`` and the per-epoch ``curves`` (metric keys logged at
@@ -118,7 +127,7 @@ def save_runs_view(
     """
     state = {
         "selectedColumns": [
-            "attributes.`Dataset`",
+            *(["attributes.`Dataset`"] if dataset else []),
             *(f"metrics.`{key}`" for key in metrics),
             *(f"params.`{key}`" for key in params),
         ],

@@ -29,7 +29,7 @@ from pipelines.ui import SINGLE_RUNS_VIEW, VIEW_TAG_PREFIX, runs_link
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 5000
-START_TIMEOUT_S = 180  # a fresh server on a loaded 2-core box takes 10-40 s
+START_TIMEOUT_S = 180  # a fresh server on a loaded 2-core box can take a minute
 STOP_TIMEOUT_S = 20
 WORKERS = 2  # request handlers (MLflow's default 4: slower to start, one user needs 2)
 
@@ -113,7 +113,10 @@ def wait_until_answering(base: str, server: subprocess.Popen, timeout: float) ->
         if server.poll() is not None:
             raise UIError(f"mlflow ui ended (exit status {server.returncode}) first")
         if time.monotonic() > deadline:
-            raise UIError(f"mlflow ui did not answer at {base} within {timeout:.0f} s")
+            raise UIError(
+                f"mlflow ui did not answer at {base} within {timeout:.0f} s (a machine "
+                "this busy: try again when it is quieter)"
+            )
         time.sleep(0.3)
 
 

@@ -154,7 +154,6 @@ def test_sweep_ends_by_printing_how_to_open_its_view(sweep_2x2, store):
     name, state = _view(client, parent.info.experiment_id, view_id)
     assert name == parent.info.run_name
     assert state["selectedColumns"] == [
-        "attributes.`Dataset`",
         "metrics.`final_test_accuracy`",
         "params.`model.learning_rate_init`",
         "params.`model.activation`",
