@@ -185,7 +185,12 @@ def view_charts(metrics, params, curves=()):
 
 
 def _section(uuid, name):
-    return {"uuid": uuid, "name": name, "display": True, "isReordered": False} | {
+    """A section (a named group of chart cards) of the chart view."""
+    return {
+        "uuid": uuid,
+        "name": name,
+        "display": True,
+        "isReordered": False,
         "deleted": False,
         "isGenerated": False,
     }
@@ -193,7 +198,10 @@ def _section(uuid, name):
 
 def _chart(uuid, kind, section):
     """A chart card of the chart view; every run counts (MLflow's default: 10)."""
-    return {"uuid": uuid, "type": kind, "metricSectionId": section} | {
+    return {
+        "uuid": uuid,
+        "type": kind,
+        "metricSectionId": section,
         "runsCountToCompare": _ALL_RUNS,
         "deleted": False,
         "isGenerated": False,
