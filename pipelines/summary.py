@@ -29,6 +29,8 @@ OBJECTIVE_TAG = "skmlp.objective"
 BEST_RUN_TAG = "skmlp.best_run"
 # A column of the sweep's runs-table view beside the objective, where runs log it.
 TEST_ACCURACY = "final_test_accuracy"
+# Per-epoch metrics (logged at step = epoch) that the sweep's chart view draws as curves.
+EPOCH_CURVES = ("test_accuracy", "train_accuracy", "loss")
 # Short labels for the keys that sweeps vary most; a key not here shows its last part.
 ABBREVIATIONS = {
     "learning_rate_init": "lr",
@@ -142,12 +144,13 @@ def log_sweep_summary(client: MlflowClient, parent_id: str, swept) -> str | None
     run's values of the swept parameters under their own keys (so the parent's row
     in the runs table reads as the winning configuration), tags naming the best run,
     a note, ``sweep_summary.json`` (all children) and ``objective.png``. The
-    experiment gets a saved runs-table view of the sweep (objective and swept
-    parameters as columns, best first), whose id is returned (None: no objective).
+    experiment gets a saved runs-table view of the sweep (its children only; objective
+    and swept parameters as columns, best first; charts of the objective and of the
+    per-epoch curves), whose id is returned (None: no objective).
     """
     parent = client.get_run(parent_id)
     children = client.search_runs(
-        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'"
+        [parent.info.experiment_id], children_filter(parent_id)
     )
     objectives = {c.data.tags.get(OBJECTIVE_TAG) for c in children} - {None}
     if len(objectives) != 1:
@@ -170,15 +173,25 @@ def log_sweep_summary(client: MlflowClient, parent_id: str, swept) -> str | None
         client.log_figure(parent_id, figure, "objective.png")
     has_test = any(TEST_ACCURACY in child.data.metrics for child in children)
     metrics = list(dict.fromkeys([objective, *([TEST_ACCURACY] if has_test else [])]))
-    view_id = sweep_view_id(parent_id)
+    logged = {key for child in children for key in child.data.metrics}
     return save_runs_view(
         client,
         parent.info.experiment_id,
-        view_id,
+        sweep_view_id(parent_id),
         parent.info.run_name,
         metrics,
         params,
+        search_filter=children_filter(parent_id),
+        curves=[key for key in EPOCH_CURVES if key in logged],
+        # No Dataset column: room for the objective beside MLflow's fixed columns and
+        # its assistant panel (a sweep's runs share their data, or their names say it).
+        dataset=False,
     )
+
+
+def children_filter(parent_id):
+    """MLflow's search filter for the children of run ``parent_id`` (not itself)."""
+    return f"tags.mlflow.parentRunId = '{parent_id}'"
 
 
 def sweep_view_id(parent_id):

@@ -11,8 +11,10 @@ carries the workflow type.
 The runs table hides every metric and parameter until the user picks columns; its
 column choice lives in the browser, not in the address. What the address can name is
 a saved view ("Views" menu): an experiment tag ``mlflow.sharedViewState.<id>`` holding
-the columns and the sort. ``save_runs_view`` writes one (the objective and the
-parameters that matter, best first) and ``runs_url`` opens it.
+the columns, the sort, the search filter (a sweep's view: its runs only), which runs
+the charts show and the charts themselves. ``save_runs_view`` writes one (the
+objective and the parameters that matter, best first) and ``runs_url`` opens it.
+``skmlp-ui`` (``pipelines.ui_server``) serves the store and opens the latest one.
 """
 
 import hashlib
@@ -29,6 +31,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from pipelines.redact import redact_uri
+from pipelines.store import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,9 @@ VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # + view id: a saved runs-table vie
 # The metric that the runs page's chart view (its "Compare" mode) charts first.
 PRIMARY_METRIC_TAG = "mlflow.experiment.primaryMetric.name"
 UI_ADDRESS = "http://127.0.0.1:5000"  # where ``mlflow ui`` listens by default
+PROJECT_STORE = f"sqlite:///{PROJECT_ROOT / 'mlruns' / 'mlflow.db'}"  # the default
+SINGLE_RUNS_VIEW = "skmlp-runs"  # the experiment's saved view of its single runs
+_ALL_RUNS = 10_000  # a chart's run count: all of them
 _DIGEST_ROWS = 1000  # rows of X that enter the digest (all of y does)
 
 
@@ -85,32 +91,52 @@ def retry_on_duplicate(write, *args, attempts=3, **kwargs):
 
 
 def ui_command(uri):
-    """The ``mlflow ui`` command that serves the store at ``uri`` (None for a server)."""
+    """The ``skmlp-ui`` command that serves the store at ``uri`` (None for a server):
+    no option for the project's own store, ``--uri`` for any other."""
     if uri.startswith(("http://", "https://")):
         return None
     if uri.startswith("sqlite:///"):
         uri = f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
-    return f"mlflow ui --backend-store-uri {uri}"
+    if uri == PROJECT_STORE:
+        return "skmlp-ui"
+    return f"skmlp-ui --uri {uri}"
 
 
-def save_runs_view(client, experiment_id, view_id, name, metrics, params):
-    """Save (or replace) a runs-table view of the experiment: the data set, ``metrics``
-    and ``params`` as columns, sorted by the first metric, highest first. The first
-    metric also becomes the experiment's primary metric, which the chart view (the
-    runs page's compare mode, in a browser with no charts of its own) charts first.
+def save_runs_view(
+    client,
+    experiment_id,
+    view_id,
+    name,
+    metrics,
+    params,
+    search_filter="",
+    curves=(),
+    dataset=True,
+):
+    """Save (or replace) a runs-table view of the experiment: the data set (unless
+    not ``dataset``), ``metrics`` and ``params`` as columns, sorted by the first metric,
+    highest first, showing the runs that match ``search_filter`` (MLflow's search
+    syntax; empty: all runs). The first metric also becomes the experiment's primary
+    metric.
+
+    Its chart view (what the runs page's "Compare" mode shows) charts each metric
+    against the swept ``params`` and the per-epoch ``curves`` (metric keys logged at
+    every step) of every run, with no run hidden (MLflow hides all but 10 by default).
 
     Returns ``view_id``, for ``runs_url``. The view is the one the UI's "Views" menu
     saves (MLflow 3.17's format); the UI lists it under ``name``.
     """
     state = {
         "selectedColumns": [
-            "attributes.`Dataset`",
+            *(["attributes.`Dataset`"] if dataset else []),
             *(f"metrics.`{key}`" for key in metrics),
             *(f"params.`{key}`" for key in params),
         ],
         "orderByKey": f"metrics.`{metrics[0]}`",
         "orderByAsc": False,
-        **_view_charts(metrics[0], params),
+        "searchFilter": search_filter,
+        "runsHiddenMode": "SHOW_ALL",
+        **view_charts(metrics, params, curves),
     }
     now = int(time.time() * 1000)
     envelope = {"name": name, "createdAt": now, "updatedAt": now}
@@ -123,18 +149,79 @@ def save_runs_view(client, experiment_id, view_id, name, metrics, params):
     return view_id
 
 
-def _view_charts(objective, params):
-    """The chart view's charts in a saved view: the objective against the ``params``
-    (parallel coordinates) and the objective of each run (bars), in one section."""
-    section = "skmlp-objective"
-    common = {"metricSectionId": section, "runsCountToCompare": 10, "deleted": False}
-    common["isGenerated"] = False
-    parallel = {"uuid": "skmlp-parallel", "type": "PARALLEL", **common}
-    parallel.update(selectedParams=list(params), selectedMetrics=[objective])
-    bars = {"uuid": "skmlp-bars", "type": "BAR", "metricKey": objective, **common}
-    sections = [{"uuid": section, "name": f"Objective: {objective}", "display": True}]
-    sections[0].update(isReordered=False, deleted=False, isGenerated=False)
-    return {"compareRunCharts": [parallel, bars], "compareRunSections": sections}
+def view_charts(metrics, params, curves=()):
+    """The chart view's charts of a saved view, in two sections.
+
+    "Objective": each metric against each swept parameter (at most two), as points
+    on an axis fitted to the values (MLflow's bars start at 0 and label two
+    decimals), and the parallel coordinates of parameters and metrics; bars only
+    where nothing swept is a parameter. "Per epoch": a line chart of each of the
+    ``curves`` over the epochs (steps).
+    """
+    objective = _section("skmlp-objective", f"Objective: {metrics[0]}")
+    charts = [
+        _chart(f"skmlp-scatter-{i}-{j}", "SCATTER", objective["uuid"])
+        | {"xaxis": {"key": param, "type": "PARAM"}}
+        | {"yaxis": {"key": metric, "type": "METRIC"}}
+        for i, metric in enumerate(metrics)
+        for j, param in enumerate(params[:2])
+    ]
+    if params:
+        parallel = _chart("skmlp-parallel", "PARALLEL", objective["uuid"])
+        parallel.update(selectedParams=list(params), selectedMetrics=list(metrics))
+        charts.append(parallel)
+    else:
+        charts += [
+            _chart(f"skmlp-bars-{i}", "BAR", objective["uuid"]) | {"metricKey": metric}
+            for i, metric in enumerate(metrics)
+        ]
+    sections = [objective]
+    if curves:
+        sections.append(_section("skmlp-epochs", "Per epoch"))
+        charts += [
+            _chart(f"skmlp-line-{key}", "LINE", "skmlp-epochs") | _line(key)
+            for key in curves
+        ]
+    return {"compareRunCharts": charts, "compareRunSections": sections}
+
+
+def _section(uuid, name):
+    """A section (a named group of chart cards) of the chart view."""
+    return {
+        "uuid": uuid,
+        "name": name,
+        "display": True,
+        "isReordered": False,
+        "deleted": False,
+        "isGenerated": False,
+    }
+
+
+def _chart(uuid, kind, section):
+    """A chart card of the chart view; every run counts (MLflow's default: 10)."""
+    return {
+        "uuid": uuid,
+        "type": kind,
+        "metricSectionId": section,
+        "runsCountToCompare": _ALL_RUNS,
+        "deleted": False,
+        "isGenerated": False,
+    }
+
+
+def _line(key):
+    """A line chart of metric ``key`` over the steps (epochs), on a fitted axis."""
+    return {
+        "metricKey": key,
+        "selectedMetricKeys": [key],
+        "xAxisKey": "step",
+        "scaleType": "linear",
+        "xAxisScaleType": "linear",
+        "lineSmoothness": 0,
+        "useGlobalLineSmoothing": False,
+        "useGlobalXaxisKey": False,
+        "range": {},  # no bounds: fitted to the values (null would be taken as bounds)
+    }
 
 
 def runs_url(uri, experiment_id, view_id=None, charts=False):

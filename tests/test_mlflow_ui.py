@@ -14,7 +14,7 @@ from helpers import (
 )
 
 from pipelines.summary import short_name, swept_keys
-from pipelines.ui import runs_url, training_dataset, ui_command
+from pipelines.ui import PROJECT_STORE, runs_url, training_dataset, ui_command
 
 SWEEP_2X2 = ["model.learning_rate_init=0.01,0.5", "model.activation=relu,tanh"]
 UI_WIDTH = 18  # characters of a run name that the MLflow runs table shows
@@ -65,8 +65,9 @@ def test_training_dataset_digest_follows_the_data(digits):
 
 def test_ui_command_and_runs_url(tmp_path):
     assert ui_command(f"sqlite:///{tmp_path}/m.db") == (
-        f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/m.db"
+        f"skmlp-ui --uri sqlite:///{tmp_path}/m.db"
     )
+    assert ui_command(PROJECT_STORE) == "skmlp-ui"
     assert ui_command("http://host:5000") is None
     url = runs_url("http://host:5000/", "7", "skmlp-runs")
     assert url == (
@@ -144,7 +145,7 @@ def test_sweep_runs_have_short_distinct_names_and_the_dataset(sweep_2x2):
 def test_sweep_ends_by_printing_how_to_open_its_view(sweep_2x2, store):
     uri, _ = store
     client, parent, _, output = sweep_2x2
-    assert f"mlflow ui --backend-store-uri {uri}" in output
+    assert f"skmlp-ui --uri {uri}" in output
     view_id = f"skmlp-sweep-{parent.info.run_id[:8]}"
     url = runs_url(uri, parent.info.experiment_id, view_id)
     assert output.count(url) == 1  # once, at the end of the sweep, not per job
@@ -153,7 +154,6 @@ def test_sweep_ends_by_printing_how_to_open_its_view(sweep_2x2, store):
     name, state = _view(client, parent.info.experiment_id, view_id)
     assert name == parent.info.run_name
     assert state["selectedColumns"] == [
-        "attributes.`Dataset`",
         "metrics.`final_test_accuracy`",
         "params.`model.learning_rate_init`",
         "params.`model.activation`",
@@ -171,7 +171,7 @@ def test_single_run_keeps_a_readable_name_and_prints_the_ui(store, tmp_path):
     assert run.info.run_name == "digits-16-16-relu-lr0.05"
     url = runs_url(uri, run.info.experiment_id, "skmlp-runs")
     compare = runs_url(uri, run.info.experiment_id, "skmlp-runs", charts=True)
-    assert f"mlflow ui --backend-store-uri {uri}" in result.stdout
+    assert f"skmlp-ui --uri {uri}" in result.stdout
     assert result.stdout.rstrip().endswith(f"{url}\n  compare them: {compare}")
     _, state = _view(client, run.info.experiment_id, "skmlp-runs")
     assert "metrics.`final_test_accuracy`" in state["selectedColumns"]
