@@ -135,8 +135,9 @@ def test_a_hanging_server_stops_a_six_job_sweep_once(store, tmp_path):
     [
         (["model.activation=relu,foo"], "Got 'foo' instead"),
         (["hydra/launcher=parallel", "model.hidden_layer_sizes=[16],[0]"], "[0]"),
+        (["data.n_train=100,0"], "data.n_train=0"),
     ],
-    ids=["activation", "parallel-sizes"],
+    ids=["activation", "parallel-sizes", "data-setting"],
 )
 @pytest.mark.slow
 def test_a_bad_value_in_a_sweep_fails_before_any_run(store, tmp_path, overrides, named):
