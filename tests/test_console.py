@@ -165,7 +165,7 @@ def test_quiet_prints_the_result_alone_and_how_to_load_the_model(store, tmp_path
         r"Load its model, from any directory:",
         r"  import mlflow; mlflow\.set_tracking_uri\('sqlite:////.+/mlruns/mlflow\.db'\)",
         r"  model = mlflow\.sklearn\.load_model\('runs:/\w{32}/model'\)",
-        r"See the runs in the MLflow UI: mlflow ui --backend-store-uri sqlite:////.+/mlruns/mlflow\.db",
+        r"See the runs in the MLflow UI: skmlp-ui --uri sqlite:////.+/mlruns/mlflow\.db",
         r"  then open http://127\.0\.0\.1:5000/#/experiments/\d+/runs\?\S+",
         r"  compare them: http://127\.0\.0\.1:5000/#/experiments/\d+/runs\?\S+",
     ]
@@ -202,7 +202,7 @@ def test_a_quiet_sweep_prints_its_table_and_the_address_alone(store, tmp_path):
         assert re.fullmatch(r" *(relu|tanh) +(relu|tanh) +0\.\d{4} FINISHED", line), (
             lines
         )
-    assert lines[4].startswith("See the runs in the MLflow UI: mlflow ui ")
+    assert lines[4].startswith("See the runs in the MLflow UI: skmlp-ui")
     assert lines[5].startswith("  then open http://127.0.0.1:5000/#/experiments/")
     assert lines[6].startswith("  compare them: http://127.0.0.1:5000/#/experiments/")
     assert len(lines) == 7, lines
