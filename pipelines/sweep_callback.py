@@ -17,7 +17,8 @@ from pipelines.lifecycle import (
     interrupted,
     stop_children,
 )
-from pipelines.store import check_store, tracking_uri
+from pipelines.run import open_checked
+from pipelines.store import tracking_uri
 from pipelines.summary import SWEPT_TAG, log_sweep_summary, swept_keys
 from pipelines.tracking import PARENT_RUN_ENV, git_commit, setup_experiment, start_run
 from pipelines.ui import announce
@@ -44,7 +45,7 @@ class MLflowSweepCallback(Callback):
         handle_signals(before_raise=self._stop_children)
         resolve_device(config.get("device", "cpu"))  # a missing GPU: no parent, no job
         uri = tracking_uri(config.tracking.uri)
-        check_store(uri)
+        open_checked(uri)  # once: the jobs of the basic launcher skip it
         client = MlflowClient(uri)
         experiment_id = setup_experiment(client, uri, config.tracking.experiment_name)
         sweep_dir = config.hydra.sweep.dir
