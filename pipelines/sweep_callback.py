@@ -10,6 +10,7 @@ from hydra.experimental.callback import Callback
 from mlflow.tracking import MlflowClient
 
 from pipelines.device import resolve_device
+from pipelines.figures import defer, settle
 from pipelines.lifecycle import (
     INTERRUPTED,
     REASON_TAG,
@@ -62,12 +63,15 @@ class MLflowSweepCallback(Callback):
         self._uri = uri
         os.environ[PARENT_RUN_ENV] = self._parent
         atexit.register(self._end, "FAILED")
+        if config.hydra.launcher.get("_target_", "").endswith(".BasicLauncher"):
+            defer()  # jobs in this process: figures drawn while the next job runs
 
     def _stop_children(self):
         if self._parent is not None:
             stop_children(MlflowClient(self._uri), self._parent)
 
     def on_multirun_end(self, config, **kwargs):
+        settle()  # every job's figures in the store before the sweep ends
         if self._parent is not None:
             client = MlflowClient(self._uri)
             view_id = log_sweep_summary(client, self._parent, self._swept)
@@ -76,6 +80,7 @@ class MLflowSweepCallback(Callback):
         self._end("FINISHED")
 
     def _end(self, status):
+        settle()  # the figures of the runs that finished, even on an interrupt
         if self._parent is None:
             return
         client = MlflowClient(self._uri)
