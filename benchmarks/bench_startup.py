@@ -25,6 +25,8 @@ Two measurements, each in a fresh process, against a temporary MLflow store:
    per job). Targets: first job at most 1 s after the floor, a job's cost at most
    0.5 s, a single run's fixed cost at most the floor + 1.5 s. ``cost 3 DIR`` measures
    the code of the checkout ``DIR`` too (``git archive REV | tar -x -C DIR``), in turns.
+   CPU seconds are printed too (steadier on a loaded machine): a sweep's, less the
+   floor's, per job (its fit included). ``BENCH_LAUNCHERS=basic`` skips the parallel one.
 
 Run:  SKMLP_MNIST_DIR=../shared/data/mnist python benchmarks/bench_startup.py [args...]
 (extra arguments are Hydra overrides, e.g. ``tracking.log_model=false``).
@@ -37,6 +39,7 @@ START_CPU = time.process_time()
 
 import functools  # noqa: E402
 import os  # noqa: E402
+import resource  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -220,12 +223,19 @@ LAUNCHERS = {"basic": [], "parallel": ["hydra/launcher=parallel"]}
 
 
 def _timed_process(args, env=None, cwd=None):
-    """Run ``python args``; return its wall seconds and the wall clock at its start."""
+    """Run ``python args``; return its wall seconds, the wall clock at its start and
+    the CPU seconds of it and the processes it waited for (steadier than wall
+    seconds on a loaded machine)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start_clock, start = time.time(), time.perf_counter()
     subprocess.run(
         [sys.executable, *args], env=env, cwd=cwd, check=True, capture_output=True
     )
-    return time.perf_counter() - start, start_clock
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    TIMES["cpu"] = cpu
+    return wall, start_clock
 
 
 def _digits(extra, workers=1, pythonpath=None):
@@ -257,7 +267,9 @@ def cost(rounds, base=None):
     With ``base`` (a checkout of another revision), its code is measured too, in
     turns with this one's, in the same rounds."""
     codes = {"this": None, **({"base": os.path.abspath(base)} if base else {})}
-    rows = {code: {n: [] for n in ("floor", "single", *LAUNCHERS)} for code in codes}
+    launchers = os.environ.get("BENCH_LAUNCHERS", ",".join(LAUNCHERS)).split(",")
+    names = ("floor", "single", *launchers)
+    rows = {code: {n: [] for n in names} for code in codes}
     for round_ in range(rounds):
         order = list(codes.items())[:: -1 if round_ % 2 else 1]
         for code, pythonpath in order:
@@ -268,34 +280,38 @@ def cost(rounds, base=None):
 
 
 def _cost_round(rows, pythonpath):
-    rows["floor"].append(_timed_process(["-c", FLOOR])[0])
+    rows["floor"].append((_timed_process(["-c", FLOOR])[0], TIMES["cpu"]))
     wall, _, fit, _ = _digits([], pythonpath=pythonpath)
-    rows["single"].append((wall, wall - fit))
-    for name, extra in LAUNCHERS.items():
-        workers = 2 if extra else 1  # conf/hydra/launcher/parallel.yaml's n_jobs
-        wall, first, _, per_job = _digits([*SWEEP, *extra], workers, pythonpath)
-        rows[name].append((wall, first, per_job))
+    rows["single"].append((wall, wall - fit, TIMES["cpu"]))
+    for name in rows:
+        if name in LAUNCHERS:
+            workers = 2 if LAUNCHERS[name] else 1  # launcher/parallel.yaml's n_jobs
+            extra = [*SWEEP, *LAUNCHERS[name]]
+            wall, first, _, per_job = _digits(extra, workers, pythonpath)
+            rows[name].append((wall, first, per_job, TIMES["cpu"]))
 
 
 def _cost_line(rows):
     """The medians of the rounds so far."""
-    floor = sorted(rows["floor"])[len(rows["floor"]) // 2]
 
     def median(name, index):
         values = sorted(row[index] for row in rows[name])
         return values[len(values) // 2]
 
+    floor, floor_cpu = median("floor", 0), median("floor", 1)
     lines = [
-        f"{len(rows['floor'])} rounds, medians: import floor {floor:.2f} s; "
-        f"single run {median('single', 0):.2f} s wall, fixed cost "
-        f"{median('single', 1):.2f} s (floor + {median('single', 1) - floor:.2f} s)"
+        f"{len(rows['floor'])} rounds, medians: import floor {floor:.2f} s "
+        f"({floor_cpu:.2f} s CPU); single run {median('single', 0):.2f} s wall, "
+        f"fixed cost {median('single', 1):.2f} s (floor + "
+        f"{median('single', 1) - floor:.2f} s), {median('single', 2):.2f} s CPU"
     ]
-    for name in LAUNCHERS:
+    for name in (name for name in rows if name in LAUNCHERS):
         first = median(name, 1)
         lines.append(
             f"  sweep of 8, {name}: {median(name, 0):.2f} s wall, first job at "
             f"{first:.2f} s (floor + {first - floor:.2f} s), "
-            f"{median(name, 2):.2f} s per job beyond its fit"
+            f"{median(name, 2):.2f} s per job beyond its fit; CPU: "
+            f"{(median(name, 3) - floor_cpu) / 8:.2f} s per job beyond the floor"
         )
     return "\n".join(lines)
 
