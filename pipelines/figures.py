@@ -103,11 +103,20 @@ def _log_drawn(client, run_id, directory, figures):
 def _executor():
     """The worker process (one, started at the first deferred run). It ignores
     Ctrl-C and SIGTERM, so that an interrupted sweep still gets the figures of the
-    runs it finished (:func:`settle` waits for them)."""
+    runs it finished (:func:`settle` waits for them).
+
+    Forked where the system can: a spawned worker imported Matplotlib, scikit-learn
+    and pandas again, which cost more CPU than it saved on a busy 2-core machine
+    (benchmarks/README.md). The process holds one thread when the worker forks (the
+    data's reader is done by then) and the worker touches no database connection.
+    """
     if _state["executor"] is None:
+        methods = multiprocessing.get_all_start_methods()
         _state["executor"] = ProcessPoolExecutor(
             max_workers=1,
-            mp_context=multiprocessing.get_context("spawn"),
+            mp_context=multiprocessing.get_context(
+                "fork" if "fork" in methods else "spawn"
+            ),
             initializer=_ignore_signals,
         )
         atexit.register(close)
