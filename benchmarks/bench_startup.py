@@ -40,6 +40,7 @@ START_CPU = time.process_time()
 import functools  # noqa: E402
 import os  # noqa: E402
 import resource  # noqa: E402
+import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -295,8 +296,7 @@ def _cost_line(rows):
     """The medians of the rounds so far."""
 
     def median(name, index):
-        values = sorted(row[index] for row in rows[name])
-        return values[len(values) // 2]
+        return statistics.median(row[index] for row in rows[name])
 
     floor, floor_cpu = median("floor", 0), median("floor", 1)
     lines = [
