@@ -15,6 +15,18 @@ Two measurements, each in a fresh process, against a temporary MLflow store:
    thread while the run's library (MLflow, Matplotlib) is imported, as the entry points
    do, against the two one after the other; fresh processes, alternately, in either
    order; the wall seconds from loading to both done, and their ratio.
+4. ``cost`` (run alone: ``bench_startup.py cost [rounds]``): issue 20's per-job cost on
+   ``data=digits``, each in a fresh process, in turns: the import floor (a fresh Python
+   importing the libraries a run needs, ``FLOOR``), a single run's fixed cost (its wall
+   minus its ``fit_seconds``: training and per-epoch evaluation), and for a sweep of 8
+   jobs (basic launcher, then ``hydra/launcher=parallel``) the time from the command's
+   start to its first job's run and each job's cost beyond its training (the sweep's
+   wall after the first job started, times its workers, less the jobs' ``fit_seconds``,
+   per job). Targets: first job at most 1 s after the floor, a job's cost at most
+   0.5 s, a single run's fixed cost at most the floor + 1.5 s. ``cost 3 DIR`` measures
+   the code of the checkout ``DIR`` too (``git archive REV | tar -x -C DIR``), in turns.
+   CPU seconds are printed too (steadier on a loaded machine): a sweep's, less the
+   floor's, per job (its fit included). ``BENCH_LAUNCHERS=basic`` skips the parallel one.
 
 Run:  SKMLP_MNIST_DIR=../shared/data/mnist python benchmarks/bench_startup.py [args...]
 (extra arguments are Hydra overrides, e.g. ``tracking.log_model=false``).
@@ -27,6 +39,8 @@ START_CPU = time.process_time()
 
 import functools  # noqa: E402
 import os  # noqa: E402
+import resource  # noqa: E402
+import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -62,7 +76,7 @@ def breakdown(overrides):
 
     import pipelines.data
     import pipelines.train as entry
-    from pipelines import members, run, training
+    from pipelines import figures, members, run, training
 
     # Everything a run imports, whether the entry point imports it at the top or lazily.
     TIMES["imports"] = (time.perf_counter() - START, time.process_time() - START_CPU)
@@ -72,10 +86,7 @@ def breakdown(overrides):
     timed(members, "fit_members", "fit")
     fit = members.fit_members  # the timed one
     timed(training, "evaluate", "final evaluation")
-    for name in ("plot_learning_curves", "plot_confusion_matrix"):
-        timed(training, name, "figures")
-    timed(training, "plot_first_layer_weights", "figures")
-    timed(mlflow, "log_figure", "figures")
+    timed(figures, "draw", "figures")
     timed(mlflow.sklearn, "log_model", "model logging")
     timed(training, "log_artifacts", "artifacts")
     timed(mlflow, "end_run", "ending")
@@ -198,6 +209,113 @@ def overlap(rounds):
     )
 
 
+# What a run imports that is not the project's own code: its libraries.
+FLOOR = (
+    "import numpy, scipy, sklearn, pandas, hydra, omegaconf, mlflow, mlflow.sklearn, "
+    "mlflow.store.tracking.sqlalchemy_store, matplotlib.figure, "
+    "matplotlib.backends.backend_agg, skmlp, skmlp.plots"
+)
+DIGITS = ["-m", "pipelines.train", "data=digits"]
+SWEEP = [
+    "--multirun",
+    "model.learning_rate_init=" + ",".join(f"0.0{i}" for i in range(1, 9)),
+]
+LAUNCHERS = {"basic": [], "parallel": ["hydra/launcher=parallel"]}
+
+
+def _timed_process(args, env=None, cwd=None):
+    """Run ``python args``; return its wall seconds, the wall clock at its start and
+    the CPU seconds of it and the processes it waited for (steadier than wall
+    seconds on a loaded machine)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start_clock, start = time.time(), time.perf_counter()
+    subprocess.run(
+        [sys.executable, *args], env=env, cwd=cwd, check=True, capture_output=True
+    )
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    TIMES["cpu"] = cpu
+    return wall, start_clock
+
+
+def _digits(extra, workers=1, pythonpath=None):
+    """Run ``pipelines.train data=digits`` + ``extra`` in a fresh store (with
+    ``pythonpath`` first on the path: another checkout's code); return its wall,
+    the seconds to its first job's run, and each job's cost beyond its fit."""
+    from mlflow.tracking import MlflowClient
+
+    with tempfile.TemporaryDirectory() as tmp:
+        uri = f"sqlite:///{tmp}/mlflow.db"
+        _create_store(uri)
+        env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+        if pythonpath:
+            env["PYTHONPATH"] = pythonpath
+        wall, start = _timed_process([*DIGITS[:2], *extra, *DIGITS[2:]], env, tmp)
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name("skmlp")
+        runs = client.search_runs([experiment.experiment_id])
+        jobs = [r for r in runs if "fit_seconds" in r.data.metrics]
+    fit = sum(r.data.metrics["fit_seconds"] for r in jobs)
+    first = min(r.info.start_time for r in jobs) / 1000 - start
+    per_job = ((wall - first) * workers - fit) / len(jobs)
+    return wall, first, fit, per_job
+
+
+def cost(rounds, base=None):
+    """Issue 20's figures on ``data=digits``: the import floor, a single run's fixed
+    cost, each sweep's first-job delay and per-job cost; ``rounds`` times, in turns.
+    With ``base`` (a checkout of another revision), its code is measured too, in
+    turns with this one's, in the same rounds."""
+    codes = {"this": None, **({"base": os.path.abspath(base)} if base else {})}
+    launchers = os.environ.get("BENCH_LAUNCHERS", ",".join(LAUNCHERS)).split(",")
+    names = ("floor", "single", *launchers)
+    rows = {code: {n: [] for n in names} for code in codes}
+    for round_ in range(rounds):
+        order = list(codes.items())[:: -1 if round_ % 2 else 1]
+        for code, pythonpath in order:
+            _cost_round(rows[code], pythonpath)
+        for code in codes:
+            print(f"[{code}] " + _cost_line(rows[code]), flush=True)
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
+
+
+def _cost_round(rows, pythonpath):
+    rows["floor"].append((_timed_process(["-c", FLOOR])[0], TIMES["cpu"]))
+    wall, _, fit, _ = _digits([], pythonpath=pythonpath)
+    rows["single"].append((wall, wall - fit, TIMES["cpu"]))
+    for name in rows:
+        if name in LAUNCHERS:
+            workers = 2 if LAUNCHERS[name] else 1  # launcher/parallel.yaml's n_jobs
+            extra = [*SWEEP, *LAUNCHERS[name]]
+            wall, first, _, per_job = _digits(extra, workers, pythonpath)
+            rows[name].append((wall, first, per_job, TIMES["cpu"]))
+
+
+def _cost_line(rows):
+    """The medians of the rounds so far."""
+
+    def median(name, index):
+        return statistics.median(row[index] for row in rows[name])
+
+    floor, floor_cpu = median("floor", 0), median("floor", 1)
+    lines = [
+        f"{len(rows['floor'])} rounds, medians: import floor {floor:.2f} s "
+        f"({floor_cpu:.2f} s CPU); single run {median('single', 0):.2f} s wall, "
+        f"fixed cost {median('single', 1):.2f} s (floor + "
+        f"{median('single', 1) - floor:.2f} s), {median('single', 2):.2f} s CPU"
+    ]
+    for name in (name for name in rows if name in LAUNCHERS):
+        first = median(name, 1)
+        lines.append(
+            f"  sweep of 8, {name}: {median(name, 0):.2f} s wall, first job at "
+            f"{first:.2f} s (floor + {first - floor:.2f} s), "
+            f"{median(name, 2):.2f} s per job beyond its fit; CPU: "
+            f"{(median(name, 3) - floor_cpu) / 8:.2f} s per job beyond the floor"
+        )
+    return "\n".join(lines)
+
+
 def _create_store(uri):
     """A store that exists already, as after a user's first run: its one-time
     creation (MLflow's schema migrations) is not part of a run's start-up."""
@@ -217,6 +335,8 @@ def main():
     args = sys.argv[1:]
     if args and args[0] == "overlap":
         return overlap(int(args[1]) if len(args) > 1 else 6)
+    if args and args[0] == "cost":
+        return cost(int(args[1]) if len(args) > 1 else 3, *args[2:3])
     if args and args[0] in ("breakdown", "command"):
         return (breakdown if args[0] == "breakdown" else command)(args[1:])
     for name in ("breakdown", "command"):

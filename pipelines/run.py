@@ -125,8 +125,7 @@ def resolve_run(cfg: DictConfig) -> Run:
         build_step(step) for step in cfg.get("preprocessing", {}).get("steps", [])
     )
     uri, parent_id = handed_over(cfg)  # a multirun's job: its parent's store
-    check_store(uri)
-    reap_dead_runs(uri)
+    open_checked(uri)
     mlflow.set_tracking_uri(uri)  # MLflow's own calls (the model's logging) use it
     client = MlflowClient(uri)
     if parent_id is not None:
@@ -137,6 +136,20 @@ def resolve_run(cfg: DictConfig) -> Run:
     return Run(
         cfg, device, uri, client, experiment_id, parent_id, members, steps, git_commit()
     )
+
+
+# The stores this process has checked and reaped: a sweep's jobs in one process (the
+# basic launcher) and its callback do it once, not once per job.
+_CHECKED: set[str] = set()
+
+
+def open_checked(uri: str) -> None:
+    """Check the store ``uri`` (:func:`~pipelines.store.check_store`: usable, opened)
+    and reap this host's dead runs in it, once per process."""
+    if uri not in _CHECKED:
+        check_store(uri)
+        reap_dead_runs(uri)
+        _CHECKED.add(uri)
 
 
 def build_step(step_cfg):

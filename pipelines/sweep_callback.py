@@ -12,6 +12,7 @@ from joblib import register_parallel_backend
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
+from pipelines.figures import defer, settle
 from pipelines.lifecycle import (
     INTERRUPTED,
     REASON_TAG,
@@ -87,6 +88,8 @@ class MLflowSweepCallback(Callback):
         self._uri, self._sweep_dir = uri, Path(sweep_dir)
         hand_over(config, uri, self._parent)
         atexit.register(self._end, "FAILED")
+        if config.hydra.launcher.get("_target_", "").endswith(".BasicLauncher"):
+            defer()  # jobs in this process: figures drawn while the next job runs
 
     def on_job_start(self, config, **kwargs):
         # (In the job's process.) A worker whose sweep's parent died starts nothing.
@@ -99,6 +102,7 @@ class MLflowSweepCallback(Callback):
             stop_children(MlflowClient(self._uri), self._parent)
 
     def on_multirun_end(self, config, **kwargs):
+        settle()  # every job's figures in the store before the sweep ends
         if self._parent is not None:
             client = MlflowClient(self._uri)
             launched = launched_jobs(self._sweep_dir)
@@ -125,6 +129,7 @@ class MLflowSweepCallback(Callback):
         )
 
     def _end(self, status, reason=None):
+        settle()  # the figures of the runs that finished, even on an interrupt
         if self._parent is None:
             return
         client = MlflowClient(self._uri)

@@ -12,8 +12,7 @@ from omegaconf import DictConfig
 
 from pipelines.checks import check_config
 from pipelines.device import resolve_device
-from pipelines.run import build_step, grid_members
-from pipelines.store import check_store
+from pipelines.run import build_step, grid_members, open_checked
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
@@ -30,7 +29,7 @@ def check_sweep(config: DictConfig, uri: str) -> None:
             "Fix or remove that value; no run was created."
         ) from exc
     try:
-        check_store(uri)
+        open_checked(uri)  # once a process: the basic launcher's jobs skip it
     except Exception as exc:
         raise SystemExit(
             f"The sweep was stopped before any job started: {exc}"

@@ -5,6 +5,7 @@ per-thread "active run", so that a task can hold several open at once (a grid's
 members, set up before one joint fit and finished after it).
 """
 
+import functools
 import hashlib
 import subprocess
 from pathlib import Path
@@ -186,8 +187,10 @@ def _git(*args):
     ).stdout.strip()
 
 
+@functools.cache
 def git_commit():
-    """The project's current commit (with ``-dirty`` if modified), or ``unknown``."""
+    """The project's current commit (with ``-dirty`` if modified), or ``unknown``;
+    asked of git once per process (a sweep's jobs share it)."""
     try:
         commit = _git("rev-parse", "HEAD")
         dirty = _git("status", "--porcelain", "--untracked-files=no")

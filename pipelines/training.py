@@ -31,6 +31,7 @@ from sklearn.pipeline import Pipeline
 
 from pipelines.callbacks import EpochScoring
 from pipelines.device import to_numpy
+from pipelines.figures import Figure, log_figures, settle
 from pipelines.summary import OBJECTIVE_TAG
 from pipelines.tracking import log_run_context, logged_config, start_run
 from skmlp import fit_together
@@ -223,6 +224,7 @@ def fit_members(run, inputs, fittings) -> list[float]:
 def finish(run, inputs, fitting, seconds, extra_metrics=None) -> dict:
     """Evaluate a fitted member, log its curves, final metrics (``extra_metrics(curves)``
     added), figures and model, end its run FINISHED; return its metrics."""
+    settle(wait=False)  # the figures of earlier runs that are drawn by now
     model = fitting.member.estimator
     model.set_callbacks()  # the callbacks are not part of the model
     named = [(f"step{i}", step) for i, step in enumerate(inputs.steps)]
@@ -297,22 +299,12 @@ def log_learning_rates(client, run_id, curves):
 
 
 def log_artifacts(pipeline, data, cfg, curves):
-    """Config, learning curves, figures and (if ``cfg.tracking.log_model``) the model,
-    to the active run."""
-    model = pipeline[-1]
+    """Config, learning curves, figures (:mod:`pipelines.figures`) and (if
+    ``cfg.tracking.log_model``) the model, to the active run."""
     mlflow.log_dict(logged_config(cfg), "config.yaml")
     mlflow.log_table(curves, "learning_curves.json")
-    mlflow.log_figure(plot_learning_curves(curves), "learning_curves.png")
-    mlflow.log_figure(
-        plot_confusion_matrix(data.y_test, pipeline.predict(data.X_test)),
-        "confusion_matrix.png",
-    )
-    n_pixels = int(np.prod(data.image_shape))
-    if model.n_layers_ > 2 and model.coefs_[0].shape[0] == n_pixels:
-        mlflow.log_figure(
-            plot_first_layer_weights(model.coefs_[0], data.image_shape),
-            "first_layer_weights.png",
-        )
+    run_id = mlflow.active_run().info.run_id
+    log_figures(mlflow.MlflowClient(), run_id, run_figures(pipeline, data, curves))
     if cfg.tracking.log_model:
         example = data.X_test[:5]
         caution_once()  # MLflow's caution on pickled models, not once per run
@@ -324,3 +316,27 @@ def log_artifacts(pipeline, data, cfg, curves):
             serialization_format="cloudpickle",
             pip_requirements=MODEL_REQUIREMENTS,
         )
+
+
+def run_figures(pipeline, data, curves) -> list[Figure]:
+    """A run's figures: learning curves, confusion matrix and, for a network on
+    pixels, its first layer's weights."""
+    model = pipeline[-1]
+    figures = [
+        Figure("learning_curves.png", plot_learning_curves, (curves,)),
+        Figure(
+            "confusion_matrix.png",
+            plot_confusion_matrix,
+            (data.y_test, pipeline.predict(data.X_test)),
+        ),
+    ]
+    n_pixels = int(np.prod(data.image_shape))
+    if model.n_layers_ > 2 and model.coefs_[0].shape[0] == n_pixels:
+        figures.append(
+            Figure(
+                "first_layer_weights.png",
+                plot_first_layer_weights,
+                (model.coefs_[0], data.image_shape),
+            )
+        )
+    return figures

@@ -1,10 +1,29 @@
-"""What a pipeline run imports: only what it uses (start-up is part of every run)."""
+"""What a pipeline run imports: only what it uses (start-up is part of every run); what a
+sweep's job waits for, and that what it no longer waits for still lands in the store."""
 
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from helpers import (
+    all_runs,
+    finish,
+    parent_and_children,
+    run_entry_point,
+    start,
+    wait_for,
+)
+from mlflow.tracking import MlflowClient
+
+import pipelines.run as run_module
+from pipelines import figures
+from pipelines.store import open_store
+
 ROOT = Path(__file__).resolve().parents[1]
+FIGURES = {"learning_curves.png", "confusion_matrix.png", "first_layer_weights.png"}
 
 
 def test_a_runs_library_imports_no_pyplot_skops_or_torch():
@@ -21,3 +40,106 @@ def test_a_runs_library_imports_no_pyplot_skops_or_torch():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "[]"
+
+
+# ----------------------------------------------------------------------------------
+# A sweep's per-job cost (issue 20, item 1): what each job no longer waits for, and
+# that nothing is lost by it.
+
+
+def plot_in(marker_dir, label):
+    """A figure that records which process drew it (module level: a worker can
+    unpickle it)."""
+    from matplotlib.figure import Figure
+
+    Path(marker_dir, label).write_text(str(os.getpid()))
+    figure = Figure(figsize=(1, 1))
+    figure.subplots().plot([0, 1])
+    return figure
+
+
+@pytest.fixture
+def deferred():
+    """Figures deferred to the worker, as a basic-launcher sweep's callback sets it;
+    afterwards, every pending figure logged and the worker ended."""
+    figures.defer()
+    yield
+    figures.close()
+    figures.defer(False)
+
+
+def test_deferred_figures_are_drawn_by_another_process_and_logged(
+    store, tmp_path, deferred
+):
+    uri, _ = store
+    open_store(uri)
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("figures")).info.run_id
+    client.set_terminated(
+        run_id, "FINISHED"
+    )  # as a sweep's job ends before its figures
+    wanted = [figures.Figure(f"{n}.png", plot_in, (tmp_path, n)) for n in "ab"]
+    figures.log_figures(client, run_id, wanted)
+    figures.settle()
+    drawn_by = {int((tmp_path / n).read_text()) for n in "ab"}
+    assert os.getpid() not in drawn_by, "drawn in the run's own process"
+    logged = {a.path for a in client.list_artifacts(run_id)}
+    assert logged == {"a.png", "b.png"}
+
+
+def test_a_process_checks_and_reaps_a_store_once(store, monkeypatch):
+    # A basic launcher's sweep runs every job in one process; each job used to check
+    # the store and search it for dead runs again.
+    uri, _ = store
+    calls = []
+    check = run_module.check_store
+    monkeypatch.setattr(
+        run_module, "check_store", lambda u: calls.append(u) or check(u)
+    )
+    monkeypatch.setattr(run_module, "_CHECKED", set())
+    for _ in range(3):
+        run_module.open_checked(uri)
+    assert calls == [uri]
+
+
+def test_a_basic_sweep_returns_with_every_runs_figures_and_model(store, tmp_path):
+    uri, env = store
+    args = ["-m", "data=digits", "model.max_iter=3", "model.learning_rate_init=0.1,0.2"]
+    run_entry_point("pipelines.train", args, env, tmp_path)
+    client = MlflowClient(uri)
+    _, children = parent_and_children(all_runs(uri))
+    assert len(children) == 2
+    for child in children:
+        assert child.info.status == "FINISHED"
+        logged = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert FIGURES <= logged, logged
+        models = client.search_logged_models(
+            [child.info.experiment_id],
+            filter_string=f"source_run_id = '{child.info.run_id}'",
+        )
+        assert len(models) == 1
+
+
+@pytest.mark.slow
+def test_an_interrupted_basic_sweep_keeps_finished_runs_figures(store, tmp_path):
+    """The first job finishes (its figures left to the worker), the second trains
+    until Ctrl-C: it and the parent end KILLED, the first keeps all its figures."""
+    uri, env = store
+    args = ["-m", "data=digits", "model.n_iter_no_change=100000"]
+    args += ["model.max_iter=3,100000", "tracking.log_model=false"]
+    process = start(args, env, tmp_path)
+
+    def second_job_training():
+        runs = all_runs(uri)
+        return any(r.info.status == "FINISHED" for r in runs) and len(runs) == 3
+
+    wait_for(second_job_training, "the second job's run", process)
+    os.killpg(process.pid, signal.SIGINT)
+    output = finish(process, timeout=120)
+    client = MlflowClient(uri)
+    (parent,), children = parent_and_children(all_runs(uri))
+    statuses = sorted(c.info.status for c in children)
+    assert (parent.info.status, statuses) == ("KILLED", ["FINISHED", "KILLED"]), output
+    (done,) = [c for c in children if c.info.status == "FINISHED"]
+    logged = {a.path for a in client.list_artifacts(done.info.run_id)}
+    assert FIGURES <= logged, output[-3000:]
