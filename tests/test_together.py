@@ -699,7 +699,11 @@ class SlowEpochs(RecordProcess):
 def test_ctrl_c_during_worker_fits_leaves_their_members_as_they_were(digits):
     X, y = digits
     estimators = [
-        SGDMLPClassifier(**{**BASE, "max_iter": 200}, learning_rate_init=lr)
+        # n_iter_no_change: no early end, so the fits take their 40 s and the
+        # signal at 3 s always lands inside them (not after a quick convergence)
+        SGDMLPClassifier(
+            **{**BASE, "max_iter": 200, "n_iter_no_change": 200}, learning_rate_init=lr
+        )
         for lr in (0.01, 0.02, 0.03, 0.04)
     ]
     for est in estimators:
