@@ -29,8 +29,9 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import log_loss
 from sklearn.pipeline import Pipeline
 
-from pipelines.callbacks import EpochScoring
+from pipelines.callbacks import EpochScoring, MLflowEpochLogger
 from pipelines.device import to_numpy
+from pipelines.outage import DEFAULT_WAIT_S, Store
 from pipelines.summary import OBJECTIVE_TAG
 from pipelines.tracking import log_run_context, logged_config, start_run
 from skmlp import fit_together
@@ -166,7 +167,10 @@ def set_up(run, inputs, member, data, name, parent_id=None, tags=None) -> Fittin
     log_run_context(run.client, run_id, member.cfg, data, context, run.commit)
     y, labels = labels_on_device(run, inputs, data)
     scoring = EpochScoring({k: (inputs.eval_X[k], labels[k]) for k in labels})
-    callbacks = instantiate_callbacks(member.cfg.callbacks, scoring, run_id, name)
+    wait_s = member.cfg.tracking.get("outage_wait_s", DEFAULT_WAIT_S)
+    callbacks = instantiate_callbacks(
+        member.cfg.callbacks, scoring, run_id, name, outage_wait_s=wait_s
+    )
     member.estimator.set_callbacks(*callbacks)
     return Fitting(member, run_id, data, y, scoring)
 
@@ -183,12 +187,15 @@ def labels_on_device(run, inputs, data):
     return labels.pop("fit"), labels
 
 
-def instantiate_callbacks(callbacks_cfg, scoring, run_id=None, run_name=None):
+def instantiate_callbacks(
+    callbacks_cfg, scoring, run_id=None, run_name=None, outage_wait_s=DEFAULT_WAIT_S
+):
     """The callbacks of ``cfg.callbacks``, after ``scoring``. Those whose class takes
-    a ``scoring``, ``run_id`` or ``run_name`` argument (``pipelines.callbacks``) get
-    it; others (sklearn's ``ProgressBar``) are built from their config alone."""
+    a ``scoring``, ``run_id``, ``run_name`` or ``outage_wait_s`` argument
+    (``pipelines.callbacks``) get it; others (sklearn's ``ProgressBar``) are built
+    from their config alone."""
     callbacks, given = [scoring], {"scoring": scoring, "run_id": run_id}
-    given["run_name"] = run_name
+    given.update(run_name=run_name, outage_wait_s=outage_wait_s)
     for callback in (callbacks_cfg or {}).values():
         if callback is not None:
             takes = inspect.signature(hydra.utils.get_object(callback._target_))
@@ -222,26 +229,44 @@ def fit_members(run, inputs, fittings) -> list[float]:
 
 def finish(run, inputs, fitting, seconds, extra_metrics=None) -> dict:
     """Evaluate a fitted member, log its curves, final metrics (``extra_metrics(curves)``
-    added), figures and model, end its run FINISHED; return its metrics."""
+    added), figures and model, end its run FINISHED; return its metrics.
+
+    Each write waits for a store that does not answer, up to
+    ``tracking.outage_wait_s`` (``pipelines.outage``): the epochs' points the logger
+    still holds first, then the rest.
+    """
     model = fitting.member.estimator
+    cfg, data = fitting.member.cfg, fitting.data
+    store = Store(run.uri, cfg.tracking.get("outage_wait_s", DEFAULT_WAIT_S))
+    for logger in epoch_loggers(model):
+        logger.flush(store)
     model.set_callbacks()  # the callbacks are not part of the model
     named = [(f"step{i}", step) for i, step in enumerate(inputs.steps)]
     pipeline = Pipeline([*named, ("model", model)])
     pipeline = pipeline if run.device.is_numpy else to_numpy(pipeline)
     table = curves(pipeline[-1], fitting.scoring)
-    cfg, data = fitting.member.cfg, fitting.data
-    mlflow.start_run(run_id=fitting.run_id)  # MLflow logs the model to the active run
-    log_learning_rates(run.client, fitting.run_id, table)
+    # MLflow logs the model to the active run
+    store.call(mlflow.start_run, run_id=fitting.run_id)
+    store.call(log_learning_rates, run.client, fitting.run_id, table)
     metrics = evaluate(pipeline, data, inputs.seconds + seconds, cfg)
     if extra_metrics is not None:
         metrics.update(extra_metrics(table))
-    mlflow.log_metrics(metrics)
+    store.call(mlflow.log_metrics, metrics)
     if run.fits_together:
-        mlflow.set_tag(GROUP_TAG, len(run.members))
-    log_artifacts(pipeline, data, cfg, table)
-    mlflow.end_run()
+        store.call(mlflow.set_tag, GROUP_TAG, len(run.members))
+    store.call(log_artifacts, pipeline, data, cfg, table)
+    # Ended through the client first: MLflow's end_run forgets the active run
+    # before it asks the store, so a failure there could not be tried again.
+    store.call(run.client.set_terminated, fitting.run_id, "FINISHED")
+    store.call(mlflow.end_run)
     run.started.remove(fitting.run_id)
     return metrics
+
+
+def epoch_loggers(model) -> list:
+    """The ``MLflowEpochLogger`` callbacks of ``model`` (whose points may wait)."""
+    callbacks = getattr(model, "_skl_callbacks", [])
+    return [c for c in callbacks if isinstance(c, MLflowEpochLogger)]
 
 
 def curves(model, scoring):
