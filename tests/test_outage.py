@@ -1,0 +1,111 @@
+"""A tracking server that goes away during a run (issue 21, item 1): a real ``mlflow
+server`` on a sqlite store, killed with SIGKILL while a run trains and restarted on the
+same port and store; the run trains on, waits, and lands whole."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+
+import pytest
+from helpers import finish, free_port, start, wait_for, wait_until_healthy
+from mlflow.tracking import MlflowClient
+
+# Enough epochs of the digits to train for a while, never stopping early.
+LONG_RUN = [
+    "data=digits",
+    "model.max_iter=1000",
+    "model.hidden_layer_sizes=[256,256]",
+    "model.tol=0",
+    "model.n_iter_no_change=100000",
+    "tracking.experiment_name=outage",
+]
+PER_EPOCH = ("loss", "seconds", "test_accuracy", "train_accuracy", "learning_rate")
+
+
+class Server:
+    """``mlflow server`` on ``port`` over the sqlite store ``uri``, artifacts in
+    ``artifacts``; it can be killed and started again on the same port and store."""
+
+    def __init__(self, uri, artifacts, env, cwd):
+        self.uri, self.artifacts, self.env, self.cwd = uri, artifacts, env, cwd
+        self.port, self.process = free_port(), None
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    def start(self):
+        argv = [sys.executable, "-m", "mlflow", "server"]
+        argv += ["--backend-store-uri", self.uri, "--host", "127.0.0.1"]
+        argv += ["--port", str(self.port), "--workers", "1"]
+        argv += ["--artifacts-destination", str(self.artifacts)]
+        with open(self.cwd / f"server-{self.port}.log", "ab") as log:
+            self.process = subprocess.Popen(
+                argv,
+                env=self.env,
+                cwd=self.cwd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        wait_until_healthy(self.base, self.process, timeout=120)
+
+    def kill(self):
+        """SIGKILL to the server and its workers, as a crash would end them."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+
+@contextmanager
+def served(tmp_path, env):
+    """A started :class:`Server` for the test, killed at its end."""
+    uri = f"sqlite:///{tmp_path / 'server' / 'mlflow.db'}"
+    (tmp_path / "server").mkdir()
+    server = Server(uri, tmp_path / "server" / "artifacts", env, tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.process.poll() is None:
+            server.kill()
+
+
+def epochs_logged(client, experiment):
+    """How many epochs' losses the (first) run of ``experiment`` has in the store."""
+    found = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([found.experiment_id]) if found else []
+    return runs and len(client.get_metric_history(runs[0].info.run_id, "loss"))
+
+
+@pytest.mark.slow
+def test_a_run_outlives_a_tracking_server_killed_and_restarted(store, tmp_path):
+    """Killed a few seconds into training and back 12 s later: the run exits 0,
+    FINISHED, with every epoch's point of every metric and its model."""
+    _, env = store
+    with served(tmp_path, env) as server:
+        env = {**env, "MLFLOW_TRACKING_URI": server.base}
+        client = MlflowClient(server.base)
+        process = start(LONG_RUN, env, tmp_path)
+        wait_for(lambda: epochs_logged(client, "outage"), "epochs stored", process)
+        server.kill()
+        time.sleep(12)
+        server.start()
+        output = finish(process, timeout=400)
+        assert process.returncode == 0, output[-3000:]
+        assert "not answering" in output
+        experiment = client.get_experiment_by_name("outage").experiment_id
+        (run,) = client.search_runs([experiment])
+        check_whole(client, experiment, run, output)
+
+
+def check_whole(client, experiment, run, output):
+    """Run ``run`` ended FINISHED with every epoch's points and its model."""
+    assert run.info.status == "FINISHED", output[-3000:]
+    n_epochs = int(run.data.metrics["n_epochs"])
+    assert n_epochs == 1000
+    for key in PER_EPOCH:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+        assert sorted(steps) == list(range(1, n_epochs + 1)), key
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "learning_curves.png"} <= artifacts
+    assert client.search_logged_models([experiment]), "no model logged"
