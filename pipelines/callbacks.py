@@ -14,12 +14,17 @@ import mlflow
 from mlflow.entities import Metric
 
 from pipelines.device import accuracy
-from pipelines.outage import DEFAULT_WAIT_S, Backoff, Store, is_outage, one_try
+from pipelines.outage import (
+    BATCH_POINTS,
+    DEFAULT_WAIT_S,
+    Backoff,
+    Store,
+    is_outage,
+    one_try,
+)
 from pipelines.redact import redact_uri
 
 log = logging.getLogger(__name__)
-# The most metric points MLflow takes in one log_batch request.
-BATCH_POINTS = 1000
 
 
 @dataclass

@@ -13,6 +13,8 @@ No phase waits for another job: a task that runs many members sets them all up, 
 them once, then finishes each (``pipelines.members``).
 """
 
+import contextlib
+import functools
 import inspect
 import logging
 import time
@@ -23,7 +25,8 @@ import hydra
 import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.entities import Metric
+import yaml
+from mlflow.entities import Metric, RunTag
 from mlflow.models import infer_signature
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import log_loss
@@ -31,9 +34,18 @@ from sklearn.pipeline import Pipeline
 
 from pipelines.callbacks import EpochScoring, MLflowEpochLogger
 from pipelines.device import to_numpy
-from pipelines.outage import DEFAULT_WAIT_S, Store
+from pipelines.outage import (
+    DEFAULT_WAIT_S,
+    REPLAY_COMMAND,
+    Spooled,
+    Store,
+    StoreUnavailable,
+    one_try,
+    spool_dir,
+    write_spool,
+)
 from pipelines.summary import OBJECTIVE_TAG
-from pipelines.tracking import log_run_context, logged_config, start_run
+from pipelines.tracking import flatten, log_run_context, logged_config, start_run
 from skmlp import fit_together
 from skmlp.inspection import noise_confidence
 from skmlp.plots import (
@@ -232,35 +244,88 @@ def finish(run, inputs, fitting, seconds, extra_metrics=None) -> dict:
     added), figures and model, end its run FINISHED; return its metrics.
 
     Each write waits for a store that does not answer, up to
-    ``tracking.outage_wait_s`` (``pipelines.outage``): the epochs' points the logger
-    still holds first, then the rest.
+    ``tracking.outage_wait_s`` (``pipelines.outage``); past that, what the run holds
+    goes to the spool (:func:`spool`) and :class:`StoreUnavailable` says how to
+    replay it.
     """
     model = fitting.member.estimator
     cfg, data = fitting.member.cfg, fitting.data
-    store = Store(run.uri, cfg.tracking.get("outage_wait_s", DEFAULT_WAIT_S))
-    for logger in epoch_loggers(model):
-        logger.flush(store)
+    loggers = epoch_loggers(model)
     model.set_callbacks()  # the callbacks are not part of the model
     named = [(f"step{i}", step) for i, step in enumerate(inputs.steps)]
     pipeline = Pipeline([*named, ("model", model)])
     pipeline = pipeline if run.device.is_numpy else to_numpy(pipeline)
     table = curves(pipeline[-1], fitting.scoring)
-    # MLflow logs the model to the active run
-    store.call(mlflow.start_run, run_id=fitting.run_id)
-    store.call(log_learning_rates, run.client, fitting.run_id, table)
     metrics = evaluate(pipeline, data, inputs.seconds + seconds, cfg)
     if extra_metrics is not None:
         metrics.update(extra_metrics(table))
-    store.call(mlflow.log_metrics, metrics)
-    if run.fits_together:
-        store.call(mlflow.set_tag, GROUP_TAG, len(run.members))
-    store.call(log_artifacts, pipeline, data, cfg, table)
-    # Ended through the client first: MLflow's end_run forgets the active run
-    # before it asks the store, so a failure there could not be tried again.
-    store.call(run.client.set_terminated, fitting.run_id, "FINISHED")
-    store.call(mlflow.end_run)
+    points = learning_rates(table) + final_points(metrics)
+    tags = {GROUP_TAG: str(len(run.members))} if run.fits_together else {}
+    store = Store(run.uri, cfg.tracking.get("outage_wait_s", DEFAULT_WAIT_S))
+    artifacts = dict(pipeline=pipeline, data=data, cfg=cfg, curves=table)
+    try:
+        end_in_store(run, store, fitting.run_id, loggers, points, tags, artifacts)
+    except StoreUnavailable as exc:
+        pending = [p for logger in loggers for p in logger.pending]
+        spooled = Spooled(
+            run.uri,
+            fitting.run_id,
+            "FINISHED",
+            metrics=[_listed(p) for p in pending + points],
+            params=params_of(cfg),
+            tags=tags,
+        )
+        save = functools.partial(save_artifacts, **artifacts)
+        raise spool(run, fitting, spooled, save, exc) from None  # exc: said there
     run.started.remove(fitting.run_id)
     return metrics
+
+
+def end_in_store(run, store, run_id, loggers, points, tags, artifacts):
+    """Write a run's end (the ``loggers``' waiting points, ``points``, ``tags``,
+    :func:`log_artifacts` of ``artifacts``) and end it FINISHED, each write waiting
+    as ``store`` allows."""
+    for logger in loggers:
+        logger.flush(store)
+    run_tags = [RunTag(key, value) for key, value in tags.items()]
+    store.call(run.client.log_batch, run_id, metrics=points, tags=run_tags)
+    store.call(mlflow.start_run, run_id=run_id)  # MLflow logs models to the active run
+    store.call(log_artifacts, **artifacts)
+    # Ended through the client first: MLflow's end_run forgets the active run before
+    # it asks the store, so a failure there could not be tried again.
+    store.call(run.client.set_terminated, run_id, "FINISHED")
+    store.call(mlflow.end_run)
+
+
+def spool(run, fitting, spooled, save, gave_up) -> StoreUnavailable:
+    """Write ``spooled`` (and ``save(path)``'s artifacts) to the spool; forget the
+    run here (it is ended when replayed); return the error that says so, after
+    ``gave_up``'s message."""
+    folder = write_spool(spool_dir(run.cfg.tracking.get("spool_dir")), spooled, save)
+    with one_try(), contextlib.suppress(Exception):
+        mlflow.end_run()  # the active run, if any: its store does not answer
+    run.started.remove(fitting.run_id)
+    return StoreUnavailable(
+        f"{gave_up}. Run {fitting.run_id} is trained; its metrics, parameters, tags "
+        f"and artifacts are saved in {folder}. Once the store answers, write them "
+        f"there and end the run with: {REPLAY_COMMAND} {folder}"
+    )
+
+
+def _listed(metric) -> list:
+    return [metric.key, metric.value, metric.timestamp, metric.step]
+
+
+def final_points(metrics) -> list:
+    """The final metrics as points at step 0, all stamped now (so that writing them
+    again adds nothing)."""
+    now = int(time.time() * 1000)
+    return [Metric(key, float(value), now, 0) for key, value in metrics.items()]
+
+
+def params_of(cfg) -> dict:
+    """The run's parameters, as :func:`log_run_context` logs them."""
+    return {key: str(value) for key, value in flatten(logged_config(cfg)).items()}
 
 
 def epoch_loggers(model) -> list:
@@ -307,18 +372,13 @@ def evaluate(pipeline, data, fit_seconds, cfg):
     return metrics
 
 
-def log_learning_rates(client, run_id, curves):
-    """The learning rate of each epoch, as one metric history (one call)."""
+def learning_rates(curves) -> list:
+    """The learning rate of each epoch, as points of one metric history."""
     now = int(time.time() * 1000)
-    client.log_batch(
-        run_id,
-        metrics=[
-            Metric("learning_rate", float(rate), now, int(epoch))
-            for epoch, rate in zip(
-                curves["epoch"], curves["learning_rate"], strict=True
-            )
-        ],
-    )
+    return [
+        Metric("learning_rate", float(rate), now, int(epoch))
+        for epoch, rate in zip(curves["epoch"], curves["learning_rate"], strict=True)
+    ]
 
 
 def log_artifacts(pipeline, data, cfg, curves):
@@ -344,6 +404,38 @@ def log_artifacts(pipeline, data, cfg, curves):
         mlflow.sklearn.log_model(
             pipeline,
             name="model",
+            signature=infer_signature(example, pipeline.predict(example)),
+            input_example=example,
+            serialization_format="cloudpickle",
+            pip_requirements=MODEL_REQUIREMENTS,
+        )
+
+
+def save_artifacts(directory, *, pipeline, data, cfg, curves):
+    """The files :func:`log_artifacts` logs, saved under ``directory`` (a spooled
+    run's); the model as an MLflow model folder, ``model/``."""
+    model = pipeline[-1]
+    (directory / "config.yaml").write_text(yaml.safe_dump(logged_config(cfg)))
+    table = curves.to_json(orient="split", index=False)
+    (directory / "learning_curves.json").write_text(table)
+    figures = {
+        "learning_curves.png": plot_learning_curves(curves),
+        "confusion_matrix.png": plot_confusion_matrix(
+            data.y_test, pipeline.predict(data.X_test)
+        ),
+    }
+    n_pixels = int(np.prod(data.image_shape))
+    if model.n_layers_ > 2 and model.coefs_[0].shape[0] == n_pixels:
+        figures["first_layer_weights.png"] = plot_first_layer_weights(
+            model.coefs_[0], data.image_shape
+        )
+    for name, figure in figures.items():
+        figure.savefig(directory / name)
+    if cfg.tracking.log_model:
+        example = data.X_test[:5]
+        mlflow.sklearn.save_model(
+            pipeline,
+            directory / "model",
             signature=infer_signature(example, pipeline.predict(example)),
             input_example=example,
             serialization_format="cloudpickle",

@@ -10,8 +10,10 @@ import time
 from contextlib import contextmanager
 
 import pytest
-from helpers import finish, free_port, start, wait_for, wait_until_healthy
+from helpers import finish, free_port, run, start, wait_for, wait_until_healthy
 from mlflow.tracking import MlflowClient
+
+from pipelines.outage import Spooled, write_spool
 
 # Enough epochs of the digits to train for a while, never stopping early.
 LONG_RUN = [
@@ -94,18 +96,70 @@ def test_a_run_outlives_a_tracking_server_killed_and_restarted(store, tmp_path):
         assert process.returncode == 0, output[-3000:]
         assert "not answering" in output
         experiment = client.get_experiment_by_name("outage").experiment_id
-        (run,) = client.search_runs([experiment])
-        check_whole(client, experiment, run, output)
+        (found,) = client.search_runs([experiment])
+        check_whole(client, found, output, 1000)
+        assert client.search_logged_models([experiment]), "no model logged"
 
 
-def check_whole(client, experiment, run, output):
-    """Run ``run`` ended FINISHED with every epoch's points and its model."""
+def check_whole(client, run, output, n_epochs):
+    """Run ``run`` ended FINISHED with every epoch's points and its artifacts."""
     assert run.info.status == "FINISHED", output[-3000:]
-    n_epochs = int(run.data.metrics["n_epochs"])
-    assert n_epochs == 1000
+    assert int(run.data.metrics["n_epochs"]) == n_epochs
     for key in PER_EPOCH:
         steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
         assert sorted(steps) == list(range(1, n_epochs + 1)), key
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "learning_curves.png"} <= artifacts
-    assert client.search_logged_models([experiment]), "no model logged"
+
+
+@pytest.mark.slow
+def test_a_run_spools_when_the_wait_runs_out_and_replays_later(store, tmp_path):
+    """Down past tracking.outage_wait_s: the run saves what it holds in the spool,
+    exits non-zero naming skmlp-replay; replayed once the server is back, the run is
+    whole in the store and the spool is gone."""
+    _, env = store
+    spool = tmp_path / "spool"
+    args = [
+        *LONG_RUN,
+        "model.max_iter=300",
+        "tracking.outage_wait_s=3",
+        f"tracking.spool_dir={spool}",
+    ]
+    with served(tmp_path, env) as server:
+        env = {**env, "MLFLOW_TRACKING_URI": server.base}
+        client = MlflowClient(server.base)
+        process = start(args, env, tmp_path)
+        wait_for(lambda: epochs_logged(client, "outage"), "epochs stored", process)
+        server.kill()
+        output = finish(process, timeout=400)
+        assert process.returncode != 0
+        (folder,) = spool.iterdir()
+        assert f"skmlp-replay {folder}" in output, output[-3000:]
+        server.start()
+        result = run(
+            [sys.executable, "-m", "pipelines.outage", str(spool)], tmp_path, env
+        )
+        assert f"run {folder.name} written to" in result.stdout
+        assert not folder.exists()
+        experiment = client.get_experiment_by_name("outage").experiment_id
+        (found,) = client.search_runs([experiment])
+        check_whole(client, found, output, 300)
+        assert "model/MLmodel" in {
+            a.path for a in client.list_artifacts(found.info.run_id, "model")
+        }
+
+
+def test_replay_into_a_store_that_does_not_answer_keeps_the_spool(tmp_path):
+    """skmlp-replay with nothing listening: exits non-zero naming the folder and
+    the store, and leaves every file of the spool as it was."""
+    uri = f"http://127.0.0.1:{free_port()}"
+    spooled = Spooled(uri, "0" * 32, "FINISHED", metrics=[["loss", 0.5, 1, 1]])
+    folder = write_spool(tmp_path, spooled, lambda path: None)
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    result = run(
+        [sys.executable, "-m", "pipelines.outage", str(folder)], tmp_path, check=False
+    )
+    assert result.returncode != 0
+    assert f"{folder} not replayed" in result.stderr
+    assert f"The MLflow tracking server {uri} cannot be used" in result.stderr
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
