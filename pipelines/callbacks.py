@@ -14,6 +14,7 @@ import mlflow
 from mlflow.entities import Metric
 
 from pipelines.device import accuracy
+from pipelines.lifecycle import HEARTBEAT_TAG
 from pipelines.outage import (
     BATCH_POINTS,
     DEFAULT_WAIT_S,
@@ -142,6 +143,10 @@ class MLflowEpochLogger(_ReadsScores):
     (``pipelines.outage``), backing off up to 30 s between tries. A full buffer waits
     for the store (``outage_wait_s``); whoever ends the run writes what is left with
     ``flush(store)``, waiting as long as its ``store`` allows.
+
+    With the points, at most every ``heartbeat_seconds``, the run's tag
+    ``skmlp.heartbeat`` gets the time: ``skmlp-reap`` on any host ends a RUNNING
+    run whose heartbeat stopped (``pipelines.lifecycle.reap_silent_runs``).
     """
 
     def __init__(
@@ -152,6 +157,7 @@ class MLflowEpochLogger(_ReadsScores):
         tracking_uri=None,
         max_points=500_000,
         outage_wait_s=DEFAULT_WAIT_S,
+        heartbeat_seconds=60.0,
     ):
         super().__init__(scoring)
         run = mlflow.active_run()
@@ -161,6 +167,7 @@ class MLflowEpochLogger(_ReadsScores):
         self.max_points, self.outage_wait_s = max_points, outage_wait_s
         self.pending, self._flushed = [], time.monotonic()
         self._backoff = Backoff(first=flush_seconds)
+        self.heartbeat_seconds, self._beat = heartbeat_seconds, None
 
     def on_new_scores(self, estimator, scores):
         timestamp = int(time.time() * 1000)
@@ -227,6 +234,10 @@ class MLflowEpochLogger(_ReadsScores):
         while self.pending:  # MLflow's largest batch: a failure keeps the rest
             client.log_batch(run_id, metrics=self.pending[:BATCH_POINTS])
             del self.pending[:BATCH_POINTS]
+        now = time.monotonic()
+        if self._beat is None or now - self._beat >= self.heartbeat_seconds:
+            client.set_tag(run_id, HEARTBEAT_TAG, str(int(time.time())))
+            self._beat = now
 
 
 class EpochLog(_ReadsScores):

@@ -1,6 +1,7 @@
 """A tracking server that goes away during a run (issue 21, item 1): a real ``mlflow
 server`` on a sqlite store, killed with SIGKILL while a run trains and restarted on the
-same port and store; the run trains on, waits, and lands whole."""
+same port and store; the run trains on, waits, and lands whole, or is spooled and
+replayed. And the heartbeat that lets ``skmlp-reap`` on any host end a silent run."""
 
 import os
 import signal
@@ -10,10 +11,19 @@ import time
 from contextlib import contextmanager
 
 import pytest
-from helpers import finish, free_port, run, start, wait_for, wait_until_healthy
+from helpers import (
+    finish,
+    free_port,
+    run,
+    run_entry_point,
+    start,
+    wait_for,
+    wait_until_healthy,
+)
 from mlflow.tracking import MlflowClient
 
 from pipelines.outage import Spooled, write_spool
+from pipelines.store import open_store
 
 # Enough epochs of the digits to train for a while, never stopping early.
 LONG_RUN = [
@@ -102,8 +112,10 @@ def test_a_run_outlives_a_tracking_server_killed_and_restarted(store, tmp_path):
 
 
 def check_whole(client, run, output, n_epochs):
-    """Run ``run`` ended FINISHED with every epoch's points and its artifacts."""
+    """Run ``run`` ended FINISHED with every epoch's points and its artifacts, and
+    beat while it trained."""
     assert run.info.status == "FINISHED", output[-3000:]
+    assert run.info.start_time / 1000 - 1 <= float(run.data.tags["skmlp.heartbeat"])
     assert int(run.data.metrics["n_epochs"]) == n_epochs
     for key in PER_EPOCH:
         steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
@@ -163,3 +175,30 @@ def test_replay_into_a_store_that_does_not_answer_keeps_the_spool(tmp_path):
     assert f"{folder} not replayed" in result.stderr
     assert f"The MLflow tracking server {uri} cannot be used" in result.stderr
     assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+
+
+def test_reap_ends_runs_of_any_host_whose_heartbeat_stopped(store, tmp_path):
+    """skmlp-reap --stale-after: a RUNNING run of another host silent for an hour
+    ends FAILED saying so; one that beat just now, and one with no heartbeat (a
+    sweep's parent), stay RUNNING."""
+    uri, env = store
+    open_store(uri)
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("beats")
+    now = time.time()
+    beats = {"silent": now - 3600, "beating": now, "parent": None}
+    ids = {}
+    for name, beat in beats.items():
+        tags = {"skmlp.host": "another-host", "skmlp.pid": "4242"}
+        if beat is not None:
+            tags["skmlp.heartbeat"] = str(int(beat))
+        ids[name] = client.create_run(experiment, run_name=name, tags=tags)
+    argv = ["--uri", uri, "--stale-after", "600"]
+    result = run_entry_point("pipelines.lifecycle", argv, env, tmp_path)
+    assert "1 runs with no heartbeat for 600 s marked FAILED" in result.stdout
+    silent = client.get_run(ids["silent"].info.run_id)
+    assert silent.info.status == "FAILED"
+    assert "its heartbeat stopped" in silent.data.tags["skmlp.end_reason"]
+    assert "process 4242 on another-host" in silent.data.tags["skmlp.end_reason"]
+    for name in ("beating", "parent"):
+        assert client.get_run(ids[name].info.run_id).info.status == "RUNNING"
