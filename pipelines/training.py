@@ -171,6 +171,7 @@ def prepare_inputs(run, data) -> Inputs:
 def set_up(run, inputs, member, data, name, parent_id=None, tags=None) -> Fitting:
     """Start ``member``'s run (a child of ``parent_id``), log its context, and give
     its estimator the callbacks of ``member.cfg.callbacks``, scoring on the device."""
+    wait_s = outage_wait_s(member.cfg)  # checked before the run exists
     objective = member.cfg.get("optimized_metric")
     tags = {**({OBJECTIVE_TAG: objective} if objective else {}), **(tags or {})}
     run_id = start_run(run.client, run.experiment_id, name, parent_id, tags)
@@ -179,12 +180,22 @@ def set_up(run, inputs, member, data, name, parent_id=None, tags=None) -> Fittin
     log_run_context(run.client, run_id, member.cfg, data, context, run.commit)
     y, labels = labels_on_device(run, inputs, data)
     scoring = EpochScoring({k: (inputs.eval_X[k], labels[k]) for k in labels})
-    wait_s = member.cfg.tracking.get("outage_wait_s", DEFAULT_WAIT_S)
     callbacks = instantiate_callbacks(
         member.cfg.callbacks, scoring, run_id, name, outage_wait_s=wait_s
     )
     member.estimator.set_callbacks(*callbacks)
     return Fitting(member, run_id, data, y, scoring)
+
+
+def outage_wait_s(cfg) -> float:
+    """``tracking.outage_wait_s``: seconds, 0 or more (absent: ``DEFAULT_WAIT_S``)."""
+    value = cfg.tracking.get("outage_wait_s", DEFAULT_WAIT_S)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ValueError(
+            f"tracking.outage_wait_s={value!r}: must be a number of seconds, 0 or "
+            "more (how long a run's end waits for a store that does not answer)."
+        )
+    return float(value)
 
 
 def labels_on_device(run, inputs, data):
@@ -261,7 +272,7 @@ def finish(run, inputs, fitting, seconds, extra_metrics=None) -> dict:
         metrics.update(extra_metrics(table))
     points = learning_rates(table) + final_points(metrics)
     tags = {GROUP_TAG: str(len(run.members))} if run.fits_together else {}
-    store = Store(run.uri, cfg.tracking.get("outage_wait_s", DEFAULT_WAIT_S))
+    store = Store(run.uri, outage_wait_s(cfg))
     artifacts = dict(pipeline=pipeline, data=data, cfg=cfg, curves=table)
     try:
         end_in_store(run, store, fitting.run_id, loggers, points, tags, artifacts)

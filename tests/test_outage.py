@@ -12,6 +12,8 @@ from contextlib import contextmanager
 
 import pytest
 from helpers import (
+    QUICK,
+    all_runs,
     finish,
     free_port,
     run,
@@ -202,3 +204,14 @@ def test_reap_ends_runs_of_any_host_whose_heartbeat_stopped(store, tmp_path):
     assert "process 4242 on another-host" in silent.data.tags["skmlp.end_reason"]
     for name in ("beating", "parent"):
         assert client.get_run(ids[name].info.run_id).info.status == "RUNNING"
+
+
+def test_a_bad_outage_wait_fails_before_any_run_exists(store, tmp_path):
+    """tracking.outage_wait_s=abc: refused, naming the key, before a run is made
+    (not at the run's end, after the training)."""
+    uri, env = store
+    args = [*QUICK, "tracking.outage_wait_s=abc"]
+    result = run_entry_point("pipelines.train", args, env, tmp_path, check=False)
+    assert result.returncode != 0
+    assert "tracking.outage_wait_s='abc': must be a number of seconds" in result.stderr
+    assert all_runs(uri) == []
