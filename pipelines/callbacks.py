@@ -231,13 +231,13 @@ class MLflowEpochLogger(_ReadsScores):
                 "mlflow.start_run(), or start a run before the fit ends."
             )
         client = mlflow.MlflowClient(tracking_uri=self.tracking_uri)
-        while self.pending:  # MLflow's largest batch: a failure keeps the rest
-            client.log_batch(run_id, metrics=self.pending[:BATCH_POINTS])
-            del self.pending[:BATCH_POINTS]
-        now = time.monotonic()
+        now = time.monotonic()  # the heartbeat first: points seen mean it beat
         if self._beat is None or now - self._beat >= self.heartbeat_seconds:
             client.set_tag(run_id, HEARTBEAT_TAG, str(int(time.time())))
             self._beat = now
+        while self.pending:  # MLflow's largest batch: a failure keeps the rest
+            client.log_batch(run_id, metrics=self.pending[:BATCH_POINTS])
+            del self.pending[:BATCH_POINTS]
 
 
 class EpochLog(_ReadsScores):

@@ -166,9 +166,16 @@ class Store:
 
 
 def _short(exc: BaseException) -> str:
-    """The first line of an exception's message, at most 200 characters."""
-    text = str(exc).strip().splitlines()
-    return redact(text[0] if text else type(exc).__name__)[:200]
+    """What went wrong, in a few words: the innermost cause of ``exc`` (``Connection
+    refused``, a timeout) or its message's first line; at most 200 characters."""
+    inner = exc
+    while (inner.__cause__ or inner.__context__) is not None:
+        inner = inner.__cause__ or inner.__context__
+    lines = str(inner).strip().splitlines()
+    text = lines[0] if lines else ""
+    if inner is not exc:
+        text = f"{type(inner).__name__}: {text}"
+    return redact(text or type(exc).__name__)[:200]
 
 
 # ----------------------------------------------------------------------------------
