@@ -14,6 +14,16 @@ import mlflow
 from mlflow.entities import Metric
 
 from pipelines.device import accuracy
+from pipelines.lifecycle import HEARTBEAT_TAG
+from pipelines.outage import (
+    BATCH_POINTS,
+    DEFAULT_WAIT_S,
+    Backoff,
+    Store,
+    is_outage,
+    one_try,
+)
+from pipelines.redact import redact_uri
 
 log = logging.getLogger(__name__)
 
@@ -127,34 +137,92 @@ class MLflowEpochLogger(_ReadsScores):
     loses at most ``flush_seconds`` of curves. The store is ``tracking_uri`` (default:
     MLflow's tracking URI when the logger is made), kept with the logger, so that a
     fit in a worker process (joblib, on another node) logs to the same store.
+
+    A store that does not answer does not stop training: the points stay in memory
+    (``pending``, at most ``max_points``) and are tried again later, each try once
+    (``pipelines.outage``), backing off up to 30 s between tries. A full buffer waits
+    for the store (``outage_wait_s``); whoever ends the run writes what is left with
+    ``flush(store)``, waiting as long as its ``store`` allows.
+
+    With the points, at most every ``heartbeat_seconds``, the run's tag
+    ``skmlp.heartbeat`` gets the time: ``skmlp-reap`` on any host ends a RUNNING
+    run whose heartbeat stopped (``pipelines.lifecycle.reap_silent_runs``).
     """
 
-    def __init__(self, scoring, run_id=None, flush_seconds=2.0, tracking_uri=None):
+    def __init__(
+        self,
+        scoring,
+        run_id=None,
+        flush_seconds=2.0,
+        tracking_uri=None,
+        max_points=500_000,
+        outage_wait_s=DEFAULT_WAIT_S,
+        heartbeat_seconds=60.0,
+    ):
         super().__init__(scoring)
         run = mlflow.active_run()
         self.run_id = run_id or (None if run is None else run.info.run_id)
         self.tracking_uri = tracking_uri or mlflow.get_tracking_uri()
         self.flush_seconds = flush_seconds
-        self._pending, self._flushed = [], time.monotonic()
+        self.max_points, self.outage_wait_s = max_points, outage_wait_s
+        self.pending, self._flushed = [], time.monotonic()
+        self._backoff = Backoff(first=flush_seconds)
+        self.heartbeat_seconds, self._beat = heartbeat_seconds, None
 
     def on_new_scores(self, estimator, scores):
         timestamp = int(time.time() * 1000)
-        self._pending += [
+        self.pending += [
             Metric(name, float(value), timestamp, scores.epoch)
             for name, value in scores.metrics.items()
         ]
-        if time.monotonic() - self._flushed >= self.flush_seconds:
-            self.flush()
+        if len(self.pending) >= self.max_points:
+            self.flush(Store(self.tracking_uri, self.outage_wait_s))
+        elif time.monotonic() - self._flushed >= self.flush_seconds:
+            self.try_flush()
 
     def teardown(self, estimator, context):
-        self.flush()
+        self.try_flush()
 
-    def flush(self):
-        """Write the epochs not written yet (to the run active now if none was
-        active when this logger was made)."""
+    def try_flush(self):
+        """Write the epochs not written yet, once, if no earlier failure asks to wait;
+        a store that does not answer keeps them pending."""
         self._flushed = time.monotonic()
-        if not self._pending:
+        if not self.pending or not self._backoff.due():
             return
+        try:
+            with one_try():
+                self._write()
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            if self._backoff.failures == 0:
+                log.warning(
+                    "store at %s not answering; training goes on, its metrics kept "
+                    "in memory (%d points) and tried again later",
+                    redact_uri(self.tracking_uri),
+                    len(self.pending),
+                )
+            self._backoff.failed()
+            return
+        if self._backoff.failures:
+            log.warning("store at %s answers again", redact_uri(self.tracking_uri))
+        self._backoff.succeeded()
+
+    def flush(self, store=None):
+        """Write the epochs not written yet (to the run active now if none was
+        active when this logger was made), waiting for the store as ``store``
+        (a ``pipelines.outage.Store``) allows; without one, fail at once."""
+        self._flushed = time.monotonic()
+        if not self.pending:
+            return
+        if store is None:
+            self._write()
+        else:
+            store.call(self._write)
+        self._backoff.succeeded()
+
+    def _write(self):
+        """The pending points, in batches; each is dropped only once written."""
         run = mlflow.active_run()
         run_id = self.run_id or (run and run.info.run_id)
         if run_id is None:
@@ -162,10 +230,14 @@ class MLflowEpochLogger(_ReadsScores):
                 "MLflowEpochLogger has no MLflow run to log to: create it inside "
                 "mlflow.start_run(), or start a run before the fit ends."
             )
-        pending, self._pending = self._pending, []
-        mlflow.MlflowClient(tracking_uri=self.tracking_uri).log_batch(
-            run_id, metrics=pending
-        )
+        client = mlflow.MlflowClient(tracking_uri=self.tracking_uri)
+        now = time.monotonic()  # the heartbeat first: points seen mean it beat
+        if self._beat is None or now - self._beat >= self.heartbeat_seconds:
+            client.set_tag(run_id, HEARTBEAT_TAG, str(int(time.time())))
+            self._beat = now
+        while self.pending:  # MLflow's largest batch: a failure keeps the rest
+            client.log_batch(run_id, metrics=self.pending[:BATCH_POINTS])
+            del self.pending[:BATCH_POINTS]
 
 
 class EpochLog(_ReadsScores):

@@ -28,6 +28,11 @@ from skmlp._workers import parent_gone, worker_exit
 
 # Tags on every run: where its process lives, and why it ended if not by itself.
 HOST_TAG, PID_TAG, REASON_TAG = "skmlp.host", "skmlp.pid", "skmlp.end_reason"
+# A training run's last sign of life: Unix time, set about once a minute while it
+# trains (pipelines.callbacks.MLflowEpochLogger).
+HEARTBEAT_TAG = "skmlp.heartbeat"
+# skmlp-reap ends runs, of any host, whose heartbeat is older than this.
+STALE_AFTER_S = 600
 INTERRUPTED = "interrupted (Ctrl-C or SIGTERM)"
 PARENT_GONE = "interrupted: the sweep's parent process died"
 SWEEP_INTERRUPTED = "its sweep was interrupted"
@@ -279,16 +284,78 @@ def reap_dead_runs(uri: str) -> list[str]:
     return reaped
 
 
+def reap_silent_runs(uri: str, stale_after_s: float = STALE_AFTER_S) -> list[str]:
+    """Mark RUNNING runs of any host whose heartbeat (``skmlp.heartbeat``) is older
+    than ``stale_after_s`` seconds FAILED, tagged with why. Returns their ids.
+
+    Runs of this host whose process is alive are left alone (a long epoch, a store
+    that was down); runs with no heartbeat (a sweep's parent, runs of older
+    versions) too. Another host's clock counts: keep the threshold well above any
+    skew between the hosts' clocks.
+    """
+    client = MlflowClient(uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(
+        experiments, "attributes.status = 'RUNNING'", max_results=50000
+    )
+    reaped, now = [], time.time()
+    for run in runs:
+        beat = _heartbeat(run)
+        if beat is None or now - beat <= stale_after_s or _alive_here(run):
+            continue
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(beat))
+        tags = run.data.tags
+        reason = (
+            f"its heartbeat stopped at {when} ({now - beat:.0f} s before "
+            f"skmlp-reap ran on {socket.gethostname()}): process "
+            f"{tags.get(PID_TAG, '?')} on {tags.get(HOST_TAG, '?')} gone?"
+        )
+        client.set_tag(run.info.run_id, REASON_TAG, reason)
+        client.set_terminated(run.info.run_id, "FAILED")
+        reaped.append(run.info.run_id)
+    return reaped
+
+
+def _heartbeat(run) -> float | None:
+    try:
+        return float(run.data.tags[HEARTBEAT_TAG])
+    except (KeyError, ValueError):
+        return None
+
+
+def _alive_here(run) -> bool:
+    """Whether the run's process is on this host and alive."""
+    tags = run.data.tags
+    if tags.get(HOST_TAG) != socket.gethostname():
+        return False
+    pid = int(tags.get(PID_TAG, 0) or 0)
+    return pid > 0 and process_alive(pid, run.info.start_time)
+
+
 def reap_main(argv=None) -> None:
-    """Console command ``skmlp-reap``: mark this host's runs whose process died as
-    FAILED."""
+    """Console command ``skmlp-reap``: mark as FAILED this host's runs whose process
+    died, and any host's runs whose heartbeat stopped."""
     parser = argparse.ArgumentParser(description=reap_main.__doc__)
     parser.add_argument("--uri", help="tracking URI (default: as the pipelines use)")
-    uri = tracking_uri(parser.parse_args(argv).uri)
+    parser.add_argument(
+        "--stale-after",
+        type=float,
+        default=STALE_AFTER_S,
+        metavar="SECONDS",
+        help="end runs of any host whose heartbeat is older than this "
+        f"(default {STALE_AFTER_S}; 0: none)",
+    )
+    args = parser.parse_args(argv)
+    uri = tracking_uri(args.uri)
     check_store(uri)
     reaped = reap_dead_runs(uri)
     print(f"{len(reaped)} runs of dead processes marked FAILED in {redact_uri(uri)}")
-    for run_id in reaped:
+    silent = reap_silent_runs(uri, args.stale_after) if args.stale_after > 0 else []
+    print(
+        f"{len(silent)} runs with no heartbeat for {args.stale_after:g} s marked "
+        f"FAILED in {redact_uri(uri)}"
+    )
+    for run_id in reaped + silent:
         print(f"  {run_id}")
 
 

@@ -13,6 +13,8 @@ No phase waits for another job: a task that runs many members sets them all up, 
 them once, then finishes each (``pipelines.members``).
 """
 
+import contextlib
+import functools
 import inspect
 import logging
 import time
@@ -23,17 +25,28 @@ import hydra
 import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.entities import Metric
+import yaml
+from mlflow.entities import Metric, RunTag
 from mlflow.models import infer_signature
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import log_loss
 from sklearn.pipeline import Pipeline
 
-from pipelines.callbacks import EpochScoring
+from pipelines.callbacks import EpochScoring, MLflowEpochLogger
 from pipelines.device import to_numpy
 from pipelines.figures import Figure, log_figures, settle
+from pipelines.outage import (
+    DEFAULT_WAIT_S,
+    REPLAY_COMMAND,
+    Spooled,
+    Store,
+    StoreUnavailable,
+    one_try,
+    spool_dir,
+    write_spool,
+)
 from pipelines.summary import OBJECTIVE_TAG
-from pipelines.tracking import log_run_context, logged_config, start_run
+from pipelines.tracking import flatten, log_run_context, logged_config, start_run
 from skmlp import fit_together
 from skmlp.inspection import noise_confidence
 from skmlp.plots import (
@@ -159,6 +172,7 @@ def prepare_inputs(run, data) -> Inputs:
 def set_up(run, inputs, member, data, name, parent_id=None, tags=None) -> Fitting:
     """Start ``member``'s run (a child of ``parent_id``), log its context, and give
     its estimator the callbacks of ``member.cfg.callbacks``, scoring on the device."""
+    wait_s = outage_wait_s(member.cfg)  # checked before the run exists
     objective = member.cfg.get("optimized_metric")
     tags = {**({OBJECTIVE_TAG: objective} if objective else {}), **(tags or {})}
     run_id = start_run(run.client, run.experiment_id, name, parent_id, tags)
@@ -167,9 +181,22 @@ def set_up(run, inputs, member, data, name, parent_id=None, tags=None) -> Fittin
     log_run_context(run.client, run_id, member.cfg, data, context, run.commit)
     y, labels = labels_on_device(run, inputs, data)
     scoring = EpochScoring({k: (inputs.eval_X[k], labels[k]) for k in labels})
-    callbacks = instantiate_callbacks(member.cfg.callbacks, scoring, run_id, name)
+    callbacks = instantiate_callbacks(
+        member.cfg.callbacks, scoring, run_id, name, outage_wait_s=wait_s
+    )
     member.estimator.set_callbacks(*callbacks)
     return Fitting(member, run_id, data, y, scoring)
+
+
+def outage_wait_s(cfg) -> float:
+    """``tracking.outage_wait_s``: seconds, 0 or more (absent: ``DEFAULT_WAIT_S``)."""
+    value = cfg.tracking.get("outage_wait_s", DEFAULT_WAIT_S)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ValueError(
+            f"tracking.outage_wait_s={value!r}: must be a number of seconds, 0 or "
+            "more (how long a run's end waits for a store that does not answer)."
+        )
+    return float(value)
 
 
 def labels_on_device(run, inputs, data):
@@ -184,12 +211,15 @@ def labels_on_device(run, inputs, data):
     return labels.pop("fit"), labels
 
 
-def instantiate_callbacks(callbacks_cfg, scoring, run_id=None, run_name=None):
+def instantiate_callbacks(
+    callbacks_cfg, scoring, run_id=None, run_name=None, outage_wait_s=DEFAULT_WAIT_S
+):
     """The callbacks of ``cfg.callbacks``, after ``scoring``. Those whose class takes
-    a ``scoring``, ``run_id`` or ``run_name`` argument (``pipelines.callbacks``) get
-    it; others (sklearn's ``ProgressBar``) are built from their config alone."""
+    a ``scoring``, ``run_id``, ``run_name`` or ``outage_wait_s`` argument
+    (``pipelines.callbacks``) get it; others (sklearn's ``ProgressBar``) are built
+    from their config alone."""
     callbacks, given = [scoring], {"scoring": scoring, "run_id": run_id}
-    given["run_name"] = run_name
+    given.update(run_name=run_name, outage_wait_s=outage_wait_s)
     for callback in (callbacks_cfg or {}).values():
         if callback is not None:
             takes = inspect.signature(hydra.utils.get_object(callback._target_))
@@ -223,27 +253,98 @@ def fit_members(run, inputs, fittings) -> list[float]:
 
 def finish(run, inputs, fitting, seconds, extra_metrics=None) -> dict:
     """Evaluate a fitted member, log its curves, final metrics (``extra_metrics(curves)``
-    added), figures and model, end its run FINISHED; return its metrics."""
+    added), figures and model, end its run FINISHED; return its metrics.
+
+    Each write waits for a store that does not answer, up to
+    ``tracking.outage_wait_s`` (``pipelines.outage``); past that, what the run holds
+    goes to the spool (:func:`spool`) and :class:`StoreUnavailable` says how to
+    replay it.
+    """
     settle(wait=False)  # the figures of earlier runs that are drawn by now
     model = fitting.member.estimator
+    cfg, data = fitting.member.cfg, fitting.data
+    loggers = epoch_loggers(model)
     model.set_callbacks()  # the callbacks are not part of the model
     named = [(f"step{i}", step) for i, step in enumerate(inputs.steps)]
     pipeline = Pipeline([*named, ("model", model)])
     pipeline = pipeline if run.device.is_numpy else to_numpy(pipeline)
     table = curves(pipeline[-1], fitting.scoring)
-    cfg, data = fitting.member.cfg, fitting.data
-    mlflow.start_run(run_id=fitting.run_id)  # MLflow logs the model to the active run
-    log_learning_rates(run.client, fitting.run_id, table)
     metrics = evaluate(pipeline, data, inputs.seconds + seconds, cfg)
     if extra_metrics is not None:
         metrics.update(extra_metrics(table))
-    mlflow.log_metrics(metrics)
-    if run.fits_together:
-        mlflow.set_tag(GROUP_TAG, len(run.members))
-    log_artifacts(pipeline, data, cfg, table)
-    mlflow.end_run()
+    points = learning_rates(table) + final_points(metrics)
+    tags = {GROUP_TAG: str(len(run.members))} if run.fits_together else {}
+    store = Store(run.uri, outage_wait_s(cfg))
+    artifacts = dict(pipeline=pipeline, data=data, cfg=cfg, curves=table)
+    try:
+        end_in_store(run, store, fitting.run_id, loggers, points, tags, artifacts)
+    except StoreUnavailable as exc:
+        pending = [p for logger in loggers for p in logger.pending]
+        spooled = Spooled(
+            run.uri,
+            fitting.run_id,
+            "FINISHED",
+            metrics=[_listed(p) for p in pending + points],
+            params=params_of(cfg),
+            tags=tags,
+        )
+        save = functools.partial(save_artifacts, **artifacts)
+        raise spool(run, fitting, spooled, save, exc) from None  # exc: said there
     run.started.remove(fitting.run_id)
     return metrics
+
+
+def end_in_store(run, store, run_id, loggers, points, tags, artifacts):
+    """Write a run's end (the ``loggers``' waiting points, ``points``, ``tags``,
+    :func:`log_artifacts` of ``artifacts``) and end it FINISHED, each write waiting
+    as ``store`` allows."""
+    for logger in loggers:
+        logger.flush(store)
+    run_tags = [RunTag(key, value) for key, value in tags.items()]
+    store.call(run.client.log_batch, run_id, metrics=points, tags=run_tags)
+    store.call(mlflow.start_run, run_id=run_id)  # MLflow logs models to the active run
+    store.call(log_artifacts, **artifacts)
+    # Ended through the client first: MLflow's end_run forgets the active run before
+    # it asks the store, so a failure there could not be tried again.
+    store.call(run.client.set_terminated, run_id, "FINISHED")
+    store.call(mlflow.end_run)
+
+
+def spool(run, fitting, spooled, save, gave_up) -> StoreUnavailable:
+    """Write ``spooled`` (and ``save(path)``'s artifacts) to the spool; forget the
+    run here (it is ended when replayed); return the error that says so, after
+    ``gave_up``'s message."""
+    folder = write_spool(spool_dir(run.cfg.tracking.get("spool_dir")), spooled, save)
+    with one_try(), contextlib.suppress(Exception):
+        mlflow.end_run()  # the active run, if any: its store does not answer
+    run.started.remove(fitting.run_id)
+    return StoreUnavailable(
+        f"{gave_up}. Run {fitting.run_id} is trained; its metrics, parameters, tags "
+        f"and artifacts are saved in {folder}. Once the store answers, write them "
+        f"there and end the run with: {REPLAY_COMMAND} {folder}"
+    )
+
+
+def _listed(metric) -> list:
+    return [metric.key, metric.value, metric.timestamp, metric.step]
+
+
+def final_points(metrics) -> list:
+    """The final metrics as points at step 0, all stamped now (so that writing them
+    again adds nothing)."""
+    now = int(time.time() * 1000)
+    return [Metric(key, float(value), now, 0) for key, value in metrics.items()]
+
+
+def params_of(cfg) -> dict:
+    """The run's parameters, as :func:`log_run_context` logs them."""
+    return {key: str(value) for key, value in flatten(logged_config(cfg)).items()}
+
+
+def epoch_loggers(model) -> list:
+    """The ``MLflowEpochLogger`` callbacks of ``model`` (whose points may wait)."""
+    callbacks = getattr(model, "_skl_callbacks", [])
+    return [c for c in callbacks if isinstance(c, MLflowEpochLogger)]
 
 
 def curves(model, scoring):
@@ -284,18 +385,13 @@ def evaluate(pipeline, data, fit_seconds, cfg):
     return metrics
 
 
-def log_learning_rates(client, run_id, curves):
-    """The learning rate of each epoch, as one metric history (one call)."""
+def learning_rates(curves) -> list:
+    """The learning rate of each epoch, as points of one metric history."""
     now = int(time.time() * 1000)
-    client.log_batch(
-        run_id,
-        metrics=[
-            Metric("learning_rate", float(rate), now, int(epoch))
-            for epoch, rate in zip(
-                curves["epoch"], curves["learning_rate"], strict=True
-            )
-        ],
-    )
+    return [
+        Metric("learning_rate", float(rate), now, int(epoch))
+        for epoch, rate in zip(curves["epoch"], curves["learning_rate"], strict=True)
+    ]
 
 
 def log_artifacts(pipeline, data, cfg, curves):
@@ -340,3 +436,23 @@ def run_figures(pipeline, data, curves) -> list[Figure]:
             )
         )
     return figures
+
+
+def save_artifacts(directory, *, pipeline, data, cfg, curves):
+    """The files :func:`log_artifacts` logs, saved under ``directory`` (a spooled
+    run's); the model as an MLflow model folder, ``model/``."""
+    (directory / "config.yaml").write_text(yaml.safe_dump(logged_config(cfg)))
+    table = curves.to_json(orient="split", index=False)
+    (directory / "learning_curves.json").write_text(table)
+    for figure in run_figures(pipeline, data, curves):
+        figure.plot(*figure.args).savefig(directory / figure.file_name)
+    if cfg.tracking.log_model:
+        example = data.X_test[:5]
+        mlflow.sklearn.save_model(
+            pipeline,
+            directory / "model",
+            signature=infer_signature(example, pipeline.predict(example)),
+            input_example=example,
+            serialization_format="cloudpickle",
+            pip_requirements=MODEL_REQUIREMENTS,
+        )
