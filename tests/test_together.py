@@ -1,8 +1,10 @@
 """fit_together: every member ends exactly as its own fit would leave it (digits)."""
 
 import copy
+import json
 import os
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -11,6 +13,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 from fitting import assert_same_fit, quietly
+from helpers import run
 from numpy.testing import assert_array_equal
 from sklearn import config_context
 from sklearn.base import clone
@@ -696,27 +699,59 @@ class SlowEpochs(RecordProcess):
         time.sleep(0.2)
 
 
-def test_ctrl_c_during_worker_fits_leaves_their_members_as_they_were(digits):
-    X, y = digits
-    estimators = [
-        # n_iter_no_change: no early end, so the fits take their 40 s and the
-        # signal at 3 s always lands inside them (not after a quick convergence)
-        SGDMLPClassifier(
-            **{**BASE, "max_iter": 200, "n_iter_no_change": 200}, learning_rate_init=lr
-        )
-        for lr in (0.01, 0.02, 0.03, 0.04)
-    ]
-    for est in estimators:
-        est.set_callbacks(SlowEpochs())
-    timer = threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGINT))
-    timer.start()
-    start = time.perf_counter()
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            quietly(fit_together, estimators, X, y, n_jobs=2)
-    finally:
-        timer.cancel()
-    assert time.perf_counter() - start < 20  # not the 40 s the fits would take
-    assert not any(hasattr(est, "coefs_") for est in estimators)
-    # the pool is usable again at once
-    quietly(fit_together, _members("alpha"), X, y, n_jobs=2)
+# Run in a fresh process: a real Ctrl-C (SIGINT to the process) lands in the fit, not
+# in whatever state earlier tests left in the test process (its joblib workers).
+CTRL_C_SCRIPT = """
+import json, os, signal, threading, time, warnings
+from sklearn.datasets import load_digits
+from skmlp import SGDMLPClassifier, fit_together
+
+warnings.simplefilter("ignore")
+
+
+class SlowEpochs:
+    def setup(self, estimator, context):
+        pass
+
+    def on_fit_task_begin(self, estimator, context, **kwargs):
+        pass
+
+    def on_fit_task_end(self, estimator, context, **kwargs):
+        time.sleep(0.2)
+
+    def teardown(self, estimator, context):
+        pass
+
+
+X, y = load_digits(return_X_y=True)
+X = X / 16
+base = dict(hidden_layer_sizes=(16, 8), batch_size=64, random_state=0)
+estimators = [
+    SGDMLPClassifier(**base, max_iter=200, n_iter_no_change=200, learning_rate_init=lr)
+    for lr in (0.01, 0.02, 0.03, 0.04)
+]
+for est in estimators:
+    est.set_callbacks(SlowEpochs())
+threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+start = time.perf_counter()
+try:
+    fit_together(estimators, X, y, n_jobs=2)
+    raised = False
+except KeyboardInterrupt:
+    raised = True
+took = time.perf_counter() - start
+fitted = [hasattr(est, "coefs_") for est in estimators]
+again = [SGDMLPClassifier(**base, max_iter=4, learning_rate_init=lr) for lr in (0.1, 0.2)]
+fit_together(again, X, y, n_jobs=2)  # the pool is usable again at once
+print(json.dumps(dict(raised=raised, took=took, fitted=fitted,
+                      again=[hasattr(est, "coefs_") for est in again])))
+"""
+
+
+def test_ctrl_c_during_worker_fits_leaves_their_members_as_they_were(tmp_path):
+    result = run([sys.executable, "-c", CTRL_C_SCRIPT], tmp_path, timeout=120)
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    assert outcome["raised"], outcome  # the fits would take 40 s
+    assert outcome["took"] < 20, outcome
+    assert outcome["fitted"] == [False] * 4  # each member as it was
+    assert outcome["again"] == [True, True]
