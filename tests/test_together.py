@@ -699,14 +699,17 @@ class SlowEpochs(RecordProcess):
         time.sleep(0.2)
 
 
-# Run in a fresh process: a real Ctrl-C (SIGINT to the process) lands in the fit, not
-# in whatever state earlier tests left in the test process (its joblib workers).
+# Run in a fresh process with Python's own SIGINT handler: a real Ctrl-C (SIGINT to
+# the process) lands in the fit, whatever the test process inherited.
 CTRL_C_SCRIPT = """
 import json, os, signal, threading, time, warnings
 from sklearn.datasets import load_digits
 from skmlp import SGDMLPClassifier, fit_together
 
 warnings.simplefilter("ignore")
+# Python's own Ctrl-C handler, as in a terminal: a process started in the background
+# of a non-interactive shell (as CI scripts may be) inherits SIGINT ignored.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 class SlowEpochs:
