@@ -29,7 +29,7 @@ from mlflow.tracking import MlflowClient
 
 from pipelines.lifecycle import REASON_TAG
 from pipelines.redact import redact, redact_uri
-from pipelines.store import PROJECT_ROOT, StoreError, check_store
+from pipelines.store import PROJECT_ROOT, StoreError, check_store, environment
 
 log = logging.getLogger(__name__)
 
@@ -74,19 +74,12 @@ def is_outage(exc: BaseException) -> bool:
 def one_try(timeout: float = TRY_TIMEOUT_S):
     """MLflow requests in this block are tried once, with a read timeout of at most
     ``timeout`` seconds (a user's shorter timeout wins)."""
-    names = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
-    saved = {name: os.environ.get(name) for name in names}
-    current = float(saved[names[1]] or 120)
-    os.environ[names[0]] = "0"
-    os.environ[names[1]] = str(int(max(1, min(current, timeout))))
-    try:
+    current = float(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT") or 120)
+    with environment(
+        MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",
+        MLFLOW_HTTP_REQUEST_TIMEOUT=str(int(max(1, min(current, timeout)))),
+    ):
         yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 class Backoff:

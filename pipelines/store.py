@@ -357,7 +357,7 @@ def _check_answers(uri: str, timeout: float) -> None:
 
     def probe():
         try:
-            with _env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0"):
+            with environment(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0"):
                 MlflowClient(uri).search_experiments(max_results=1)
             outcome["ok"] = True
         except Exception as exc:  # reported below with the URI
@@ -376,7 +376,7 @@ def _check_answers(uri: str, timeout: float) -> None:
 
 
 @contextmanager
-def _env(**values):
+def environment(**values):
     """Environment variables set for the duration of a block."""
     saved = {name: os.environ.get(name) for name in values}
     os.environ.update(values)
