@@ -4,10 +4,10 @@ before any work.
 MLflow creates and migrates a database store on its first use in each process. Two
 processes doing that at once race on alembic's migrations, and SQLite runs them without
 a transaction, so the loser can leave the schema half-migrated for good. ``open_store``
-serialises that first use: with an advisory lock held in the database for PostgreSQL
-(processes on any number of hosts), else with a file lock; and it recovers a SQLite
-store left half-made (by an older version of this code, or a process killed while
-migrating) where no data is lost.
+serialises that first use: with a lock held in the database for PostgreSQL and MySQL
+or MariaDB (processes on any number of hosts), else with a file lock (one host); and
+it recovers a SQLite store left half-made (by an older version of this code, or a
+process killed while migrating) where no data is lost.
 """
 
 import hashlib
@@ -102,7 +102,7 @@ def open_store(uri: str) -> None:
     """
     if _scheme(uri) in DATABASE_SCHEMES and _scheme(uri) != "sqlite":
         check_driver(uri)
-    if _scheme(uri) == "postgresql":
+    if _scheme(uri) in LOCK_STATEMENTS:
         with advisory_lock(uri):
             MlflowClient(uri).search_experiments(max_results=1)
         return
@@ -186,20 +186,32 @@ def _scheme(uri: str) -> str:
     return uri.split(":", 1)[0].split("+")[0]
 
 
+# What to do when a database URI's driver is missing: (scheme, module) -> advice.
+EXTRAS = {
+    (
+        "postgresql",
+        "psycopg",
+    ): "install the postgres extra (pip install -e '.[postgres]' "
+    "in the project: psycopg 3)",
+    ("mysql", "MySQLdb"): "install the mysql extra (pip install -e '.[mysql]' in the "
+    "project: PyMySQL) and write the URI as mysql+pymysql://...",
+    ("mysql", "pymysql"): "install the mysql extra (pip install -e '.[mysql]' in the "
+    "project: PyMySQL)",
+}
+
+
 def check_driver(uri: str) -> None:
     """Fail, naming ``uri`` and what to install, unless its database driver imports.
 
     SQLAlchemy 2.1 reads ``postgresql://`` as psycopg 3 (the ``postgres`` extra);
-    ``postgresql+psycopg2://`` asks for psycopg2.
+    ``postgresql+psycopg2://`` asks for psycopg2. ``mysql://`` asks for mysqlclient,
+    a C build; the ``mysql`` extra's PyMySQL is ``mysql+pymysql://``.
     """
     try:
         make_url(uri).get_dialect().import_dbapi()
     except ImportError as exc:
-        extra = (
-            "install the postgres extra (pip install -e '.[postgres]' in the project: "
-            "psycopg 3)"
-            if _scheme(uri) == "postgresql" and exc.name == "psycopg"
-            else f"install it (pip install {exc.name})"
+        extra = EXTRAS.get(
+            (_scheme(uri), exc.name), f"install it (pip install {exc.name})"
         )
         raise StoreError(
             f"The MLflow store {redact_uri(uri)} needs the database driver {exc.name!r}, which is "
@@ -207,37 +219,58 @@ def check_driver(uri: str) -> None:
         ) from exc
 
 
+# Per database: the statements that take and give back the creation lock, held by the
+# connection (so it goes with a process that dies). PostgreSQL's raises on timeout;
+# MySQL's (MariaDB's) GET_LOCK answers 0.
+LOCK_STATEMENTS = {
+    "postgresql": (
+        f"SET lock_timeout = '{LOCK_TIMEOUT_S}s'",
+        "SELECT pg_advisory_lock(:key)",
+        "SELECT pg_advisory_unlock(:key)",
+    ),
+    "mysql": (
+        None,
+        f"SELECT GET_LOCK(:name, {LOCK_TIMEOUT_S})",
+        "SELECT RELEASE_LOCK(:name)",
+    ),
+}
+ADVISORY_LOCK_NAME = "skmlp-mlflow-store"
+
+
 @contextmanager
 def advisory_lock(uri: str):
-    """Hold PostgreSQL's advisory lock ``ADVISORY_LOCK_KEY`` on the database of
-    ``uri`` for the duration of a block: one process at a time, on any host, creates
-    or migrates the store. The lock goes with the connection if the process dies."""
+    """Hold the database's own lock (``LOCK_STATEMENTS``) on the database of ``uri``
+    for the duration of a block: one process at a time, on any host, creates or
+    migrates the store. The lock goes with the connection if the process dies."""
+    setup, take, give_back = LOCK_STATEMENTS[_scheme(uri)]
+    keys = {"key": ADVISORY_LOCK_KEY, "name": ADVISORY_LOCK_NAME}
     engine = sqlalchemy.create_engine(uri, poolclass=NullPool)
     try:
         with _connect(engine, uri) as db:
-            db.execute(sqlalchemy.text(f"SET lock_timeout = '{LOCK_TIMEOUT_S}s'"))
+            if setup:
+                db.execute(sqlalchemy.text(setup))
             try:
-                db.execute(
-                    sqlalchemy.text("SELECT pg_advisory_lock(:key)"),
-                    {"key": ADVISORY_LOCK_KEY},
-                )
-            except sqlalchemy.exc.OperationalError as exc:
-                raise StoreError(
-                    f"Another process has held the creation lock of the MLflow store "
-                    f"{redact_uri(uri)} for over {LOCK_TIMEOUT_S} s. Wait for it to finish; the "
-                    "lock of a process that died goes with its connection."
-                ) from exc
+                answer = db.execute(sqlalchemy.text(take), keys).scalar()
+            except sqlalchemy.exc.OperationalError as exc:  # PostgreSQL's lock_timeout
+                raise _lock_held(uri) from exc
+            if answer == 0:  # GET_LOCK timed out
+                raise _lock_held(uri)
             db.commit()
             try:
                 yield
             finally:
-                db.execute(
-                    sqlalchemy.text("SELECT pg_advisory_unlock(:key)"),
-                    {"key": ADVISORY_LOCK_KEY},
-                )
+                db.execute(sqlalchemy.text(give_back), keys)
                 db.commit()
     finally:
         engine.dispose()
+
+
+def _lock_held(uri: str) -> StoreError:
+    return StoreError(
+        f"Another process has held the creation lock of the MLflow store "
+        f"{redact_uri(uri)} for over {LOCK_TIMEOUT_S} s. Wait for it to finish; the "
+        "lock of a process that died goes with its connection."
+    )
 
 
 def _connect(engine, uri):
