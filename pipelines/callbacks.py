@@ -7,6 +7,7 @@ follow the ``sklearn.callback`` protocol, so the estimator knows nothing of MLfl
 """
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -18,10 +19,15 @@ from pipelines.lifecycle import HEARTBEAT_TAG
 from pipelines.outage import (
     BATCH_POINTS,
     DEFAULT_WAIT_S,
+    REPLAY_COMMAND,
     Backoff,
+    Spooled,
     Store,
+    StoreUnavailable,
     is_outage,
     one_try,
+    spool_dir,
+    write_spool,
 )
 from pipelines.redact import redact_uri
 
@@ -142,7 +148,11 @@ class MLflowEpochLogger(_ReadsScores):
     (``pending``, at most ``max_points``) and are tried again later, each try once
     (``pipelines.outage``), backing off up to 30 s between tries. A full buffer waits
     for the store (``outage_wait_s``); whoever ends the run writes what is left with
-    ``flush(store)``, waiting as long as its ``store`` allows.
+    ``flush(store)``, waiting as long as its ``store`` allows. A copy of the logger
+    in another process (a ``fit_together(n_jobs=...)`` worker), which nobody flushes
+    later, waits for the store itself when the fit ends, up to ``outage_wait_s``;
+    past that it writes its points to ``spool_dir`` (default ``mlruns/spool`` of the
+    project) for ``skmlp-replay``, and the fit goes on.
 
     With the points, at most every ``heartbeat_seconds``, the run's tag
     ``skmlp.heartbeat`` gets the time: ``skmlp-reap`` on any host ends a RUNNING
@@ -158,6 +168,7 @@ class MLflowEpochLogger(_ReadsScores):
         max_points=500_000,
         outage_wait_s=DEFAULT_WAIT_S,
         heartbeat_seconds=60.0,
+        spool_dir=None,
     ):
         super().__init__(scoring)
         run = mlflow.active_run()
@@ -168,6 +179,7 @@ class MLflowEpochLogger(_ReadsScores):
         self.pending, self._flushed = [], time.monotonic()
         self._backoff = Backoff(first=flush_seconds)
         self.heartbeat_seconds, self._beat = heartbeat_seconds, None
+        self.spool_dir, self._pid = spool_dir, os.getpid()
 
     def on_new_scores(self, estimator, scores):
         timestamp = int(time.time() * 1000)
@@ -181,7 +193,28 @@ class MLflowEpochLogger(_ReadsScores):
             self.try_flush()
 
     def teardown(self, estimator, context):
-        self.try_flush()
+        if os.getpid() == self._pid:
+            self.try_flush()  # the rest: whoever ends the run, with flush(store)
+        else:
+            self._flush_or_spool()
+
+    def _flush_or_spool(self):
+        """(In a worker process, at the fit's end.) Write the points not written
+        yet, waiting up to ``outage_wait_s``; past that, spool them and say so."""
+        try:
+            self.flush(Store(self.tracking_uri, self.outage_wait_s))
+        except StoreUnavailable as exc:
+            run = mlflow.active_run()
+            run_id = self.run_id or run.info.run_id
+            points = [[p.key, p.value, p.timestamp, p.step] for p in self.pending]
+            spooled = Spooled(self.tracking_uri, run_id, "", metrics=points)
+            folder = write_spool(spool_dir(self.spool_dir), spooled, lambda _: None)
+            log.error(
+                "%s. The %d metric points of run %s not written are saved in %s; "
+                "once the store answers, write them with: %s %s",
+                exc, len(self.pending), run_id, folder, REPLAY_COMMAND, folder,
+            )  # fmt: skip
+            self.pending = []
 
     def try_flush(self):
         """Write the epochs not written yet, once, if no earlier failure asks to wait;

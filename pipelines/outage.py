@@ -184,7 +184,8 @@ class Spooled:
     its artifact files lie beside it, under ``artifacts/``.
 
     ``metrics`` holds ``[key, value, timestamp, step]`` lists; ``status`` is the
-    status the run ends with when replayed.
+    status the run ends with when replayed (empty: the run's points alone, spooled
+    by a ``fit_together`` worker's logger; its owner ends the run).
     """
 
     uri: str
@@ -220,7 +221,7 @@ def write_spool(directory: Path, spooled: Spooled, save_artifacts) -> Path:
 
 def replay(folder: Path, uri: str | None = None) -> tuple[str, str]:
     """Write the spooled run in ``folder`` to its store (or ``uri``), end it with its
-    status, and remove the folder; return the run's id and the store.
+    status (if it has one), and remove the folder; return the run's id and the store.
 
     Writing again what already reached the store adds nothing: metric points are
     kept with their original timestamps, parameters and tags with the same values.
@@ -238,9 +239,10 @@ def replay(folder: Path, uri: str | None = None) -> tuple[str, str]:
     artifacts = folder / "artifacts"
     if any(artifacts.iterdir()):
         client.log_artifacts(spooled.run_id, str(artifacts))
-    if REASON_TAG in client.get_run(spooled.run_id).data.tags:
-        client.delete_tag(spooled.run_id, REASON_TAG)  # a reaper's "(killed?)"
-    client.set_terminated(spooled.run_id, spooled.status)
+    if spooled.status:
+        if REASON_TAG in client.get_run(spooled.run_id).data.tags:
+            client.delete_tag(spooled.run_id, REASON_TAG)  # a reaper's "(killed?)"
+        client.set_terminated(spooled.run_id, spooled.status)
     shutil.rmtree(folder)
     return spooled.run_id, uri
 

@@ -16,6 +16,7 @@ from helpers import (
     all_runs,
     finish,
     free_port,
+    parent_and_children,
     run,
     run_entry_point,
     start,
@@ -111,6 +112,48 @@ def test_a_run_outlives_a_tracking_server_killed_and_restarted(store, tmp_path):
         (found,) = client.search_runs([experiment])
         check_whole(client, found, output, 1000)
         assert client.search_logged_models([experiment]), "no model logged"
+
+
+@pytest.mark.slow
+def test_a_parallel_sweep_outlives_a_tracking_server_killed_and_restarted(
+    store, tmp_path
+):
+    """The server killed while a parallel sweep's two jobs train and back 12 s later:
+    the sweep exits 0, both children FINISHED with every epoch's points, the parent
+    FINISHED with its summary."""
+    _, env = store
+    args = ["-m", "hydra/launcher=parallel", *LONG_RUN, "model.max_iter=400"]
+    args += ["seed=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    with served(tmp_path, env) as server:
+        env = {**env, "MLFLOW_TRACKING_URI": server.base}
+        client = MlflowClient(server.base)
+        process = start(args, env, tmp_path)
+        wait_for(lambda: children_logging(client, 2), "both jobs' epochs", process)
+        server.kill()
+        time.sleep(12)
+        server.start()
+        output = finish(process, timeout=600)
+        assert process.returncode == 0, output[-3000:]
+        assert "not answering" in output
+        experiment = client.get_experiment_by_name("outage").experiment_id
+        (parent,), children = parent_and_children(client.search_runs([experiment]))
+        assert len(children) == 2
+        for child in children:
+            check_whole(client, child, output, 400)
+        assert parent.info.status == "FINISHED", output[-3000:]
+        assert "skmlp.best_run" in parent.data.tags
+        artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+        assert "sweep_summary.json" in artifacts
+
+
+def children_logging(client, n_children):
+    """Whether ``n_children`` runs of the experiment ``outage`` have epochs stored."""
+    found = client.get_experiment_by_name("outage")
+    runs = client.search_runs([found.experiment_id]) if found else []
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return len(children) == n_children and all(
+        client.get_metric_history(c.info.run_id, "loss") for c in children
+    )
 
 
 def check_whole(client, run, output, n_epochs):
