@@ -29,7 +29,13 @@ from mlflow.tracking import MlflowClient
 
 from pipelines.lifecycle import REASON_TAG
 from pipelines.redact import redact, redact_uri
-from pipelines.store import PROJECT_ROOT, StoreError, check_store, environment
+from pipelines.store import (
+    PROJECT_ROOT,
+    StoreError,
+    bound_http_retries,
+    check_store,
+    environment,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +50,17 @@ _FAILED_REQUEST = re.compile(
     r"API request to \S+ failed with (timeout )?exception"
     r"|failed with error code 5\d\d"
 )
+
+
+def outage_wait_s(cfg) -> float:
+    """``tracking.outage_wait_s``: seconds, 0 or more (absent: ``DEFAULT_WAIT_S``)."""
+    value = cfg.tracking.get("outage_wait_s", DEFAULT_WAIT_S)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ValueError(
+            f"tracking.outage_wait_s={value!r}: must be a number of seconds, 0 or "
+            "more (how long a run's end waits for a store that does not answer)."
+        )
+    return float(value)
 
 
 class StoreUnavailable(RuntimeError):
@@ -126,6 +143,7 @@ class Store:
         Other errors are raised at once. The first failure logs one line; the
         recovery another.
         """
+        bound_http_retries()  # for MLflow's calls outside one_try (it restores them)
         deadline, backoff, said = time.monotonic() + self.wait_s, Backoff(), False
         while True:
             try:

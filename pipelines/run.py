@@ -30,6 +30,7 @@ from pipelines.lifecycle import (
     handle_signals,
     reap_dead_runs,
 )
+from pipelines.outage import Store, outage_wait_s
 from pipelines.store import check_store
 from pipelines.tracking import (
     check_parent,
@@ -125,16 +126,26 @@ def resolve_run(cfg: DictConfig) -> Run:
         build_step(step) for step in cfg.get("preprocessing", {}).get("steps", [])
     )
     uri, parent_id = handed_over(cfg)  # a multirun's job: its parent's store
-    open_checked(uri)
     mlflow.set_tracking_uri(uri)  # MLflow's own calls (the model's logging) use it
     client = MlflowClient(uri)
-    if parent_id is not None:
-        check_parent(client, uri, parent_id)
-    experiment_id = setup_experiment(
-        client, uri, cfg.tracking.experiment_name, cfg.tracking.get("artifact_root")
-    )
+    if parent_id is None:
+        experiment_id = open_experiment(cfg, client, uri)
+    else:  # the sweep found its store: a job waits for one that stops answering
+        store = Store(uri, outage_wait_s(cfg))
+        experiment_id = store.call(open_experiment, cfg, client, uri, parent_id)
     return Run(
         cfg, device, uri, client, experiment_id, parent_id, members, steps, git_commit()
+    )
+
+
+def open_experiment(cfg, client, uri, parent_id=None) -> str:
+    """Check and open the store (:func:`open_checked`), find the multirun's parent
+    run there, and return the id of the task's experiment (made if new)."""
+    open_checked(uri)
+    if parent_id is not None:
+        check_parent(client, uri, parent_id)
+    return setup_experiment(
+        client, uri, cfg.tracking.experiment_name, cfg.tracking.get("artifact_root")
     )
 
 

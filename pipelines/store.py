@@ -327,8 +327,7 @@ def check_store(uri: str, timeout: float = CHECK_TIMEOUT_S) -> None:
     A SQLite store's directory must be writable; a server must answer a request
     within ``timeout`` seconds. Then the store is opened (created, migrated).
     """
-    for name, value in HTTP_BOUNDS.items():
-        os.environ.setdefault(name, value)
+    bound_http_retries()
     if has_password(uri):  # MLflow would print run addresses with it
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     path = sqlite_path(uri)
@@ -337,6 +336,12 @@ def check_store(uri: str, timeout: float = CHECK_TIMEOUT_S) -> None:
     elif uri.startswith(("http://", "https://")):
         _check_answers(uri, timeout)
     open_store(uri)
+
+
+def bound_http_retries() -> None:
+    """Set MLflow's HTTP retries and timeout to ``HTTP_BOUNDS`` where not set."""
+    for name, value in HTTP_BOUNDS.items():
+        os.environ.setdefault(name, value)
 
 
 def _check_writable(uri: str, path: Path) -> None:
@@ -368,11 +373,11 @@ def _check_answers(uri: str, timeout: float) -> None:
     thread.join(timeout)
     if "ok" in outcome:
         return
-    reason = outcome.get("error") or f"no answer within {timeout:g} s"
-    raise StoreError(
-        f"The MLflow tracking server {uri} cannot be used: {reason}. Is the server "
+    cause = outcome.get("error") or TimeoutError(f"no answer within {timeout:g} s")
+    raise StoreError(  # the cause says whether it was an outage (pipelines.outage)
+        f"The MLflow tracking server {uri} cannot be used: {cause}. Is the server "
         f"running (mlflow server ...)? {WHAT_TO_DO}"
-    )
+    ) from cause
 
 
 @contextmanager

@@ -42,6 +42,7 @@ from pipelines.outage import (
     Store,
     StoreUnavailable,
     one_try,
+    outage_wait_s,
     spool_dir,
     write_spool,
 )
@@ -171,14 +172,18 @@ def prepare_inputs(run, data) -> Inputs:
 
 def set_up(run, inputs, member, data, name, parent_id=None, tags=None) -> Fitting:
     """Start ``member``'s run (a child of ``parent_id``), log its context, and give
-    its estimator the callbacks of ``member.cfg.callbacks``, scoring on the device."""
+    its estimator the callbacks of ``member.cfg.callbacks``, scoring on the device.
+    Each write waits for a store that does not answer (``tracking.outage_wait_s``)."""
     wait_s = outage_wait_s(member.cfg)  # checked before the run exists
+    store = Store(run.uri, wait_s)
     objective = member.cfg.get("optimized_metric")
     tags = {**({OBJECTIVE_TAG: objective} if objective else {}), **(tags or {})}
-    run_id = start_run(run.client, run.experiment_id, name, parent_id, tags)
+    args = (run.client, run.experiment_id, name, parent_id, tags)
+    run_id = store.call(start_run, *args)
     run.started.append(run_id)
     context = {**run.device.tags(), **tags}
-    log_run_context(run.client, run_id, member.cfg, data, context, run.commit)
+    args = (run.client, run_id, member.cfg, data, context, run.commit)
+    store.call(log_run_context, *args)
     y, labels = labels_on_device(run, inputs, data)
     scoring = EpochScoring({k: (inputs.eval_X[k], labels[k]) for k in labels})
     callbacks = instantiate_callbacks(
@@ -186,17 +191,6 @@ def set_up(run, inputs, member, data, name, parent_id=None, tags=None) -> Fittin
     )
     member.estimator.set_callbacks(*callbacks)
     return Fitting(member, run_id, data, y, scoring)
-
-
-def outage_wait_s(cfg) -> float:
-    """``tracking.outage_wait_s``: seconds, 0 or more (absent: ``DEFAULT_WAIT_S``)."""
-    value = cfg.tracking.get("outage_wait_s", DEFAULT_WAIT_S)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ValueError(
-            f"tracking.outage_wait_s={value!r}: must be a number of seconds, 0 or "
-            "more (how long a run's end waits for a store that does not answer)."
-        )
-    return float(value)
 
 
 def labels_on_device(run, inputs, data):

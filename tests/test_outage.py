@@ -146,6 +146,41 @@ def test_a_parallel_sweep_outlives_a_tracking_server_killed_and_restarted(
         assert "sweep_summary.json" in artifacts
 
 
+@pytest.mark.slow
+def test_parallel_jobs_that_start_while_the_server_is_down_wait_for_it(store, tmp_path):
+    """The server killed as soon as the sweep's parent run exists, before its jobs
+    open the store, and back 12 s later: the jobs wait for it, and the sweep ends
+    as if nothing happened."""
+    _, env = store
+    args = ["-m", "hydra/launcher=parallel", *QUICK, "model.max_iter=30", "seed=0,1"]
+    args += ["tracking.experiment_name=outage", f"hydra.sweep.dir={tmp_path / 's'}"]
+    with served(tmp_path, env) as server:
+        env = {**env, "MLFLOW_TRACKING_URI": server.base}
+        client = MlflowClient(server.base)
+        process = start(args, env, tmp_path)
+        deadline = time.monotonic() + 180
+        while not runs_in(client, "outage"):  # the parent: kill at once
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        server.kill()
+        time.sleep(12)
+        server.start()
+        output = finish(process, timeout=400)
+        assert process.returncode == 0, output[-3000:]
+        assert "waiting up to" in output
+        (parent,), children = parent_and_children(runs_in(client, "outage"))
+        assert len(children) == 2
+        for child in children:
+            check_whole(client, child, output, 30)
+        assert parent.info.status == "FINISHED", output[-3000:]
+
+
+def runs_in(client, experiment):
+    """The runs of ``experiment`` (none before it exists)."""
+    found = client.get_experiment_by_name(experiment)
+    return client.search_runs([found.experiment_id]) if found else []
+
+
 def children_logging(client, n_children):
     """Whether ``n_children`` runs of the experiment ``outage`` have epochs stored."""
     found = client.get_experiment_by_name("outage")
