@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import requests
+from hydra.errors import CompactHydraException
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException, RestException
 from mlflow.tracking import MlflowClient
@@ -63,8 +64,12 @@ def outage_wait_s(cfg) -> float:
     return float(value)
 
 
-class StoreUnavailable(RuntimeError):
-    """The store did not answer within the wait allowed (``tracking.outage_wait_s``)."""
+class StoreUnavailable(CompactHydraException, RuntimeError):
+    """The store did not answer within the wait allowed (``tracking.outage_wait_s``).
+
+    Its message says what happened and what to do: an entry point lets Hydra print it
+    alone, once, with no traceback (:func:`pipelines.run.task` does not log it).
+    """
 
 
 def is_outage(exc: BaseException) -> bool:
@@ -221,16 +226,20 @@ def spool_dir(configured: str | None = None) -> Path:
     return PROJECT_ROOT / "mlruns" / "spool"
 
 
-def write_spool(directory: Path, spooled: Spooled, save_artifacts) -> Path:
-    """Write ``spooled`` to ``directory/<run id>/`` and ``save_artifacts(path)`` its
-    artifact files under ``artifacts/`` there; return that folder.
+def write_spool(
+    directory: Path, spooled: Spooled, save_artifacts=None, name=None
+) -> Path:
+    """Write ``spooled`` to ``directory/<name>/`` (default: its run id) and
+    ``save_artifacts(path)`` its artifact files under ``artifacts/`` there; return
+    that folder.
 
     The record is written last, through a rename: a folder without ``run.json`` is
     one whose writing did not end, and replay leaves it alone.
     """
-    folder = directory / spooled.run_id
+    folder = directory / (name or spooled.run_id)
     (folder / "artifacts").mkdir(parents=True, exist_ok=True)
-    save_artifacts(folder / "artifacts")
+    if save_artifacts is not None:
+        save_artifacts(folder / "artifacts")
     partial = folder / f"{SPOOL_FILE}.partial"
     partial.write_text(json.dumps(asdict(spooled), indent=1))
     partial.replace(folder / SPOOL_FILE)

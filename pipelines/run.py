@@ -30,7 +30,7 @@ from pipelines.lifecycle import (
     handle_signals,
     reap_dead_runs,
 )
-from pipelines.outage import Store, outage_wait_s
+from pipelines.outage import Store, StoreUnavailable, outage_wait_s
 from pipelines.store import check_store
 from pipelines.tracking import (
     check_parent,
@@ -243,7 +243,8 @@ def task(cfg: DictConfig):
         end_runs(run.client, run.started, "KILLED", INTERRUPTED)
         raise
     except Exception as exc:
-        log.exception("%s failed", cfg.get("task_name", "the task"))
+        if not isinstance(exc, StoreUnavailable):  # Hydra prints its message alone
+            log.exception("%s failed", cfg.get("task_name", "the task"))
         end_runs(
             run.client, run.started, "FAILED", f"{type(exc).__name__}: {exc}"[:500]
         )

@@ -187,8 +187,9 @@ def set_up(run, inputs, member, data, name, parent_id=None, tags=None) -> Fittin
     y, labels = labels_on_device(run, inputs, data)
     scoring = EpochScoring({k: (inputs.eval_X[k], labels[k]) for k in labels})
     callbacks = instantiate_callbacks(
-        member.cfg.callbacks, scoring, run_id, name, outage_wait_s=wait_s
-    )
+        member.cfg.callbacks, scoring, run_id, name, outage_wait_s=wait_s,
+        spool_dir=spool_dir(member.cfg.tracking.get("spool_dir")),
+    )  # fmt: skip
     member.estimator.set_callbacks(*callbacks)
     return Fitting(member, run_id, data, y, scoring)
 
@@ -206,14 +207,19 @@ def labels_on_device(run, inputs, data):
 
 
 def instantiate_callbacks(
-    callbacks_cfg, scoring, run_id=None, run_name=None, outage_wait_s=DEFAULT_WAIT_S
+    callbacks_cfg,
+    scoring,
+    run_id=None,
+    run_name=None,
+    outage_wait_s=DEFAULT_WAIT_S,
+    spool_dir=None,
 ):
     """The callbacks of ``cfg.callbacks``, after ``scoring``. Those whose class takes
-    a ``scoring``, ``run_id``, ``run_name`` or ``outage_wait_s`` argument
-    (``pipelines.callbacks``) get it; others (sklearn's ``ProgressBar``) are built
-    from their config alone."""
+    a ``scoring``, ``run_id``, ``run_name``, ``outage_wait_s`` or ``spool_dir``
+    argument (``pipelines.callbacks``) get it; others (sklearn's ``ProgressBar``) are
+    built from their config alone."""
     callbacks, given = [scoring], {"scoring": scoring, "run_id": run_id}
-    given.update(run_name=run_name, outage_wait_s=outage_wait_s)
+    given.update(run_name=run_name, outage_wait_s=outage_wait_s, spool_dir=spool_dir)
     for callback in (callbacks_cfg or {}).values():
         if callback is not None:
             takes = inspect.signature(hydra.utils.get_object(callback._target_))
@@ -274,16 +280,20 @@ def finish(run, inputs, fitting, seconds, extra_metrics=None) -> dict:
         end_in_store(run, store, fitting.run_id, loggers, points, tags, artifacts)
     except StoreUnavailable as exc:
         pending = [p for logger in loggers for p in logger.pending]
+        earlier = [p for logger in loggers for p in logger.spooled_points()]
         spooled = Spooled(
             run.uri,
             fitting.run_id,
             "FINISHED",
-            metrics=[_listed(p) for p in pending + points],
+            metrics=earlier + [_listed(p) for p in pending + points],
             params=params_of(cfg),
             tags=tags,
         )
         save = functools.partial(save_artifacts, **artifacts)
-        raise spool(run, fitting, spooled, save, exc) from None  # exc: said there
+        error = spool(run, fitting, spooled, save, exc)  # exc: said there
+        for logger in loggers:
+            logger.drop_spooled()  # now in the run's own spool
+        raise error from None
     run.started.remove(fitting.run_id)
     return metrics
 

@@ -206,9 +206,10 @@ def check_whole(client, run, output, n_epochs):
 
 @pytest.mark.slow
 def test_a_run_spools_when_the_wait_runs_out_and_replays_later(store, tmp_path):
-    """Down past tracking.outage_wait_s: the run saves what it holds in the spool,
-    exits non-zero naming skmlp-replay; replayed once the server is back, the run is
-    whole in the store and the spool is gone."""
+    """Down past tracking.outage_wait_s: full buffers of points go to the spool as
+    training goes on; the run saves what it holds there too, and exits non-zero
+    naming skmlp-replay, once, with no traceback; replayed once the server is back,
+    the run is whole in the store and the spool is gone."""
     _, env = store
     spool = tmp_path / "spool"
     args = [
@@ -216,6 +217,7 @@ def test_a_run_spools_when_the_wait_runs_out_and_replays_later(store, tmp_path):
         "model.max_iter=300",
         "tracking.outage_wait_s=3",
         f"tracking.spool_dir={spool}",
+        "+callbacks.mlflow.max_points=50",  # full after 13 epochs
     ]
     with served(tmp_path, env) as server:
         env = {**env, "MLFLOW_TRACKING_URI": server.base}
@@ -226,7 +228,9 @@ def test_a_run_spools_when_the_wait_runs_out_and_replays_later(store, tmp_path):
         output = finish(process, timeout=400)
         assert process.returncode != 0
         (folder,) = spool.iterdir()
-        assert f"skmlp-replay {folder}" in output, output[-3000:]
+        assert output.count(f"skmlp-replay {folder}\n") == 1, output[-3000:]
+        assert "Traceback" not in output
+        assert "Training goes on; the " in output  # a full buffer spooled
         server.start()
         result = run(
             [sys.executable, "-m", "pipelines.outage", str(spool)], tmp_path, env
