@@ -126,27 +126,29 @@ def resolve_run(cfg: DictConfig) -> Run:
         build_step(step) for step in cfg.get("preprocessing", {}).get("steps", [])
     )
     uri, parent_id = handed_over(cfg)  # a multirun's job: its parent's store
-    mlflow.set_tracking_uri(uri)  # MLflow's own calls (the model's logging) use it
-    client = MlflowClient(uri)
     if parent_id is None:
-        experiment_id = open_experiment(cfg, client, uri)
+        client, experiment_id = open_experiment(cfg, uri)
     else:  # the sweep found its store: a job waits for one that stops answering
         store = Store(uri, outage_wait_s(cfg))
-        experiment_id = store.call(open_experiment, cfg, client, uri, parent_id)
+        client, experiment_id = store.call(open_experiment, cfg, uri, parent_id)
+    mlflow.set_tracking_uri(uri)  # MLflow's own calls (the model's logging) use it
     return Run(
         cfg, device, uri, client, experiment_id, parent_id, members, steps, git_commit()
     )
 
 
-def open_experiment(cfg, client, uri, parent_id=None) -> str:
+def open_experiment(cfg, uri, parent_id=None) -> tuple[MlflowClient, str]:
     """Check and open the store (:func:`open_checked`), find the multirun's parent
-    run there, and return the id of the task's experiment (made if new)."""
-    open_checked(uri)
+    run there; return a client of the store and the id of the task's experiment
+    (made if new)."""
+    open_checked(uri)  # first: a client of a database store connects at once
+    client = MlflowClient(uri)
     if parent_id is not None:
         check_parent(client, uri, parent_id)
-    return setup_experiment(
+    experiment_id = setup_experiment(
         client, uri, cfg.tracking.experiment_name, cfg.tracking.get("artifact_root")
     )
+    return client, experiment_id
 
 
 # The stores this process has checked and reaped: a sweep's jobs in one process (the

@@ -240,12 +240,22 @@ def advisory_lock(uri: str):
         engine.dispose()
 
 
+# What PostgreSQL says of a wrong user or password (MLflow would retry it for minutes).
+AUTH_FAILED = ("password authentication failed", "no password supplied")
+
+
 def _connect(engine, uri):
     try:
         return engine.connect()
     except sqlalchemy.exc.OperationalError as exc:
+        hint = WHAT_TO_DO
+        if any(text in str(exc.orig) for text in AUTH_FAILED):
+            hint = (
+                "Check the user name and password: give the password in ~/.pgpass or "
+                "PGPASSWORD (libpq reads both) rather than in the URI."
+            )
         raise StoreError(
-            f"The MLflow store {redact_uri(uri)} cannot be reached: {exc.orig}. {WHAT_TO_DO}"
+            f"The MLflow store {redact_uri(uri)} cannot be reached: {exc.orig}. {hint}"
         ) from exc
 
 
