@@ -66,9 +66,7 @@ def run_members(
         own = data if member_data is None else member_data(member, data)
         if own.X_train is not data.X_train:
             raise ValueError("a member's training inputs must be the shared ones")
-        store = Store(
-            run.uri, outage_wait_s(member.cfg)
-        )  # a sweep's name: its parent's
+        store = Store(run.uri, outage_wait_s(member.cfg))  # a job's name: its parent's
         label = store.call(member_name, run, member, varied, name)
         fittings.append(
             set_up(run, inputs, member, own, label, parent_id, tags and tags(member))

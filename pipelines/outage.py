@@ -208,7 +208,8 @@ class Spooled:
 
     ``metrics`` holds ``[key, value, timestamp, step]`` lists; ``status`` is the
     status the run ends with when replayed (empty: the run's points alone, spooled
-    by a ``fit_together`` worker's logger; its owner ends the run).
+    by its ``MLflowEpochLogger`` from a full buffer or a ``fit_together`` worker;
+    whoever owns the run ends it).
     """
 
     uri: str
