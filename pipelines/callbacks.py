@@ -221,12 +221,17 @@ class MLflowEpochLogger(_ReadsScores):
             name = f"{run_id}-points-{points[0][2]}"
             folder = write_spool(spool_dir(self.spool_dir), spooled, None, name)
             self.spooled.append(folder)
+            what = (
+                f"once the store answers, write them with: {REPLAY_COMMAND} {folder}"
+                if os.getpid() != self._pid  # a worker's copy, forgotten after the fit
+                else "training goes on, and they are written into the run when the "
+                f"store answers (if this process ends first: {REPLAY_COMMAND} "
+                f"{folder.parent})"
+            )
             log.log(
                 logging.DEBUG if said else logging.ERROR,  # once per outage
-                "%s. Training goes on; the %d metric points of run %s not written "
-                "are saved in %s and written into the run when the store answers "
-                "(if this process ends first: %s %s)",
-                exc, len(points), run_id, folder, REPLAY_COMMAND, folder.parent,
+                "%s. The %d metric points of run %s not written are saved in %s; %s",
+                exc, len(points), run_id, folder, what,
             )  # fmt: skip
             self.pending = []
 
