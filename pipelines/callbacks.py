@@ -6,7 +6,11 @@ one log line per epoch, ``StopAt`` ends training once a score reaches a threshol
 follow the ``sklearn.callback`` protocol, so the estimator knows nothing of MLflow.
 """
 
+import contextlib
+import json
 import logging
+import os
+import shutil
 import time
 from dataclasses import dataclass, field
 
@@ -18,10 +22,17 @@ from pipelines.lifecycle import HEARTBEAT_TAG
 from pipelines.outage import (
     BATCH_POINTS,
     DEFAULT_WAIT_S,
+    REPLAY_COMMAND,
+    SPOOL_FILE,
     Backoff,
+    Spooled,
     Store,
+    StoreUnavailable,
     is_outage,
     one_try,
+    replay,
+    spool_dir,
+    write_spool,
 )
 from pipelines.redact import redact_uri
 
@@ -141,8 +152,14 @@ class MLflowEpochLogger(_ReadsScores):
     A store that does not answer does not stop training: the points stay in memory
     (``pending``, at most ``max_points``) and are tried again later, each try once
     (``pipelines.outage``), backing off up to 30 s between tries. A full buffer waits
-    for the store (``outage_wait_s``); whoever ends the run writes what is left with
-    ``flush(store)``, waiting as long as its ``store`` allows.
+    for the store (``outage_wait_s``); past that, its points go to ``spool_dir``
+    (default ``mlruns/spool`` of the project; later full buffers of the same outage
+    go there at once) and training goes on; they are written into the run as soon as
+    the store answers again (or by ``skmlp-replay``). Whoever ends the run writes what
+    is left with ``flush(store)``, waiting as long as its ``store`` allows. A copy of
+    the logger in another process (a ``fit_together(n_jobs=...)`` worker), which
+    nobody flushes later, waits for the store itself when the fit ends, and past
+    ``outage_wait_s`` spools its points likewise.
 
     With the points, at most every ``heartbeat_seconds``, the run's tag
     ``skmlp.heartbeat`` gets the time: ``skmlp-reap`` on any host ends a RUNNING
@@ -158,6 +175,7 @@ class MLflowEpochLogger(_ReadsScores):
         max_points=500_000,
         outage_wait_s=DEFAULT_WAIT_S,
         heartbeat_seconds=60.0,
+        spool_dir=None,
     ):
         super().__init__(scoring)
         run = mlflow.active_run()
@@ -168,6 +186,8 @@ class MLflowEpochLogger(_ReadsScores):
         self.pending, self._flushed = [], time.monotonic()
         self._backoff = Backoff(first=flush_seconds)
         self.heartbeat_seconds, self._beat = heartbeat_seconds, None
+        self.spool_dir, self._pid = spool_dir, os.getpid()
+        self.spooled, self._gave_up = [], False  # folders of points, for skmlp-replay
 
     def on_new_scores(self, estimator, scores):
         timestamp = int(time.time() * 1000)
@@ -176,12 +196,67 @@ class MLflowEpochLogger(_ReadsScores):
             for name, value in scores.metrics.items()
         ]
         if len(self.pending) >= self.max_points:
-            self.flush(Store(self.tracking_uri, self.outage_wait_s))
+            self._flush_or_spool()
         elif time.monotonic() - self._flushed >= self.flush_seconds:
             self.try_flush()
 
     def teardown(self, estimator, context):
-        self.try_flush()
+        if os.getpid() == self._pid:
+            self.try_flush()  # the rest: whoever ends the run, with flush(store)
+        else:
+            self._flush_or_spool()
+
+    def _flush_or_spool(self):
+        """Write the points not written yet, waiting up to ``outage_wait_s`` (not
+        again in an outage that outlasted it once); past that, spool them and say so."""
+        said, wait_s = self._gave_up, 0 if self._gave_up else self.outage_wait_s
+        try:
+            self.flush(Store(self.tracking_uri, wait_s))
+        except StoreUnavailable as exc:
+            self._gave_up = True
+            run = mlflow.active_run()
+            run_id = self.run_id or run.info.run_id
+            points = [[p.key, p.value, p.timestamp, p.step] for p in self.pending]
+            spooled = Spooled(self.tracking_uri, run_id, "", metrics=points)
+            name = f"{run_id}-points-{points[0][2]}"
+            folder = write_spool(spool_dir(self.spool_dir), spooled, None, name)
+            self.spooled.append(folder)
+            what = (
+                f"once the store answers, write them with: {REPLAY_COMMAND} {folder}"
+                if os.getpid() != self._pid  # a worker's copy, forgotten after the fit
+                else "training goes on, and they are written into the run when the "
+                f"store answers (if this process ends first: {REPLAY_COMMAND} "
+                f"{folder.parent})"
+            )
+            log.log(
+                logging.DEBUG if said else logging.ERROR,  # once per outage
+                "%s. The %d metric points of run %s not written are saved in %s; %s",
+                exc, len(points), run_id, folder, what,
+            )  # fmt: skip
+            self.pending = []
+
+    def spooled_points(self) -> list:
+        """The points this logger spooled and has not written yet, as ``[key, value,
+        timestamp, step]`` lists (a run's end that spools takes them along)."""
+        return [
+            point
+            for folder in self.spooled
+            for point in json.loads((folder / SPOOL_FILE).read_text())["metrics"]
+        ]
+
+    def drop_spooled(self) -> None:
+        """Remove this logger's spooled points (once spooled again elsewhere)."""
+        for folder in self.spooled:
+            shutil.rmtree(folder)
+        self.spooled = []
+
+    def _replay_spooled(self):
+        """(The store answers.) Write the points this logger spooled into the run."""
+        while self.spooled:
+            with one_try():
+                replay(self.spooled[0])
+            log.warning("metric points spooled in %s written", self.spooled.pop(0))
+        self._gave_up = False
 
     def try_flush(self):
         """Write the epochs not written yet, once, if no earlier failure asks to wait;
@@ -207,6 +282,8 @@ class MLflowEpochLogger(_ReadsScores):
         if self._backoff.failures:
             log.warning("store at %s answers again", redact_uri(self.tracking_uri))
         self._backoff.succeeded()
+        with contextlib.suppress(Exception):  # kept for the next write, or replay
+            self._replay_spooled()
 
     def flush(self, store=None):
         """Write the epochs not written yet (to the run active now if none was
@@ -219,6 +296,7 @@ class MLflowEpochLogger(_ReadsScores):
             self._write()
         else:
             store.call(self._write)
+            store.call(self._replay_spooled)
         self._backoff.succeeded()
 
     def _write(self):

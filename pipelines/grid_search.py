@@ -12,8 +12,10 @@ import hydra
 from omegaconf import DictConfig
 
 from pipelines import config_dir
+from pipelines.redact import redact_printed_config
 
 
+@redact_printed_config  # --cfg job, --info, --help: no password
 @hydra.main(config_path=config_dir(), config_name="grid_search", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point (console script ``skmlp-grid-search``): the search as one

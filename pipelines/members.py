@@ -14,6 +14,7 @@ from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 
+from pipelines.outage import Store, outage_wait_s
 from pipelines.summary import SWEPT_TAG, log_sweep_summary, short_name, sweep_run_name
 from pipelines.tracking import start_run
 from pipelines.training import finish, fit_members, prepare_inputs, set_up
@@ -65,7 +66,8 @@ def run_members(
         own = data if member_data is None else member_data(member, data)
         if own.X_train is not data.X_train:
             raise ValueError("a member's training inputs must be the shared ones")
-        label = member_name(run, member, varied, name)
+        store = Store(run.uri, outage_wait_s(member.cfg))  # a job's name: its parent's
+        label = store.call(member_name, run, member, varied, name)
         fittings.append(
             set_up(run, inputs, member, own, label, parent_id, tags and tags(member))
         )

@@ -17,6 +17,7 @@ import hydra
 from omegaconf import DictConfig
 
 from pipelines import config_dir
+from pipelines.redact import redact_printed_config
 
 # scikit-learn, MLflow and skmlp are imported where used: importing the entry point
 # (for --cfg job or --help) stays at Hydra alone.
@@ -72,6 +73,7 @@ def member_tags(member):
     }
 
 
+@redact_printed_config  # --cfg job, --info, --help: no password
 @hydra.main(config_path=config_dir(), config_name="memorization", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point (console script ``skmlp-memorization``): the whole grid as

@@ -23,13 +23,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import requests
+from hydra.errors import CompactHydraException
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException, RestException
 from mlflow.tracking import MlflowClient
 
 from pipelines.lifecycle import REASON_TAG
 from pipelines.redact import redact, redact_uri
-from pipelines.store import PROJECT_ROOT, StoreError, check_store, environment
+from pipelines.store import (
+    PROJECT_ROOT,
+    StoreError,
+    bound_http_retries,
+    check_store,
+    environment,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +53,23 @@ _FAILED_REQUEST = re.compile(
 )
 
 
-class StoreUnavailable(RuntimeError):
-    """The store did not answer within the wait allowed (``tracking.outage_wait_s``)."""
+def outage_wait_s(cfg) -> float:
+    """``tracking.outage_wait_s``: seconds, 0 or more (absent: ``DEFAULT_WAIT_S``)."""
+    value = cfg.tracking.get("outage_wait_s", DEFAULT_WAIT_S)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ValueError(
+            f"tracking.outage_wait_s={value!r}: must be a number of seconds, 0 or "
+            "more (how long a run's end waits for a store that does not answer)."
+        )
+    return float(value)
+
+
+class StoreUnavailable(CompactHydraException, RuntimeError):
+    """The store did not answer within the wait allowed (``tracking.outage_wait_s``).
+
+    Its message says what happened and what to do: an entry point lets Hydra print it
+    alone, once, with no traceback (:func:`pipelines.run.task` does not log it).
+    """
 
 
 def is_outage(exc: BaseException) -> bool:
@@ -126,6 +148,7 @@ class Store:
         Other errors are raised at once. The first failure logs one line; the
         recovery another.
         """
+        bound_http_retries()  # for MLflow's calls outside one_try (it restores them)
         deadline, backoff, said = time.monotonic() + self.wait_s, Backoff(), False
         while True:
             try:
@@ -184,7 +207,9 @@ class Spooled:
     its artifact files lie beside it, under ``artifacts/``.
 
     ``metrics`` holds ``[key, value, timestamp, step]`` lists; ``status`` is the
-    status the run ends with when replayed.
+    status the run ends with when replayed (empty: the run's points alone, spooled
+    by its ``MLflowEpochLogger`` from a full buffer or a ``fit_together`` worker;
+    whoever owns the run ends it).
     """
 
     uri: str
@@ -202,16 +227,20 @@ def spool_dir(configured: str | None = None) -> Path:
     return PROJECT_ROOT / "mlruns" / "spool"
 
 
-def write_spool(directory: Path, spooled: Spooled, save_artifacts) -> Path:
-    """Write ``spooled`` to ``directory/<run id>/`` and ``save_artifacts(path)`` its
-    artifact files under ``artifacts/`` there; return that folder.
+def write_spool(
+    directory: Path, spooled: Spooled, save_artifacts=None, name=None
+) -> Path:
+    """Write ``spooled`` to ``directory/<name>/`` (default: its run id) and
+    ``save_artifacts(path)`` its artifact files under ``artifacts/`` there; return
+    that folder.
 
     The record is written last, through a rename: a folder without ``run.json`` is
     one whose writing did not end, and replay leaves it alone.
     """
-    folder = directory / spooled.run_id
+    folder = directory / (name or spooled.run_id)
     (folder / "artifacts").mkdir(parents=True, exist_ok=True)
-    save_artifacts(folder / "artifacts")
+    if save_artifacts is not None:
+        save_artifacts(folder / "artifacts")
     partial = folder / f"{SPOOL_FILE}.partial"
     partial.write_text(json.dumps(asdict(spooled), indent=1))
     partial.replace(folder / SPOOL_FILE)
@@ -220,7 +249,7 @@ def write_spool(directory: Path, spooled: Spooled, save_artifacts) -> Path:
 
 def replay(folder: Path, uri: str | None = None) -> tuple[str, str]:
     """Write the spooled run in ``folder`` to its store (or ``uri``), end it with its
-    status, and remove the folder; return the run's id and the store.
+    status (if it has one), and remove the folder; return the run's id and the store.
 
     Writing again what already reached the store adds nothing: metric points are
     kept with their original timestamps, parameters and tags with the same values.
@@ -238,9 +267,10 @@ def replay(folder: Path, uri: str | None = None) -> tuple[str, str]:
     artifacts = folder / "artifacts"
     if any(artifacts.iterdir()):
         client.log_artifacts(spooled.run_id, str(artifacts))
-    if REASON_TAG in client.get_run(spooled.run_id).data.tags:
-        client.delete_tag(spooled.run_id, REASON_TAG)  # a reaper's "(killed?)"
-    client.set_terminated(spooled.run_id, spooled.status)
+    if spooled.status:
+        if REASON_TAG in client.get_run(spooled.run_id).data.tags:
+            client.delete_tag(spooled.run_id, REASON_TAG)  # a reaper's "(killed?)"
+        client.set_terminated(spooled.run_id, spooled.status)
     shutil.rmtree(folder)
     return spooled.run_id, uri
 

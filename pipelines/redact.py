@@ -14,12 +14,16 @@ PostgreSQL, ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` or
 :func:`redact_logs` redacts every log record of the process (MLflow's, Hydra's and
 ours, their tracebacks included); :class:`RedactCallback` rewrites the files Hydra
 saves before the task runs (``.hydra/*.yaml``, a sweep's ``multirun.yaml``) and a
-failed job's report.
+failed job's report; :func:`redact_printed_config` redacts what Hydra prints for
+``--cfg``, ``--info`` and ``--help``, before any callback exists.
 """
 
+import contextlib
+import functools
 import logging
 import os
 import re
+import sys
 import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -27,8 +31,6 @@ from urllib.parse import urlsplit
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import OmegaConf
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 
 REDACTED = "***"  # what SQLAlchemy's hide_password shows
 # A URI in free text: a scheme, "://", then up to a space, a quote or an angle
@@ -60,6 +62,10 @@ def redact_uri(uri: str) -> str:
     """
     if "@" not in uri:
         return uri
+    # Here: an entry point run for --cfg job imports this module, and not SQLAlchemy.
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     try:
         if uri.lower().startswith(("http://", "https://")):
             found = urlsplit(uri).password is not None
@@ -206,3 +212,42 @@ class RedactCallback(Callback):
 
     def on_multirun_end(self, config, **kwargs):
         redact_file(Path(config.hydra.sweep.dir) / "multirun.yaml")
+
+
+# ----------------------------------------------------------------------------------
+# What Hydra prints before any callback: --cfg, --info, --help
+
+# Hydra's flags that print the composed config (``--cfg job``, ``--info all``,
+# ``--help``'s $CONFIG) and exit: with print() and a logging handler of its own, set
+# up before any callback is made, so neither RedactCallback nor a hydra.job_logging
+# filter sees them.
+PRINTING_FLAGS = ("--cfg", "-c", "--info", "-i", "--help", "-h")
+
+
+class _RedactingStream:
+    """A text stream that writes to ``stream`` with every URI's password hidden."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text):
+        return self.stream.write(redact(text))
+
+    def __getattr__(self, name):  # flush, isatty, encoding, ...
+        return getattr(self.stream, name)
+
+
+def redact_printed_config(main):
+    """Decorate a Hydra entry point (above ``@hydra.main``): run with a flag that
+    prints the config, everything it prints to stdout and logs is redacted."""
+
+    @functools.wraps(main)
+    def entry_point(*args, **kwargs):
+        flags = {arg.split("=", 1)[0] for arg in sys.argv[1:]}
+        if flags.isdisjoint(PRINTING_FLAGS):
+            return main(*args, **kwargs)
+        redact_logs()
+        with contextlib.redirect_stdout(_RedactingStream(sys.stdout)):
+            return main(*args, **kwargs)
+
+    return entry_point

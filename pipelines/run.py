@@ -30,6 +30,7 @@ from pipelines.lifecycle import (
     handle_signals,
     reap_dead_runs,
 )
+from pipelines.outage import Store, StoreUnavailable, outage_wait_s
 from pipelines.store import check_store
 from pipelines.tracking import (
     check_parent,
@@ -125,17 +126,29 @@ def resolve_run(cfg: DictConfig) -> Run:
         build_step(step) for step in cfg.get("preprocessing", {}).get("steps", [])
     )
     uri, parent_id = handed_over(cfg)  # a multirun's job: its parent's store
-    open_checked(uri)
+    if parent_id is None:
+        client, experiment_id = open_experiment(cfg, uri)
+    else:  # the sweep found its store: a job waits for one that stops answering
+        store = Store(uri, outage_wait_s(cfg))
+        client, experiment_id = store.call(open_experiment, cfg, uri, parent_id)
     mlflow.set_tracking_uri(uri)  # MLflow's own calls (the model's logging) use it
+    return Run(
+        cfg, device, uri, client, experiment_id, parent_id, members, steps, git_commit()
+    )
+
+
+def open_experiment(cfg, uri, parent_id=None) -> tuple[MlflowClient, str]:
+    """Check and open the store (:func:`open_checked`), find the multirun's parent
+    run there; return a client of the store and the id of the task's experiment
+    (made if new)."""
+    open_checked(uri)  # first: a client of a database store connects at once
     client = MlflowClient(uri)
     if parent_id is not None:
         check_parent(client, uri, parent_id)
     experiment_id = setup_experiment(
         client, uri, cfg.tracking.experiment_name, cfg.tracking.get("artifact_root")
     )
-    return Run(
-        cfg, device, uri, client, experiment_id, parent_id, members, steps, git_commit()
-    )
+    return client, experiment_id
 
 
 # The stores this process has checked and reaped: a sweep's jobs in one process (the
@@ -232,7 +245,8 @@ def task(cfg: DictConfig):
         end_runs(run.client, run.started, "KILLED", INTERRUPTED)
         raise
     except Exception as exc:
-        log.exception("%s failed", cfg.get("task_name", "the task"))
+        if not isinstance(exc, StoreUnavailable):  # Hydra prints its message alone
+            log.exception("%s failed", cfg.get("task_name", "the task"))
         end_runs(
             run.client, run.started, "FAILED", f"{type(exc).__name__}: {exc}"[:500]
         )

@@ -273,12 +273,22 @@ def _lock_held(uri: str) -> StoreError:
     )
 
 
+# What PostgreSQL says of a wrong user or password (MLflow would retry it for minutes).
+AUTH_FAILED = ("password authentication failed", "no password supplied")
+
+
 def _connect(engine, uri):
     try:
         return engine.connect()
     except sqlalchemy.exc.OperationalError as exc:
+        hint = WHAT_TO_DO
+        if any(text in str(exc.orig) for text in AUTH_FAILED):
+            hint = (
+                "Check the user name and password: give the password in ~/.pgpass or "
+                "PGPASSWORD (libpq reads both) rather than in the URI."
+            )
         raise StoreError(
-            f"The MLflow store {redact_uri(uri)} cannot be reached: {exc.orig}. {WHAT_TO_DO}"
+            f"The MLflow store {redact_uri(uri)} cannot be reached: {exc.orig}. {hint}"
         ) from exc
 
 
@@ -360,8 +370,7 @@ def check_store(uri: str, timeout: float = CHECK_TIMEOUT_S) -> None:
     A SQLite store's directory must be writable; a server must answer a request
     within ``timeout`` seconds. Then the store is opened (created, migrated).
     """
-    for name, value in HTTP_BOUNDS.items():
-        os.environ.setdefault(name, value)
+    bound_http_retries()
     if has_password(uri):  # MLflow would print run addresses with it
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     path = sqlite_path(uri)
@@ -370,6 +379,12 @@ def check_store(uri: str, timeout: float = CHECK_TIMEOUT_S) -> None:
     elif uri.startswith(("http://", "https://")):
         _check_answers(uri, timeout)
     open_store(uri)
+
+
+def bound_http_retries() -> None:
+    """Set MLflow's HTTP retries and timeout to ``HTTP_BOUNDS`` where not set."""
+    for name, value in HTTP_BOUNDS.items():
+        os.environ.setdefault(name, value)
 
 
 def _check_writable(uri: str, path: Path) -> None:
@@ -401,11 +416,11 @@ def _check_answers(uri: str, timeout: float) -> None:
     thread.join(timeout)
     if "ok" in outcome:
         return
-    reason = outcome.get("error") or f"no answer within {timeout:g} s"
-    raise StoreError(
-        f"The MLflow tracking server {uri} cannot be used: {reason}. Is the server "
+    cause = outcome.get("error") or TimeoutError(f"no answer within {timeout:g} s")
+    raise StoreError(  # the cause says whether it was an outage (pipelines.outage)
+        f"The MLflow tracking server {uri} cannot be used: {cause}. Is the server "
         f"running (mlflow server ...)? {WHAT_TO_DO}"
-    )
+    ) from cause
 
 
 @contextmanager

@@ -20,6 +20,7 @@ from pipelines.lifecycle import (
     interrupted,
     stop_children,
 )
+from pipelines.outage import Store, StoreUnavailable, outage_wait_s
 from pipelines.store import tracking_uri
 from pipelines.summary import SWEPT_TAG, log_sweep_summary, swept_keys
 from pipelines.sweep_check import check_sweep
@@ -103,35 +104,60 @@ class MLflowSweepCallback(Callback):
 
     def on_multirun_end(self, config, **kwargs):
         settle()  # every job's figures in the store before the sweep ends
-        if self._parent is not None:
-            client = MlflowClient(self._uri)
-            launched = launched_jobs(self._sweep_dir)
-            missing = missing_jobs(client, self._parent, launched)
-            if len(missing) < len(launched) or not launched:  # a summary of some
-                view_id = log_sweep_summary(client, self._parent, self._swept)
-                experiment_id = client.get_run(self._parent).info.experiment_id
-                announce(self._uri, experiment_id, view_id)
+        if self._parent is None:
+            return
+        # Each write waits for a store that stops answering (tracking.outage_wait_s).
+        store = Store(self._uri, outage_wait_s(config))
+        try:
+            missing = store.call(self._summarize)
             if missing:
-                self._end_missing(missing)
-        self._end("FINISHED")
+                self._end_missing(missing, store)
+            self._end("FINISHED", store=store)
+        except StoreUnavailable as exc:
+            parent, self._parent = self._parent, None  # not again at exit
+            raise SystemExit(
+                f"{exc}. The sweep's jobs ended; its parent run {parent} stays RUNNING "
+                "until `skmlp-reap` ends it (FAILED) once this process is gone."
+            ) from None
 
-    def _end_missing(self, missing):
+    def _summarize(self) -> dict:
+        """Give the parent its summary, if some launched job has a run under it;
+        return the jobs that have none (:func:`missing_jobs`)."""
+        client = MlflowClient(self._uri)
+        launched = launched_jobs(self._sweep_dir)
+        missing = missing_jobs(client, self._parent, launched)
+        if len(missing) < len(launched) or not launched:  # a summary of some
+            view_id = log_sweep_summary(client, self._parent, self._swept)
+            experiment_id = client.get_run(self._parent).info.experiment_id
+            announce(self._uri, experiment_id, view_id)
+        return missing
+
+    def _end_missing(self, missing, store):
         """End the parent FAILED naming the jobs without a run under it, and exit
         non-zero (Hydra turns a callback's exceptions into warnings, not exits)."""
         jobs = "; ".join(f"job {num} ({' '.join(o)})" for num, o in missing.items())
         reason = f"{len(missing)} job(s) have no run under this sweep: {jobs}"
         parent, uri = self._parent, self._uri
-        self._end("FAILED", reason[:500])
+        self._end("FAILED", reason[:500], store)
         raise SystemExit(
             f"The sweep's parent run {parent} in {uri} ended FAILED: {reason}. They "
             "ran but logged elsewhere (another store or experiment): check that every "
             "job can reach this store (README: Past one machine)."
         )
 
-    def _end(self, status, reason=None):
+    def _end(self, status, reason=None, store=None):
+        """End the parent ``status`` (its children first), once; through ``store``
+        (a ``pipelines.outage.Store``) where given, else with one try (at exit)."""
         settle()  # the figures of the runs that finished, even on an interrupt
         if self._parent is None:
             return
+        if store is None:
+            self._end_in_store(status, reason)
+        else:
+            store.call(self._end_in_store, status, reason)
+        self._parent = None
+
+    def _end_in_store(self, status, reason):
         client = MlflowClient(self._uri)
         parent = client.get_run(self._parent)
         if parent.info.status == "RUNNING":
@@ -153,7 +179,6 @@ class MLflowSweepCallback(Callback):
                     reason += ": " + "; ".join(crashed)
                 client.set_tag(self._parent, REASON_TAG, reason)
             client.set_terminated(self._parent, status)
-        self._parent = None
 
 
 def _watch_workers():

@@ -11,6 +11,7 @@ import hydra
 from omegaconf import DictConfig
 
 from pipelines import config_dir
+from pipelines.redact import redact_printed_config
 
 
 def run_name(member):
@@ -21,6 +22,7 @@ def run_name(member):
     return f"{cfg.data.name}-{sizes}-{model.activation}-lr{model.learning_rate_init}"
 
 
+@redact_printed_config  # --cfg job, --info, --help: no password
 @hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point (console script ``skmlp-train``): one tracked run (a grid:

@@ -42,6 +42,7 @@ from pipelines.outage import (
     Store,
     StoreUnavailable,
     one_try,
+    outage_wait_s,
     spool_dir,
     write_spool,
 )
@@ -171,32 +172,26 @@ def prepare_inputs(run, data) -> Inputs:
 
 def set_up(run, inputs, member, data, name, parent_id=None, tags=None) -> Fitting:
     """Start ``member``'s run (a child of ``parent_id``), log its context, and give
-    its estimator the callbacks of ``member.cfg.callbacks``, scoring on the device."""
+    its estimator the callbacks of ``member.cfg.callbacks``, scoring on the device.
+    Each write waits for a store that does not answer (``tracking.outage_wait_s``)."""
     wait_s = outage_wait_s(member.cfg)  # checked before the run exists
+    store = Store(run.uri, wait_s)
     objective = member.cfg.get("optimized_metric")
     tags = {**({OBJECTIVE_TAG: objective} if objective else {}), **(tags or {})}
-    run_id = start_run(run.client, run.experiment_id, name, parent_id, tags)
+    args = (run.client, run.experiment_id, name, parent_id, tags)
+    run_id = store.call(start_run, *args)
     run.started.append(run_id)
     context = {**run.device.tags(), **tags}
-    log_run_context(run.client, run_id, member.cfg, data, context, run.commit)
+    args = (run.client, run_id, member.cfg, data, context, run.commit)
+    store.call(log_run_context, *args)
     y, labels = labels_on_device(run, inputs, data)
     scoring = EpochScoring({k: (inputs.eval_X[k], labels[k]) for k in labels})
     callbacks = instantiate_callbacks(
-        member.cfg.callbacks, scoring, run_id, name, outage_wait_s=wait_s
-    )
+        member.cfg.callbacks, scoring, run_id, name, outage_wait_s=wait_s,
+        spool_dir=spool_dir(member.cfg.tracking.get("spool_dir")),
+    )  # fmt: skip
     member.estimator.set_callbacks(*callbacks)
     return Fitting(member, run_id, data, y, scoring)
-
-
-def outage_wait_s(cfg) -> float:
-    """``tracking.outage_wait_s``: seconds, 0 or more (absent: ``DEFAULT_WAIT_S``)."""
-    value = cfg.tracking.get("outage_wait_s", DEFAULT_WAIT_S)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ValueError(
-            f"tracking.outage_wait_s={value!r}: must be a number of seconds, 0 or "
-            "more (how long a run's end waits for a store that does not answer)."
-        )
-    return float(value)
 
 
 def labels_on_device(run, inputs, data):
@@ -212,14 +207,19 @@ def labels_on_device(run, inputs, data):
 
 
 def instantiate_callbacks(
-    callbacks_cfg, scoring, run_id=None, run_name=None, outage_wait_s=DEFAULT_WAIT_S
+    callbacks_cfg,
+    scoring,
+    run_id=None,
+    run_name=None,
+    outage_wait_s=DEFAULT_WAIT_S,
+    spool_dir=None,
 ):
     """The callbacks of ``cfg.callbacks``, after ``scoring``. Those whose class takes
-    a ``scoring``, ``run_id``, ``run_name`` or ``outage_wait_s`` argument
-    (``pipelines.callbacks``) get it; others (sklearn's ``ProgressBar``) are built
-    from their config alone."""
+    a ``scoring``, ``run_id``, ``run_name``, ``outage_wait_s`` or ``spool_dir``
+    argument (``pipelines.callbacks``) get it; others (sklearn's ``ProgressBar``) are
+    built from their config alone."""
     callbacks, given = [scoring], {"scoring": scoring, "run_id": run_id}
-    given.update(run_name=run_name, outage_wait_s=outage_wait_s)
+    given.update(run_name=run_name, outage_wait_s=outage_wait_s, spool_dir=spool_dir)
     for callback in (callbacks_cfg or {}).values():
         if callback is not None:
             takes = inspect.signature(hydra.utils.get_object(callback._target_))
@@ -280,16 +280,20 @@ def finish(run, inputs, fitting, seconds, extra_metrics=None) -> dict:
         end_in_store(run, store, fitting.run_id, loggers, points, tags, artifacts)
     except StoreUnavailable as exc:
         pending = [p for logger in loggers for p in logger.pending]
+        earlier = [p for logger in loggers for p in logger.spooled_points()]
         spooled = Spooled(
             run.uri,
             fitting.run_id,
             "FINISHED",
-            metrics=[_listed(p) for p in pending + points],
+            metrics=earlier + [_listed(p) for p in pending + points],
             params=params_of(cfg),
             tags=tags,
         )
         save = functools.partial(save_artifacts, **artifacts)
-        raise spool(run, fitting, spooled, save, exc) from None  # exc: said there
+        error = spool(run, fitting, spooled, save, exc)  # exc: said there
+        for logger in loggers:
+            logger.drop_spooled()  # now in the run's own spool
+        raise error from None
     run.started.remove(fitting.run_id)
     return metrics
 

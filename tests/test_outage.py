@@ -16,6 +16,7 @@ from helpers import (
     all_runs,
     finish,
     free_port,
+    parent_and_children,
     run,
     run_entry_point,
     start,
@@ -113,6 +114,83 @@ def test_a_run_outlives_a_tracking_server_killed_and_restarted(store, tmp_path):
         assert client.search_logged_models([experiment]), "no model logged"
 
 
+@pytest.mark.slow
+def test_a_parallel_sweep_outlives_a_tracking_server_killed_and_restarted(
+    store, tmp_path
+):
+    """The server killed while a parallel sweep's two jobs train and back 12 s later:
+    the sweep exits 0, both children FINISHED with every epoch's points, the parent
+    FINISHED with its summary."""
+    _, env = store
+    args = ["-m", "hydra/launcher=parallel", *LONG_RUN, "model.max_iter=400"]
+    args += ["seed=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    with served(tmp_path, env) as server:
+        env = {**env, "MLFLOW_TRACKING_URI": server.base}
+        client = MlflowClient(server.base)
+        process = start(args, env, tmp_path)
+        wait_for(lambda: children_logging(client, 2), "both jobs' epochs", process)
+        server.kill()
+        time.sleep(12)
+        server.start()
+        output = finish(process, timeout=600)
+        assert process.returncode == 0, output[-3000:]
+        assert "not answering" in output
+        experiment = client.get_experiment_by_name("outage").experiment_id
+        (parent,), children = parent_and_children(client.search_runs([experiment]))
+        assert len(children) == 2
+        for child in children:
+            check_whole(client, child, output, 400)
+        assert parent.info.status == "FINISHED", output[-3000:]
+        assert "skmlp.best_run" in parent.data.tags
+        artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+        assert "sweep_summary.json" in artifacts
+
+
+@pytest.mark.slow
+def test_parallel_jobs_that_start_while_the_server_is_down_wait_for_it(store, tmp_path):
+    """The server killed as soon as the sweep's parent run exists, before its jobs
+    open the store, and back 12 s later: the jobs wait for it, and the sweep ends
+    as if nothing happened."""
+    _, env = store
+    args = ["-m", "hydra/launcher=parallel", *QUICK, "model.max_iter=30", "seed=0,1"]
+    args += ["tracking.experiment_name=outage", f"hydra.sweep.dir={tmp_path / 's'}"]
+    with served(tmp_path, env) as server:
+        env = {**env, "MLFLOW_TRACKING_URI": server.base}
+        client = MlflowClient(server.base)
+        process = start(args, env, tmp_path)
+        deadline = time.monotonic() + 180
+        while not runs_in(client, "outage"):  # the parent: kill at once
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        server.kill()
+        time.sleep(12)
+        server.start()
+        output = finish(process, timeout=400)
+        assert process.returncode == 0, output[-3000:]
+        assert "waiting up to" in output
+        (parent,), children = parent_and_children(runs_in(client, "outage"))
+        assert len(children) == 2
+        for child in children:
+            check_whole(client, child, output, 30)
+        assert parent.info.status == "FINISHED", output[-3000:]
+
+
+def runs_in(client, experiment):
+    """The runs of ``experiment`` (none before it exists)."""
+    found = client.get_experiment_by_name(experiment)
+    return client.search_runs([found.experiment_id]) if found else []
+
+
+def children_logging(client, n_children):
+    """Whether ``n_children`` runs of the experiment ``outage`` have epochs stored."""
+    found = client.get_experiment_by_name("outage")
+    runs = client.search_runs([found.experiment_id]) if found else []
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return len(children) == n_children and all(
+        client.get_metric_history(c.info.run_id, "loss") for c in children
+    )
+
+
 def check_whole(client, run, output, n_epochs):
     """Run ``run`` ended FINISHED with every epoch's points and its artifacts, and
     beat while it trained."""
@@ -128,9 +206,10 @@ def check_whole(client, run, output, n_epochs):
 
 @pytest.mark.slow
 def test_a_run_spools_when_the_wait_runs_out_and_replays_later(store, tmp_path):
-    """Down past tracking.outage_wait_s: the run saves what it holds in the spool,
-    exits non-zero naming skmlp-replay; replayed once the server is back, the run is
-    whole in the store and the spool is gone."""
+    """Down past tracking.outage_wait_s: full buffers of points go to the spool as
+    training goes on; the run saves what it holds there too, and exits non-zero
+    naming skmlp-replay, once, with no traceback; replayed once the server is back,
+    the run is whole in the store and the spool is gone."""
     _, env = store
     spool = tmp_path / "spool"
     args = [
@@ -138,6 +217,7 @@ def test_a_run_spools_when_the_wait_runs_out_and_replays_later(store, tmp_path):
         "model.max_iter=300",
         "tracking.outage_wait_s=3",
         f"tracking.spool_dir={spool}",
+        "+callbacks.mlflow.max_points=50",  # full after 13 epochs
     ]
     with served(tmp_path, env) as server:
         env = {**env, "MLFLOW_TRACKING_URI": server.base}
@@ -148,7 +228,9 @@ def test_a_run_spools_when_the_wait_runs_out_and_replays_later(store, tmp_path):
         output = finish(process, timeout=400)
         assert process.returncode != 0
         (folder,) = spool.iterdir()
-        assert f"skmlp-replay {folder}" in output, output[-3000:]
+        assert output.count(f"skmlp-replay {folder}\n") == 1, output[-3000:]
+        assert "Traceback" not in output
+        assert "training goes on, and they are written into the run" in output
         server.start()
         result = run(
             [sys.executable, "-m", "pipelines.outage", str(spool)], tmp_path, env
