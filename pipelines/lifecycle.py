@@ -42,6 +42,8 @@ DATABASE_CODE = tuple(
     f"{os.sep}{name}{os.sep}" for name in ("sqlalchemy", "alembic", "sqlite3")
 )
 _interrupted = threading.Event()
+# Run first on an interrupt, before ``before_raise`` (the Slurm launcher's scancel).
+_interrupt_hooks = []
 
 
 def process_tags() -> dict:
@@ -52,6 +54,13 @@ def process_tags() -> dict:
 def interrupted() -> bool:
     """Whether this process received SIGTERM or SIGINT."""
     return _interrupted.is_set()
+
+
+def on_interrupt(hook):
+    """Call ``hook()`` first when ``handle_signals`` turns a signal into an interrupt
+    (before its ``before_raise``); returns a function that removes it."""
+    _interrupt_hooks.append(hook)
+    return lambda: _interrupt_hooks.remove(hook) if hook in _interrupt_hooks else None
 
 
 def handle_signals(before_raise=None) -> None:
@@ -77,6 +86,8 @@ def handle_signals(before_raise=None) -> None:
             signal.setitimer(signal.ITIMER_REAL, 0.05)  # try again in 50 ms
             return
         raised.set()
+        for hook in list(_interrupt_hooks):
+            hook()
         if before_raise is not None:
             before_raise()
         raise KeyboardInterrupt(f"interrupted by signal {signum}")
