@@ -32,6 +32,9 @@ POLL_S = 3
 REPORT_EVERY_S = 60
 # A job that ended may take this long to show its result file on a network file system.
 RESULT_GRACE_S = 15
+# How long an interrupted sweep waits for Slurm to end its cancelled jobs (their
+# processes get SIGTERM, then SIGKILL after the cluster's KillWait, 30 s by default).
+CANCEL_WAIT_S = 45
 # Job states in which Slurm may still run the job (the rest: it ended).
 ACTIVE = {
     "PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED",
@@ -181,11 +184,23 @@ def queue_states(job_ids) -> dict:
 
 
 def cancel(job_ids) -> None:
-    """Cancel the job arrays of ``job_ids`` (``scancel``), whatever their state."""
+    """Cancel the job arrays of ``job_ids`` (``scancel``), whatever their state, and
+    wait (at most ``CANCEL_WAIT_S``) until Slurm has ended them: their runs end
+    KILLED by their own hand, before the sweep's parent looks at them."""
     arrays = sorted({str(job_id).split("_")[0] for job_id in job_ids})
-    if arrays and shutil.which("scancel"):
-        subprocess.run(["scancel", *arrays], capture_output=True, timeout=60)
-        log.info("Cancelled the sweep's Slurm jobs (scancel %s)", " ".join(arrays))
+    if not arrays or shutil.which("scancel") is None:
+        return
+    subprocess.run(["scancel", *arrays], capture_output=True, timeout=60)
+    log.info("Cancelled the sweep's Slurm jobs (scancel %s)", " ".join(arrays))
+    deadline = time.monotonic() + CANCEL_WAIT_S
+    while time.monotonic() < deadline:
+        states = queue_states(job_ids)
+        if states is not None and not any(s in ACTIVE for s, _ in states.values()):
+            return
+        time.sleep(1)
+    log.warning(
+        "Slurm jobs %s still not ended %d s after scancel", arrays, CANCEL_WAIT_S
+    )
 
 
 @contextmanager
@@ -194,11 +209,18 @@ def cancelled_on_interrupt(job_ids):
     SIGTERM: first thing, before the sweep's parent waits for its children)."""
     from pipelines.lifecycle import on_interrupt
 
-    remove = on_interrupt(lambda: cancel(job_ids))
+    cancelled = []
+
+    def stop():
+        if not cancelled:  # once: the signal's hook, or the exception it raised
+            cancelled.append(True)
+            cancel(job_ids)
+
+    remove = on_interrupt(stop)
     try:
         yield
     except BaseException:
-        cancel(job_ids)
+        stop()
         raise
     finally:
         remove()
@@ -238,7 +260,7 @@ def _report_pending(states: dict) -> bool:
     """Log the pending jobs by reason; whether there were any."""
     reasons = {}
     for job_id, (state, reason) in states.items():
-        if state == "PENDING":
+        if state == "PENDING" and reason != "None":  # None: not yet scheduled
             reasons.setdefault(reason, []).append(job_id)
     if reasons:
         running = sum(state == "RUNNING" for state, _ in states.values())
