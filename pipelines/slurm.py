@@ -26,6 +26,8 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from pipelines.lifecycle import on_interrupt
+
 log = logging.getLogger(__name__)
 
 POLL_S = 3
@@ -207,8 +209,6 @@ def cancel(job_ids) -> None:
 def cancelled_on_interrupt(job_ids):
     """Cancel ``job_ids`` when the block ends by an exception or a signal (Ctrl-C,
     SIGTERM: first thing, before the sweep's parent waits for its children)."""
-    from pipelines.lifecycle import on_interrupt
-
     cancelled = []
 
     def stop():
@@ -280,7 +280,8 @@ def _death(job, label: str, state: tuple) -> str:
     if NO_ENVIRONMENT in tail:
         text += (
             "\nThe job did not see the environment it was submitted from (sbatch "
-            "--export, SBATCH_EXPORT): submitit needs at least SUBMITIT_EXECUTOR, "
-            "PATH and HOME. Unset SBATCH_EXPORT, or list those in it."
+            "--export, SBATCH_EXPORT): submitit's job step needs SUBMITIT_EXECUTOR. "
+            "Unset SBATCH_EXPORT, or list it there (e.g. "
+            "SBATCH_EXPORT=PATH,HOME,SUBMITIT_EXECUTOR)."
         )
     return text

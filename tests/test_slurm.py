@@ -19,7 +19,8 @@ from helpers import (
 from mlflow.tracking import MlflowClient
 from slurm import slurm  # noqa: F401 (the fixture)
 
-pytestmark = pytest.mark.slow  # each starts a cluster or Slurm jobs: over 9 s
+from pipelines.slurm import _gpus, requested
+
 # One CPU and 1 GB a job, so that two jobs share the test's 2-CPU node.
 SMALL = [
     "hydra/launcher=slurm",
@@ -36,6 +37,21 @@ def env(slurm, store):  # noqa: F811
     return uri, {**environment, "SLURM_CONF": slurm.env["SLURM_CONF"]}
 
 
+@pytest.mark.parametrize(
+    ("gres", "gpus"),
+    [("(null)", 0), ("gpu:2", 2), ("gpu:a100:4(S:0-1)", 4), ("gpu:1,shard:8", 1)],
+)
+def test_gpus_are_read_from_sinfos_gres(gres, gpus):
+    assert _gpus(gres) == gpus
+
+
+def test_a_request_counts_every_task_of_a_node():
+    launcher = {"cpus_per_task": 3, "tasks_per_node": 2, "mem_gb": 1.5}
+    ask = requested(launcher)
+    assert (ask.cpus, ask.memory_mb, ask.gpus) == (6, 1536, 0)
+    assert requested({"gpus_per_task": 1, "tasks_per_node": 2}).gpus == 2
+
+
 def sweep(args, env, cwd, check=True, timeout=300):
     return run_entry_point("pipelines.train", ["-m", *args], env, cwd, timeout, check)
 
@@ -50,6 +66,7 @@ def assert_sweep_logged(uri, experiment, jobs):
     assert "sweep_summary.json" in artifacts
 
 
+@pytest.mark.slow  # a cluster and Slurm jobs: over 9 s
 def test_sweep_logs_its_jobs_under_its_parent(slurm, env, tmp_path):  # noqa: F811
     uri, environment = env
     args = [*SMALL, *QUICK, "model.activation=relu,tanh", "tracking.experiment_name=s"]
@@ -58,6 +75,7 @@ def test_sweep_logs_its_jobs_under_its_parent(slurm, env, tmp_path):  # noqa: F8
     assert slurm.queue() == []
 
 
+@pytest.mark.slow  # a cluster and Slurm jobs: over 9 s
 def test_partial_export_still_logs_under_the_parent(slurm, env, tmp_path):  # noqa: F811
     """The jobs see neither MLFLOW_TRACKING_URI nor the rest of the environment: the
     store and the parent travel in their config."""
@@ -70,6 +88,7 @@ def test_partial_export_still_logs_under_the_parent(slurm, env, tmp_path):  # no
     assert stores == [tmp_path / "mlruns" / "mlflow.db"]  # none of a job's own
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "said"),
     [
@@ -99,6 +118,7 @@ def test_a_request_no_node_can_satisfy_fails_at_once(
     assert MlflowClient(uri).search_experiments(filter_string="name != 'Default'") == []
 
 
+@pytest.mark.slow  # a cluster and Slurm jobs: over 9 s
 def test_an_interrupt_cancels_the_jobs_and_ends_their_runs_killed(
     slurm,  # noqa: F811
     env,
@@ -129,6 +149,7 @@ def test_an_interrupt_cancels_the_jobs_and_ends_their_runs_killed(
     ]
 
 
+@pytest.mark.slow  # a cluster and Slurm jobs: over 9 s
 def test_a_job_that_dies_on_its_node_fails_the_sweep(slurm, env, tmp_path):  # noqa: F811
     """``SBATCH_EXPORT=NONE``: submitit's job dies at start; without accounting the
     driver used to wait for it forever."""
