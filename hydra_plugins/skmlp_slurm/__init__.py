@@ -29,7 +29,7 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
     def launch(self, job_overrides, initial_job_idx):
         import submitit
 
-        from pipelines.slurm import cancelled_on_interrupt, wait
+        from pipelines.slurm import SlurmError, cancelled_on_interrupt, wait
 
         executor = submitit.AutoExecutor(
             cluster="slurm",
@@ -53,7 +53,10 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
         ids = [job.job_id for job in jobs]
         log.info("Slurm jobs %s submitted", ", ".join(ids))
         with cancelled_on_interrupt(ids):
-            wait(jobs, dict(zip(ids, labels, strict=True)))
+            try:
+                wait(jobs, dict(zip(ids, labels, strict=True)))
+            except SlurmError as exc:  # the message, not a traceback of the launcher
+                raise SystemExit(f"The Slurm sweep failed: {exc}") from exc
         return [job.results()[0] for job in jobs]
 
 
