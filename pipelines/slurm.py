@@ -192,6 +192,9 @@ def cancel(job_ids) -> None:
     arrays = sorted({str(job_id).split("_")[0] for job_id in job_ids})
     if not arrays or shutil.which("scancel") is None:
         return
+    states = queue_states(job_ids)
+    if states is not None and not any(s in ACTIVE for s, _ in states.values()):
+        return  # all ended already: nothing to cancel
     subprocess.run(["scancel", *arrays], capture_output=True, timeout=60)
     log.info("Cancelled the sweep's Slurm jobs (scancel %s)", " ".join(arrays))
     deadline = time.monotonic() + CANCEL_WAIT_S
