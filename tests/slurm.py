@@ -162,8 +162,8 @@ def slurm():
         )
     if os.geteuid() != 0:
         unavailable("the test's Slurm daemons run as root (as Slurm's do)")
-    # Not under pytest's tmp_path: the job steps read the sweep from there as root
-    # anyway, but munged refuses a socket directory others can write to.
+    # Not under pytest's tmp_path: munged's Unix socket path must stay short (at most
+    # 107 bytes), and pytest's temporary paths can be long.
     directory = Path(tempfile.mkdtemp(prefix="skmlp-slurm-"))
     cluster = Cluster(directory, os.cpu_count() or 1, _memory_mb())
     for name in ("state", "spool"):
