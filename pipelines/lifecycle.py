@@ -42,6 +42,8 @@ DATABASE_CODE = tuple(
     f"{os.sep}{name}{os.sep}" for name in ("sqlalchemy", "alembic", "sqlite3")
 )
 _interrupted = threading.Event()
+# Run first on an interrupt, before ``before_raise`` (the Slurm launcher's scancel).
+_interrupt_hooks = []
 
 
 def process_tags() -> dict:
@@ -52,6 +54,13 @@ def process_tags() -> dict:
 def interrupted() -> bool:
     """Whether this process received SIGTERM or SIGINT."""
     return _interrupted.is_set()
+
+
+def on_interrupt(hook):
+    """Call ``hook()`` first when ``handle_signals`` turns a signal into an interrupt
+    (before its ``before_raise``); returns a function that removes it."""
+    _interrupt_hooks.append(hook)
+    return lambda: _interrupt_hooks.remove(hook) if hook in _interrupt_hooks else None
 
 
 def handle_signals(before_raise=None) -> None:
@@ -77,6 +86,8 @@ def handle_signals(before_raise=None) -> None:
             signal.setitimer(signal.ITIMER_REAL, 0.05)  # try again in 50 ms
             return
         raised.set()
+        for hook in list(_interrupt_hooks):
+            hook()
         if before_raise is not None:
             before_raise()
         raise KeyboardInterrupt(f"interrupted by signal {signum}")
@@ -104,7 +115,8 @@ def blas_threads(setting, width=None):
     "auto": in a parallel sweep (the joblib launcher's ``n_jobs``), each job's share
     of the CPUs this process may use (its affinity, Slurm's ``SLURM_CPUS_PER_TASK``);
     otherwise 1 for networks narrower than ``THREADED_MIN_WIDTH`` first-layer units
-    (``width``: all the task's networks together), else the CPUs idle right now.
+    (``width``: all the task's networks together), else the CPUs idle right now (in
+    a Slurm job: all the CPUs it was given).
     """
     if setting != "auto":
         return setting
@@ -112,7 +124,16 @@ def blas_threads(setting, width=None):
     n_jobs = (
         launcher.get("n_jobs") if "joblib" in launcher.get("_target_", "") else None
     )
-    return auto_threads(usable_cpus(), n_jobs, width, idle_cpus)
+    return job_threads(n_jobs, width)
+
+
+def job_threads(n_jobs, width, idle=None):
+    """``blas_threads("auto")`` for this process. A Slurm job's CPUs are its own,
+    busy or idle (other jobs on its node have theirs): it counts them all.
+    ``idle()``: the CPUs idle now (default :func:`idle_cpus`)."""
+    if os.environ.get("SLURM_JOB_ID"):
+        idle = lambda: None  # noqa: E731
+    return auto_threads(usable_cpus(), n_jobs, width, idle or idle_cpus)
 
 
 def auto_threads(cpus, n_jobs, width, idle):
@@ -129,8 +150,22 @@ def usable_cpus():
     """The CPUs this process may run on: its affinity, and Slurm's share."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     cpus = cpus or os.cpu_count() or 1
-    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
-    return min(cpus, int(slurm)) if slurm.isdigit() and int(slurm) > 0 else cpus
+    slurm = slurm_cpus()
+    return min(cpus, slurm) if slurm else cpus
+
+
+def slurm_cpus() -> int | None:
+    """The CPUs Slurm gave each task of this job: ``SLURM_CPUS_PER_TASK``, else the
+    node's share (``SLURM_JOB_CPUS_PER_NODE``, "4" or "4(x2)") over its tasks; None
+    outside a job."""
+    per_task = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if per_task.isdigit() and int(per_task) > 0:
+        return int(per_task)
+    per_node = os.environ.get("SLURM_JOB_CPUS_PER_NODE", "").split("(")[0]
+    tasks = os.environ.get("SLURM_NTASKS_PER_NODE", "1").split("(")[0]
+    if per_node.isdigit() and tasks.isdigit() and int(per_node) > 0:
+        return max(1, int(per_node) // max(1, int(tasks)))
+    return None
 
 
 def idle_cpus(seconds=0.1):

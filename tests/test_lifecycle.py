@@ -4,7 +4,13 @@ import os
 
 import pytest
 
-from pipelines.lifecycle import THREADED_MIN_WIDTH, auto_threads, idle_cpus, usable_cpus
+from pipelines.lifecycle import (
+    THREADED_MIN_WIDTH,
+    auto_threads,
+    idle_cpus,
+    job_threads,
+    usable_cpus,
+)
 
 WIDE, NARROW = 512, 16  # experiment=wide, experiment=3b1b
 
@@ -37,6 +43,26 @@ def test_usable_cpus_are_the_affinity_and_slurms_share(monkeypatch):
     assert usable_cpus() == 1
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", str(affinity + 8))
     assert usable_cpus() == affinity  # Slurm's share cannot add CPUs
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK")
+    monkeypatch.setenv("SLURM_JOB_CPUS_PER_NODE", "1(x3)")  # no --cpus-per-task
+    assert usable_cpus() == 1
+
+
+def test_a_slurm_job_uses_every_cpu_it_was_given(monkeypatch):
+    """Outside Slurm, a wide network on a busy machine gets one thread; a Slurm job
+    counts its allocation, busy or not."""
+    affinity = len(os.sched_getaffinity(0))
+    if affinity < 2:
+        pytest.skip("needs 2 CPUs")
+    for name in ("SLURM_JOB_ID", "SLURM_CPUS_PER_TASK", "SLURM_JOB_CPUS_PER_NODE"):
+        monkeypatch.delenv(name, raising=False)
+    busy = lambda: 0.0  # noqa: E731
+    assert job_threads(None, WIDE, busy) == 1
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "2")
+    assert job_threads(None, WIDE, busy) == 2
+    assert job_threads(None, NARROW, busy) == 1  # narrow: as anywhere
+    assert job_threads(2, WIDE, busy) == 1  # a joblib sweep inside the job
 
 
 def test_idle_cpus_reads_the_machine():

@@ -1,0 +1,192 @@
+"""A private single-node Slurm cluster for the tests that need one (tests/test_slurm.py
+runs sweeps on it through ``hydra/launcher=slurm``).
+
+``munged`` with its own key and socket, then ``slurmctld -D`` and ``slurmd -D`` from
+Debian's ``slurm-wlm``, all on 127.0.0.1 with private ports, and their pid, spool and
+state files in a temporary directory. The ``slurm.conf`` is minimal: no accounting
+(no slurmdbd), one node of this machine's CPUs and half its memory, one partition.
+Every command reaches it through ``SLURM_CONF`` (``Cluster.env``). The daemons run as
+root, as Slurm's do; without root, or without the packages, the tests skip, except
+under CI (CI=true), where ``.ci/run`` installs them and a missing one must fail the
+run, as the PostgreSQL and torch tests do. Everything is stopped after the module.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from helpers import free_port
+
+START_TIMEOUT_S = 30
+PARTITION = "skmlp"
+
+
+def unavailable(reason: str):
+    """Skip (fail under CI) a test that needs what is missing."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI must run the Slurm tests: see .ci/run)")
+    pytest.skip(reason)
+
+
+@dataclass
+class Cluster:
+    """A running private cluster: ``env`` points Slurm's commands at it."""
+
+    directory: Path
+    cpus: int
+    memory_mb: int
+
+    @property
+    def env(self) -> dict:
+        return {**os.environ, "SLURM_CONF": str(self.directory / "slurm.conf")}
+
+    def command(self, *argv) -> str:
+        """The output of a Slurm command (``squeue``, ...) run against this cluster."""
+        done = subprocess.run(
+            argv, env=self.env, capture_output=True, text=True, timeout=30
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    def queue(self) -> list[str]:
+        """The ids of the jobs the cluster still holds (pending or running)."""
+        return self.command("squeue", "-h", "-r", "-o", "%i").split()
+
+
+def _memory_mb() -> int:
+    with open("/proc/meminfo") as meminfo:
+        total_kb = int(meminfo.readline().split()[1])
+    return total_kb // 1024 // 2
+
+
+def _config(directory: Path, cpus: int, memory_mb: int) -> str:
+    node = socket.gethostname().split(".")[0]
+    settings = {
+        "ClusterName": "skmlp-test",
+        "SlurmctldHost": f"{node}(127.0.0.1)",
+        "SlurmctldPort": free_port(),
+        "SlurmdPort": free_port(),
+        "SlurmUser": "root",
+        "SlurmdUser": "root",
+        "AuthType": "auth/munge",
+        "AuthInfo": f"socket={directory / 'munge.socket'}",
+        "StateSaveLocation": directory / "state",
+        "SlurmdSpoolDir": directory / "spool",
+        "SlurmctldPidFile": directory / "slurmctld.pid",
+        "SlurmdPidFile": directory / "slurmd.pid",
+        "SlurmctldLogFile": directory / "slurmctld.log",
+        "SlurmdLogFile": directory / "slurmd.log",
+        "ProctrackType": "proctrack/linuxproc",
+        "TaskPlugin": "task/none",
+        "SelectType": "select/cons_tres",
+        "SelectTypeParameters": "CR_Core_Memory",
+        "AccountingStorageType": "accounting_storage/none",
+        "JobAcctGatherType": "jobacct_gather/none",
+        "JobCompType": "jobcomp/none",
+        "MpiDefault": "none",
+        "ReturnToService": 2,
+        "SchedulerParameters": "sched_interval=1",
+        "KillWait": 10,
+    }
+    lines = [f"{key}={value}" for key, value in settings.items()]
+    lines += [
+        f"NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mb} "
+        "State=UNKNOWN",
+        f"PartitionName={PARTITION} Nodes={node} Default=YES MaxTime=INFINITE State=UP",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _start_munge(directory: Path) -> subprocess.Popen:
+    key = directory / "munge.key"
+    key.write_bytes(os.urandom(1024))
+    key.chmod(0o400)
+    argv = [
+        "munged",
+        "-F",
+        "--force",
+        f"--key-file={key}",
+        f"--socket={directory / 'munge.socket'}",
+        f"--pid-file={directory / 'munged.pid'}",
+        f"--log-file={directory / 'munged.log'}",
+        f"--seed-file={directory / 'munged.seed'}",
+    ]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+
+def _wait_ready(cluster: Cluster, daemons: list):
+    """Wait until the node is idle in ``sinfo``; fail with the logs otherwise."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        done = subprocess.run(
+            ["sinfo", "-h", "-o", "%t"], env=cluster.env, capture_output=True, text=True
+        )
+        if done.returncode == 0 and done.stdout.strip() == "idle":
+            return
+        if any(daemon.poll() is not None for daemon in daemons):
+            break
+        time.sleep(0.2)
+    logs = [
+        (cluster.directory / name).read_text(errors="replace")[-1500:]
+        for name in ("munged.log", "slurmctld.log", "slurmd.log")
+        if (cluster.directory / name).exists()
+    ]
+    pytest.fail("The test's Slurm cluster did not start:\n" + "\n".join(logs))
+
+
+def _stop(daemons: list):
+    for daemon in reversed(daemons):  # slurmd, slurmctld, then munged
+        daemon.terminate()
+        try:
+            daemon.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    """A private single-node Slurm cluster, stopped and removed after the module."""
+    missing = [
+        name for name in ("munged", "slurmctld", "slurmd") if not shutil.which(name)
+    ]
+    if missing:
+        unavailable(
+            f"{', '.join(missing)} not installed (apt-get install slurm-wlm munge)"
+        )
+    if os.geteuid() != 0:
+        unavailable("the test's Slurm daemons run as root (as Slurm's do)")
+    # Not under pytest's tmp_path: munged's Unix socket path must stay short (at most
+    # 107 bytes), and pytest's temporary paths can be long.
+    directory = Path(tempfile.mkdtemp(prefix="skmlp-slurm-"))
+    cluster = Cluster(directory, os.cpu_count() or 1, _memory_mb())
+    for name in ("state", "spool"):
+        (directory / name).mkdir()
+    (directory / "slurm.conf").write_text(
+        _config(directory, cluster.cpus, cluster.memory_mb)
+    )
+    daemons = [_start_munge(directory)]
+    try:
+        for argv in (["slurmctld", "-D", "-i"], ["slurmd", "-D"]):
+            time.sleep(0.3)  # munged's socket, then slurmctld's port
+            daemons.append(
+                subprocess.Popen(
+                    argv,
+                    env=cluster.env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+        _wait_ready(cluster, daemons)
+        yield cluster
+    finally:
+        if len(daemons) > 1 and daemons[1].poll() is None:
+            subprocess.run(["scancel", "--full", "-u", "root"], env=cluster.env)
+        _stop(daemons)
+        shutil.rmtree(directory, ignore_errors=True)
