@@ -46,6 +46,21 @@ _interrupted = threading.Event()
 _interrupt_hooks = []
 
 
+# Why this process's sweep failed, noted where it was seen (the Slurm launcher's dead
+# jobs) for the parent's end reason (``noted_failure``).
+_failures = []
+
+
+def note_failure(reason: str) -> None:
+    """Record why this process's sweep failed, for its parent run's end reason."""
+    _failures.append(reason)
+
+
+def noted_failure() -> str | None:
+    """The last reason given to :func:`note_failure`, if any."""
+    return _failures[-1] if _failures else None
+
+
 def process_tags() -> dict:
     """Where this run's process lives, so that a dead one can be found later."""
     return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}

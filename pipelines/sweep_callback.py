@@ -18,6 +18,7 @@ from pipelines.lifecycle import (
     REASON_TAG,
     handle_signals,
     interrupted,
+    noted_failure,
     stop_children,
 )
 from pipelines.outage import Store, StoreUnavailable, outage_wait_s
@@ -174,10 +175,18 @@ class MLflowSweepCallback(Callback):
                 failed = sum(c.info.status == "FAILED" for c in children)
                 if status == "KILLED":
                     reason = INTERRUPTED
-                reason = reason or f"{failed} job(s) failed"
+                reason = (
+                    reason
+                    or noted_failure()
+                    or (
+                        f"{failed} job(s) failed"
+                        if failed
+                        else "a job ended without its run"
+                    )
+                )
                 if crashed:  # a worker died: which, and how
                     reason += ": " + "; ".join(crashed)
-                client.set_tag(self._parent, REASON_TAG, reason)
+                client.set_tag(self._parent, REASON_TAG, reason[:4000])
             client.set_terminated(self._parent, status)
 
 

@@ -162,4 +162,5 @@ def test_a_job_that_dies_on_its_node_fails_the_sweep(slurm, env, tmp_path):  # n
     assert "SBATCH_EXPORT" in done.stderr
     _, runs = runs_of(uri, "none")
     assert [run.info.status for run in runs] == ["FAILED"]  # the parent, no child
+    assert "ended without a result" in runs[0].data.tags["skmlp.end_reason"]
     assert slurm.queue() == []

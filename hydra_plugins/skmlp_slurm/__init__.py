@@ -29,6 +29,7 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
     def launch(self, job_overrides, initial_job_idx):
         import submitit
 
+        from pipelines.lifecycle import note_failure
         from pipelines.slurm import SlurmError, cancelled_on_interrupt, wait
 
         executor = submitit.AutoExecutor(
@@ -56,6 +57,7 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
             try:
                 wait(jobs, dict(zip(ids, labels, strict=True)))
             except SlurmError as exc:  # the message, not a traceback of the launcher
+                note_failure(str(exc))  # the parent's end reason
                 raise SystemExit(f"The Slurm sweep failed: {exc}") from exc
         return [job.results()[0] for job in jobs]
 
