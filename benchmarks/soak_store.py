@@ -147,7 +147,6 @@ def main():
     workdir = Path(tempfile.mkdtemp(prefix="skmlp-soak-"))
     uri = f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("SKMLP_PARENT_RUN_ID", None)
     server = None
     if args.outage:
         (workdir / "mlruns").mkdir()

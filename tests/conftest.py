@@ -44,7 +44,6 @@ def store(tmp_path):
     outside any sweep)."""
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONUNBUFFERED": "1"}
-    env.pop("SKMLP_PARENT_RUN_ID", None)
     return uri, env
 
 

@@ -20,7 +20,6 @@ def _script(name):
 def test_skmlp_train_runs_from_any_directory(tmp_path):
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-    env.pop("SKMLP_PARENT_RUN_ID", None)
     args = ["data=digits", "model.max_iter=2", "tracking.log_model=false"]
     run([_script("skmlp-train"), *args, "tracking.experiment_name=cs"], tmp_path, env)
     client = MlflowClient(uri)

@@ -55,7 +55,6 @@ def project_store(tmp_path_factory, mnist):  # noqa: ARG001 - the snippets need 
     cwd = tmp_path_factory.mktemp("project")
     uri = f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-    env.pop("SKMLP_PARENT_RUN_ID", None)
     quick = ["experiment=3b1b", "data.n_train=2000", "model.max_iter=2"]
     run([sys.executable, "-m", "pipelines.train", *quick], cwd, env)
     return env

@@ -43,7 +43,6 @@ def start_together(commands, env, cwd):
 
 def quiet_env(uri):
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1"}
-    env.pop("SKMLP_PARENT_RUN_ID", None)
     return env
 
 
