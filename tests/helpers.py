@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -119,14 +118,8 @@ def free_port():
 
 
 def wait_until_healthy(base, server, timeout=90):
-    """Wait for the MLflow server process ``server`` to answer at ``base``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise
-            time.sleep(0.5)
+    """Wait for the MLflow server process ``server`` to answer at ``base`` (the
+    product's own wait, as ``skmlp-ui`` uses it)."""
+    from pipelines.ui_server import wait_until_answering
+
+    wait_until_answering(base, server, timeout)
