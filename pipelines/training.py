@@ -34,7 +34,7 @@ from sklearn.pipeline import Pipeline
 
 from pipelines.callbacks import EpochScoring, MLflowEpochLogger
 from pipelines.device import to_numpy
-from pipelines.figures import Figure, log_figures, settle
+from pipelines.figures import Destination, Figure, log_figures, settle
 from pipelines.outage import (
     DEFAULT_WAIT_S,
     REPLAY_COMMAND,
@@ -400,7 +400,10 @@ def log_artifacts(pipeline, data, cfg, curves):
     mlflow.log_dict(logged_config(cfg), "config.yaml")
     mlflow.log_table(curves, "learning_curves.json")
     run_id = mlflow.active_run().info.run_id
-    log_figures(mlflow.MlflowClient(), run_id, run_figures(pipeline, data, curves))
+    store = Store(mlflow.get_tracking_uri(), outage_wait_s(cfg))
+    spool = spool_dir(cfg.tracking.get("spool_dir"))
+    to = Destination(mlflow.MlflowClient(), run_id, store, spool)
+    log_figures(to, run_figures(pipeline, data, curves))
     if cfg.tracking.log_model:
         example = data.X_test[:5]
         caution_once()  # MLflow's caution on pickled models, not once per run
