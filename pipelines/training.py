@@ -46,7 +46,13 @@ from pipelines.outage import (
     write_spool,
 )
 from pipelines.summary import OBJECTIVE_TAG
-from pipelines.tracking import flatten, log_run_context, logged_config, start_run
+from pipelines.tracking import (
+    flatten,
+    log_run_context,
+    logged_config,
+    preload_package_map,
+    start_run,
+)
 from skmlp import fit_together
 from skmlp.inspection import noise_confidence
 from skmlp.plots import (
@@ -407,6 +413,7 @@ def log_artifacts(pipeline, data, cfg, curves):
     if cfg.tracking.log_model:
         example = data.X_test[:5]
         caution_once()  # MLflow's caution on pickled models, not once per run
+        preload_package_map()  # MLflow's check of the requirements, cached
         mlflow.sklearn.log_model(
             pipeline,
             name="model",
@@ -451,6 +458,7 @@ def save_artifacts(directory, *, pipeline, data, cfg, curves):
         figure.plot(*figure.args).savefig(directory / figure.file_name)
     if cfg.tracking.log_model:
         example = data.X_test[:5]
+        preload_package_map()
         mlflow.sklearn.save_model(
             pipeline,
             directory / "model",

@@ -1,6 +1,7 @@
 """What a pipeline run imports: only what it uses (start-up is part of every run); what a
 sweep's job waits for, and that what it no longer waits for still lands in the store."""
 
+import json
 import logging
 import os
 import signal
@@ -43,6 +44,52 @@ def test_a_runs_library_imports_no_pyplot_skops_or_torch():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "[]"
+
+
+# MLflow's map of installed modules to packages (checked before each model is saved):
+# printed after preload_package_map; "cached" forbids computing it.
+PACKAGE_MAP = """
+import json, sys, importlib_metadata
+from mlflow.utils import requirements_utils
+from pipelines.tracking import preload_package_map
+if sys.argv[1] == "cached":
+    def computed_again():
+        raise AssertionError("the map was computed again")
+    importlib_metadata.packages_distributions = computed_again
+preload_package_map()
+print(json.dumps(requirements_utils._MODULES_TO_PACKAGES))
+"""
+
+
+def package_map(how, env):
+    result = subprocess.run(
+        [sys.executable, "-c", PACKAGE_MAP, how],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
+
+
+def test_mlflows_package_map_is_built_once_per_set_of_installed_packages(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "SKMLP_CACHE_DIR": str(tmp_path), "PYTHONPATH": path}
+    built = package_map("built", env)
+    assert built["sklearn"] == ["scikit-learn"]
+    assert built["mlflow.gateway"] == ["mlflow[gateway]"]  # MLflow's own additions
+    assert package_map("cached", env) == built
+    # A package installed since: the map is built again, with it.
+    info = site / "newpkg-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: newpkg\nVersion: 1.0\n"
+    )
+    (info / "top_level.txt").write_text("newpkg\n")
+    assert package_map("built", env) == {**built, "newpkg": ["newpkg"]}
 
 
 # ----------------------------------------------------------------------------------
