@@ -303,7 +303,8 @@ def _cost_line(rows):
         f"{len(rows['floor'])} rounds, medians: import floor {floor:.2f} s "
         f"({floor_cpu:.2f} s CPU); single run {median('single', 0):.2f} s wall, "
         f"fixed cost {median('single', 1):.2f} s (floor + "
-        f"{median('single', 1) - floor:.2f} s), {median('single', 2):.2f} s CPU"
+        f"{median('single', 1) - floor:.2f} s), {median('single', 2):.2f} s CPU "
+        f"(floor + {median('single', 2) - floor_cpu:.2f} s)"
     ]
     for name in (name for name in rows if name in LAUNCHERS):
         first = median(name, 1)

@@ -7,9 +7,15 @@ after another in one process (Hydra's basic launcher), its callback calls
 once, while the next job runs, and :func:`settle` logs them to their run as they come
 (at each later run's finish, and with ``wait=True`` before the sweep ends, on an
 interrupt too). Elsewhere, a run draws its figures itself before it ends.
+
+A deferred run's figures reach the store as its other artifacts do
+(``pipelines.outage``): each write waits for a store that does not answer, up to the
+run's ``tracking.outage_wait_s``; past that, they go to the spool, for
+``skmlp-replay``.
 """
 
 import atexit
+import functools
 import logging
 import multiprocessing
 import shutil
@@ -18,6 +24,15 @@ import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+from pipelines.outage import (
+    REPLAY_COMMAND,
+    SPOOL_FILE,
+    Spooled,
+    Store,
+    StoreUnavailable,
+    write_spool,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +51,30 @@ class Figure:
 
 
 @dataclass(frozen=True)
-class _Pending:
+class Destination:
+    """Where a run's figures go.
+
+    Attributes
+    ----------
+    client : MlflowClient
+        The client of the run's store.
+    run_id : str
+        The run.
+    store : Store
+        How long each write waits for the store (``tracking.outage_wait_s``).
+    spool : Path
+        Where they go when the wait runs out (``tracking.spool_dir``).
+    """
+
     client: object
     run_id: str
+    store: Store
+    spool: Path
+
+
+@dataclass(frozen=True)
+class _Pending:
+    to: Destination
     directory: str
     figures: tuple
     future: object
@@ -65,21 +101,35 @@ def draw(figures, directory) -> None:
         figure.plot(*figure.args).savefig(Path(directory) / figure.file_name)
 
 
-def log_figures(client, run_id, figures) -> None:
-    """Log ``figures`` (a sequence of :class:`Figure`) to run ``run_id``: drawn now,
-    or, after :func:`defer`, by the worker, to be logged by :func:`settle`."""
+def log_figures(to: Destination, figures) -> None:
+    """Log ``figures`` (a sequence of :class:`Figure`) to run ``to.run_id``: drawn
+    and logged now (the caller waits for the store), or, after :func:`defer`, drawn
+    by the worker and logged by :func:`settle`. A run's figures are handed to the
+    worker once, however often its caller tries again."""
     figures = tuple(figures)
-    directory = tempfile.mkdtemp(prefix="skmlp-figures-")
     if not _state["deferring"]:
-        _log_drawn(client, run_id, directory, figures)
+        directory = tempfile.mkdtemp(prefix="skmlp-figures-")
+        try:
+            draw(figures, directory)
+            to.client.log_artifacts(to.run_id, directory)
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
         return
+    if any(p.to.run_id == to.run_id for p in _state["pending"]):
+        return
+    directory = tempfile.mkdtemp(prefix="skmlp-figures-")
     future = _executor().submit(draw, figures, directory)
-    _state["pending"].append(_Pending(client, run_id, directory, figures, future))
+    _state["pending"].append(_Pending(to, directory, figures, future))
 
 
 def settle(wait=True) -> None:
     """Log the figures the worker has drawn (``wait``: all of them, waiting for
-    those still being drawn). A figure the worker could not draw is drawn here."""
+    those still being drawn). A figure the worker could not draw is drawn here.
+
+    Each run's figures wait for its store as :class:`~pipelines.outage.Store`
+    allows; once one run's wait has run out, the others of that store are tried
+    once, then spooled too (one wait, not one per run)."""
+    down = set()
     for pending in list(_state["pending"]):
         if not (wait or pending.future.done()):
             continue
@@ -87,17 +137,43 @@ def settle(wait=True) -> None:
         try:
             pending.future.result()
         except Exception as exc:  # a dead worker: draw them here, lose nothing
-            log.warning("figures of run %s drawn again: %r", pending.run_id, exc)
+            log.warning("figures of run %s drawn again: %r", pending.to.run_id, exc)
             draw(pending.figures, pending.directory)
-        _log_drawn(pending.client, pending.run_id, pending.directory, ())
+        try:
+            _log_drawn(pending, down)
+        finally:
+            shutil.rmtree(pending.directory, ignore_errors=True)
 
 
-def _log_drawn(client, run_id, directory, figures):
+def _log_drawn(pending, down):
+    """Log ``pending``'s drawn figures, waiting as its store allows (not at all for
+    a store in ``down``), else spool them; a spooled run already holds them."""
+    to = pending.to
+    if (to.spool / to.run_id / SPOOL_FILE).exists():
+        return  # the run itself was spooled, its figures drawn there
+    store = Store(to.store.uri, 0) if to.store.uri in down else to.store
     try:
-        draw(figures, directory)
-        client.log_artifacts(run_id, directory)
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
+        store.call(to.client.log_artifacts, to.run_id, pending.directory)
+    except StoreUnavailable as exc:
+        down.add(to.store.uri)
+        folder = write_spool(
+            to.spool,
+            Spooled(to.store.uri, to.run_id, "FINISHED"),
+            functools.partial(_copy_figures, pending.directory),
+        )
+        log.warning(
+            "%s. The figures of run %s are saved in %s; once the store answers, "
+            "log them with: %s %s",
+            exc,
+            to.run_id,
+            folder,
+            REPLAY_COMMAND,
+            folder,
+        )
+
+
+def _copy_figures(directory, target):
+    shutil.copytree(directory, target, dirs_exist_ok=True)
 
 
 def _executor():

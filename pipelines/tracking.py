@@ -7,7 +7,11 @@ members, set up before one joint fit and finished after it).
 
 import functools
 import hashlib
+import json
+import os
 import subprocess
+import sys
+import types
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -27,6 +31,7 @@ from pipelines.store import (
     tracking_uri,
 )
 from pipelines.ui import EXPERIMENT_TAGS, log_training_input, training_dataset
+from skmlp.datasets import cache_dir
 
 # The Hydra job number of a sweep's child run: how the sweep's end finds jobs whose
 # runs are missing (pipelines.sweep_callback).
@@ -231,3 +236,77 @@ def log_run_context(client, run_id, cfg, data, tags=None, commit=None):
     )
     dataset = training_dataset(data.X_train, data.y_train, cfg.data.name)
     log_training_input(client, run_id, dataset)
+
+
+# ----------------------------------------------------------------------------------
+# MLflow's map of installed modules to packages, kept between processes
+
+
+def preload_package_map() -> None:
+    """Give MLflow its map of installed modules to packages from a file cache.
+
+    Before it saves a model, MLflow checks the model's requirements against the
+    installed packages; for that it builds, once per process, a map of every
+    installed distribution's modules (``importlib_metadata.packages_distributions``,
+    reading every file list in the environment: 0.4-0.5 s of every run's, and every
+    sweep worker's, start-up). MLflow has no setting to skip it: this hands MLflow's
+    own map building the result saved by an earlier process with the same installed
+    distributions (:func:`installed_key`), and saves it where there is none. Where
+    MLflow no longer builds the map this way, it does nothing.
+    """
+    try:
+        from mlflow.utils import requirements_utils as requirements
+    except ImportError:
+        return
+    build = getattr(requirements, "_init_modules_to_packages_map", None)
+    metadata = getattr(requirements, "importlib_metadata", None)
+    if build is None or metadata is None:
+        return
+    if getattr(requirements, "_MODULES_TO_PACKAGES", None) is not None:
+        return  # built already in this process
+    cached = functools.partial(_cached_package_map, metadata.packages_distributions)
+    requirements.importlib_metadata = types.SimpleNamespace(
+        packages_distributions=cached
+    )
+    try:
+        build()
+    finally:
+        requirements.importlib_metadata = metadata
+
+
+def _cached_package_map(compute) -> dict:
+    """``compute()``'s map, from the cache if it holds one for the installed
+    distributions, else computed and saved there (written whole or not at all)."""
+    path = cache_dir("mlflow") / f"packages-{installed_key()}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        pass
+    found = {module: list(packages) for module, packages in compute().items()}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.partial")
+        partial.write_text(json.dumps(found))
+        partial.replace(path)
+    except OSError:
+        pass  # a read-only cache: computed each time, as MLflow does
+    return found
+
+
+def installed_key() -> str:
+    """What identifies the installed distributions: the interpreter and, in every
+    directory on ``sys.path``, the name and modification time of each
+    ``*.dist-info`` and ``*.egg-info`` entry (installing, upgrading or removing a
+    package changes them)."""
+    stamps = [sys.executable]
+    for entry in sys.path:
+        try:
+            with os.scandir(entry or ".") as found:
+                stamps += sorted(
+                    f"{e.path}:{e.stat().st_mtime_ns}"
+                    for e in found
+                    if e.name.endswith((".dist-info", ".egg-info"))
+                )
+        except OSError:
+            continue
+    return hashlib.sha256("\n".join(stamps).encode()).hexdigest()[:16]

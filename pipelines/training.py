@@ -34,7 +34,7 @@ from sklearn.pipeline import Pipeline
 
 from pipelines.callbacks import EpochScoring, MLflowEpochLogger
 from pipelines.device import to_numpy
-from pipelines.figures import Figure, log_figures, settle
+from pipelines.figures import Destination, Figure, log_figures, settle
 from pipelines.outage import (
     DEFAULT_WAIT_S,
     REPLAY_COMMAND,
@@ -47,7 +47,13 @@ from pipelines.outage import (
     write_spool,
 )
 from pipelines.summary import OBJECTIVE_TAG
-from pipelines.tracking import flatten, log_run_context, logged_config, start_run
+from pipelines.tracking import (
+    flatten,
+    log_run_context,
+    logged_config,
+    preload_package_map,
+    start_run,
+)
 from skmlp import fit_together
 from skmlp.inspection import noise_confidence
 from skmlp.plots import (
@@ -404,10 +410,14 @@ def log_artifacts(pipeline, data, cfg, curves):
     mlflow.log_dict(logged_config(cfg), "config.yaml")
     mlflow.log_table(curves, "learning_curves.json")
     run_id = mlflow.active_run().info.run_id
-    log_figures(mlflow.MlflowClient(), run_id, run_figures(pipeline, data, curves))
+    store = Store(mlflow.get_tracking_uri(), outage_wait_s(cfg))
+    spool = spool_dir(cfg.tracking.get("spool_dir"))
+    to = Destination(mlflow.MlflowClient(), run_id, store, spool)
+    log_figures(to, run_figures(pipeline, data, curves))
     if cfg.tracking.log_model:
         example = data.X_test[:5]
         caution_once()  # MLflow's caution on pickled models, not once per run
+        preload_package_map()  # MLflow's check of the requirements, cached
         mlflow.sklearn.log_model(
             pipeline,
             name="model",
@@ -452,6 +462,7 @@ def save_artifacts(directory, *, pipeline, data, cfg, curves):
         figure.plot(*figure.args).savefig(directory / figure.file_name)
     if cfg.tracking.log_model:
         example = data.X_test[:5]
+        preload_package_map()
         mlflow.sklearn.save_model(
             pipeline,
             directory / "model",

@@ -1,6 +1,8 @@
 """What a pipeline run imports: only what it uses (start-up is part of every run); what a
 sweep's job waits for, and that what it no longer waits for still lands in the store."""
 
+import json
+import logging
 import os
 import signal
 import subprocess
@@ -11,6 +13,7 @@ import pytest
 from helpers import (
     all_runs,
     finish,
+    free_port,
     parent_and_children,
     run_entry_point,
     start,
@@ -20,6 +23,7 @@ from mlflow.tracking import MlflowClient
 
 import pipelines.run as run_module
 from pipelines import figures
+from pipelines.outage import Store, replay
 from pipelines.store import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +44,52 @@ def test_a_runs_library_imports_no_pyplot_skops_or_torch():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "[]"
+
+
+# MLflow's map of installed modules to packages (checked before each model is saved):
+# printed after preload_package_map; "cached" forbids computing it.
+PACKAGE_MAP = """
+import json, sys, importlib_metadata
+from mlflow.utils import requirements_utils
+from pipelines.tracking import preload_package_map
+if sys.argv[1] == "cached":
+    def computed_again():
+        raise AssertionError("the map was computed again")
+    importlib_metadata.packages_distributions = computed_again
+preload_package_map()
+print(json.dumps(requirements_utils._MODULES_TO_PACKAGES))
+"""
+
+
+def package_map(how, env):
+    result = subprocess.run(
+        [sys.executable, "-c", PACKAGE_MAP, how],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
+
+
+def test_mlflows_package_map_is_built_once_per_set_of_installed_packages(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "SKMLP_CACHE_DIR": str(tmp_path), "PYTHONPATH": path}
+    built = package_map("built", env)
+    assert built["sklearn"] == ["scikit-learn"]
+    assert built["mlflow.gateway"] == ["mlflow[gateway]"]  # MLflow's own additions
+    assert package_map("cached", env) == built
+    # A package installed since: the map is built again, with it.
+    info = site / "newpkg-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: newpkg\nVersion: 1.0\n"
+    )
+    (info / "top_level.txt").write_text("newpkg\n")
+    assert package_map("built", env) == {**built, "newpkg": ["newpkg"]}
 
 
 # ----------------------------------------------------------------------------------
@@ -79,12 +129,47 @@ def test_deferred_figures_are_drawn_by_another_process_and_logged(
         run_id, "FINISHED"
     )  # as a sweep's job ends before its figures
     wanted = [figures.Figure(f"{n}.png", plot_in, (tmp_path, n)) for n in "ab"]
-    figures.log_figures(client, run_id, wanted)
+    figures.log_figures(destination(client, run_id, tmp_path), wanted)
     figures.settle()
     drawn_by = {int((tmp_path / n).read_text()) for n in "ab"}
     assert os.getpid() not in drawn_by, "drawn in the run's own process"
     logged = {a.path for a in client.list_artifacts(run_id)}
     assert logged == {"a.png", "b.png"}
+
+
+def destination(client, run_id, tmp_path, wait_s=300):
+    """Where ``run_id``'s figures go: its store through ``client``, each write
+    waiting up to ``wait_s``, else a spool under ``tmp_path``."""
+    store = Store(client.tracking_uri, wait_s)
+    return figures.Destination(client, run_id, store, tmp_path / "spool")
+
+
+def test_deferred_figures_wait_for_their_store_then_go_to_the_spool(
+    store, tmp_path, deferred, caplog
+):
+    """Deferred figures are logged after their job has ended: with nothing answering
+    at their store they wait tracking.outage_wait_s (once for all the runs of that
+    store), then go to the spool, from which skmlp-replay logs them to their run."""
+    uri, _ = store
+    open_store(uri)
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment("figures")
+    run_ids = [client.create_run(experiment_id).info.run_id for _ in range(2)]
+    gone = MlflowClient(f"http://127.0.0.1:{free_port()}")
+    for run_id in run_ids:
+        client.set_terminated(run_id, "FINISHED")
+        wanted = [figures.Figure(f"{n}.png", plot_in, (tmp_path, n)) for n in "ab"]
+        figures.log_figures(destination(gone, run_id, tmp_path, wait_s=2), wanted)
+    with caplog.at_level(logging.WARNING):
+        figures.settle()
+    assert caplog.text.count("not answering") == 1, caplog.text
+    for run_id in run_ids:
+        folder = tmp_path / "spool" / run_id
+        assert f"skmlp-replay {folder}" in caplog.text
+        replay(folder, uri)
+        logged = {a.path for a in client.list_artifacts(run_id)}
+        assert logged == {"a.png", "b.png"}
+        assert client.get_run(run_id).info.status == "FINISHED"
 
 
 def test_a_process_checks_and_reaps_a_store_once(store, monkeypatch):
