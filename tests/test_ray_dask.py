@@ -15,8 +15,10 @@ from joblib import Parallel, delayed
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
+from pipelines.callbacks import EpochScoring, MLflowEpochLogger
 from pipelines.checks import ConfigError, check_config
 from pipelines.parallel import parallel_backend
+from skmlp import SGDMLPClassifier, fit_together
 
 EXTRA_MODULES = {"ray": ["ray"], "dask": ["dask", "distributed"]}
 GRID = ["+grid.model.learning_rate_init=[0.01,0.1]", "tracking.experiment_name=joint"]
@@ -124,6 +126,35 @@ def test_a_bad_parallel_setting_is_refused_naming_it(settings, message):
         except ConfigError as exc:
             assert message in str(exc)
             raise
+
+
+# ----------------------------------------------------------------------------------
+# What callbacks record in a worker comes back (any backend: loky's processes here)
+
+
+@pytest.mark.slow  # worker processes that import MLflow: ~20 s on the 2-core box
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_a_joint_fit_in_workers_brings_back_what_its_callbacks_recorded(digits):
+    """``fit_together(n_jobs=2)`` trains each network in a worker process, with copies
+    of its callbacks: each network's epoch scores come back to its ``EpochScoring``,
+    and the points that its logger could not write there (no store answers) wait in
+    the caller's logger for the run's end."""
+    X, y = digits
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    networks, scorings, loggers = [], [], []
+    for rate in (0.01, 0.1):
+        scoring = EpochScoring({"train": (X, y)})
+        logger = MLflowEpochLogger(scoring, run_id="0" * 32, tracking_uri=nowhere)
+        network = SGDMLPClassifier((8,), learning_rate_init=rate, max_iter=3)
+        networks.append(
+            network.set_params(random_state=0).set_callbacks(scoring, logger)
+        )
+        scorings.append(scoring)
+        loggers.append(logger)
+    fit_together(networks, X, y, n_jobs=2)
+    for scoring, logger in zip(scorings, loggers, strict=True):
+        assert [scores.epoch for scores in scoring.history] == [1, 2, 3]
+        assert sorted({point.step for point in logger.pending}) == [1, 2, 3]
 
 
 # ----------------------------------------------------------------------------------
