@@ -146,6 +146,8 @@ def ray_cluster():
     head = launch(argv, directory, env, "ray.log")
     saved = {key: os.environ.get(key) for key in LOOPBACK}
     os.environ.update(LOOPBACK)  # for this process's drivers, as for the head
+    if "ray" in sys.modules:  # Ray read it at import: a driver here would hang
+        pytest.fail("ray was imported before this fixture; import it in tests only")
     try:
         wait_for_log(head, directory / "ray.log", "Ray runtime started", "Ray")
         yield Cluster("ray", f"127.0.0.1:{port}", store, directory)
