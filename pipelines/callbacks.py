@@ -67,6 +67,10 @@ class _EpochCallback:
     def on_fit_task_end(self, estimator, context):
         return False
 
+    def adopt_copy(self, copy):
+        """Take what ``copy``, this callback's copy that ran in a worker process
+        (``skmlp.fit_together(n_jobs=...)``), recorded there."""
+
 
 class EpochScoring(_EpochCallback):
     """Accuracy on each evaluation set after each epoch, with the epoch's loss and time.
@@ -90,6 +94,9 @@ class EpochScoring(_EpochCallback):
 
     def setup(self, estimator, context):
         self.history = []
+
+    def adopt_copy(self, copy):
+        self.history = list(copy.history)  # the scores of a fit in a worker
 
     def on_fit_task_begin(self, estimator, context):
         if context.task_name == "epoch":
@@ -123,6 +130,9 @@ class _ReadsScores(_EpochCallback):
 
     def setup(self, estimator, context):
         self._seen = 0
+
+    def adopt_copy(self, copy):
+        self._seen = copy._seen
 
     def on_fit_task_end(self, estimator, context):
         history = self.scoring.history
@@ -257,6 +267,12 @@ class MLflowEpochLogger(_ReadsScores):
                 replay(self.spooled[0])
             log.warning("metric points spooled in %s written", self.spooled.pop(0))
         self._gave_up = False
+
+    def adopt_copy(self, copy):
+        """The points that the copy in a worker could not write (its store did not
+        answer) wait here, for whoever ends the run (``flush(store)``)."""
+        super().adopt_copy(copy)
+        self.pending += copy.pending
 
     def try_flush(self):
         """Write the epochs not written yet, once, if no earlier failure asks to wait;

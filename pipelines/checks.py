@@ -15,6 +15,7 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from pipelines.parallel import CHECKS as PARALLEL_CHECKS
 from skmlp.corruption import INPUT_CORRUPTIONS, LABEL_CORRUPTIONS
 
 SEED_MAX = 2**32 - 1  # what NumPy's and scikit-learn's random states take
@@ -194,4 +195,5 @@ CHECKS = {
     "corruption.kind": _corruption_kind,
     "corruption.p": _fraction,
     "fit_threshold": _fraction,
+    **PARALLEL_CHECKS,  # the backend (its extra installed), address and n_jobs
 }

@@ -31,6 +31,7 @@ from pipelines.lifecycle import (
     reap_dead_runs,
 )
 from pipelines.outage import Store, StoreUnavailable, outage_wait_s
+from pipelines.parallel import parallel_backend
 from pipelines.store import check_store
 from pipelines.tracking import (
     check_parent,
@@ -46,7 +47,7 @@ log = logging.getLogger(__name__)
 # What a grid may not vary: its members share one training set (one fit_together call),
 # one device and one store. A Hydra multirun (-m) varies these.
 FIXED_KEYS = ("data", "seed", "preprocessing", "device", "tracking", "eval", "grid")
-FIXED_KEYS += ("corruption.kind", "together")
+FIXED_KEYS += ("corruption.kind", "together", "parallel")
 
 
 @dataclass(frozen=True)
@@ -239,7 +240,8 @@ def task(cfg: DictConfig):
     try:
         threads = blas_threads(cfg.blas_threads, first_layers(run))
         log.info("BLAS threads: %s (blas_threads=%s)", threads, cfg.blas_threads)
-        with threadpool_limits(threads):
+        # The cluster (parallel=ray|dask) connected before any run is started.
+        with threadpool_limits(threads), parallel_backend(cfg, run.uri):
             yield run
     except KeyboardInterrupt:
         end_runs(run.client, run.started, "KILLED", INTERRUPTED)

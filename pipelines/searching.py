@@ -12,6 +12,7 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline
 
 from pipelines.console import is_quiet
+from pipelines.parallel import n_jobs
 from pipelines.summary import OBJECTIVE_TAG, log_sweep_summary, short_name
 from pipelines.tracking import log_run_context, start_run
 from pipelines.ui import announce, log_training_input, training_dataset
@@ -31,7 +32,7 @@ def search(run, data):
         Pipeline([*steps, ("model", member.estimator)]),
         OmegaConf.to_container(cfg.search.param_grid, resolve=True),
         cv=cfg.search.cv,
-        n_jobs=1 if run.device.is_gpu else cfg.search.n_jobs,
+        n_jobs=1 if run.device.is_gpu else n_jobs(cfg, cfg.search.n_jobs),
         scoring="accuracy",
         error_score="raise",
         # 2: a line per candidate and fold, as they end (none on a quiet console)

@@ -46,6 +46,7 @@ from pipelines.outage import (
     spool_dir,
     write_spool,
 )
+from pipelines.parallel import n_jobs
 from pipelines.summary import OBJECTIVE_TAG
 from pipelines.tracking import (
     flatten,
@@ -247,7 +248,8 @@ def fit_members(run, inputs, fittings) -> list[float]:
         if run.fits_together:
             log.info("fitting %d networks with one fit_together call", len(fittings))
             start = time.perf_counter()
-            fit_together(estimators, inputs.X, [f.y for f in fittings])
+            ys = [f.y for f in fittings]
+            fit_together(estimators, inputs.X, ys, n_jobs=n_jobs(run.cfg))
             return [time.perf_counter() - start] * len(fittings)
         seconds = []
         for estimator, fitting in zip(estimators, fittings, strict=True):

@@ -295,12 +295,21 @@ def put_back(estimator, before):
 def adopt(estimator, fitted):
     """``estimator`` takes the state of ``fitted``, its copy fitted elsewhere (a
     ``fit_together`` worker), but keeps its own callbacks and parameters (objects
-    the caller holds)."""
+    the caller holds).
+
+    Each of its callbacks that has a method ``adopt_copy(copy)`` is given its copy
+    that ran with ``fitted`` (the one at the same place in its list), to take what
+    that copy recorded in the worker.
+    """
     own = {
         name: estimator.__dict__[name]
         for name in ("_skl_callbacks", *estimator.get_params(deep=False))
         if name in estimator.__dict__
     }
+    copies = fitted.__dict__.get("_skl_callbacks", [])
     estimator.__dict__.clear()
     estimator.__dict__.update(fitted.__dict__)
     estimator.__dict__.update(own)
+    for callback, copy in zip(own.get("_skl_callbacks", []), copies, strict=False):
+        if hasattr(callback, "adopt_copy"):
+            callback.adopt_copy(copy)

@@ -84,7 +84,9 @@ def fit_together(estimators, X, y, *, sample_weight=None, n_jobs=None):
     estimator is then left as it was. With ``n_jobs > 1``, a member trained in a
     worker runs its callbacks there, on a copy, as in scikit-learn's own parallel
     fits (callbacks that report to this process, such as ``ScoringMonitor``, still
-    do; what a worker prints, ``verbose`` output included, goes to the terminal), and
+    do; a callback with a method ``adopt_copy(copy)`` is given its copy from the
+    worker once the member is fitted, to take what it recorded there; what a
+    worker prints, ``verbose`` output included, goes to the terminal), and
     its warnings are raised here once all parts are fitted; if the call is
     interrupted or a worker fails, every estimator is left as it was before the call.
     Under joblib's default backend (loky), the workers end within a second of this
