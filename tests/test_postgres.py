@@ -74,9 +74,11 @@ def test_a_missing_driver_names_the_store_and_the_extra():
 
 
 def readme_recipe() -> list[str]:
-    """The commands of the README's "Past one machine" section, comments left out."""
+    """The commands of the README's "Past one machine" section before its
+    subsections (Slurm, Ray and Dask have their own tests), comments left out."""
     readme = (ROOT / "README.md").read_text()
     section = readme.split("\n## Past one machine\n")[1].split("\n## ")[0]
+    section = section.split("\n### ")[0]
     blocks = re.findall(r"^```bash\n(.*?)^```", section, flags=re.MULTILINE | re.DOTALL)
     return [
         line
