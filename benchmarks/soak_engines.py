@@ -211,7 +211,6 @@ def soak(args, stack, workdir):
         "PYTHONPATH": str(ROOT),
         "SLURM_CONF": cluster.env["SLURM_CONF"],
     }
-    env.pop("SKMLP_PARENT_RUN_ID", None)
     env.pop("MLFLOW_TRACKING_URI", None)
     server = Server(database.createdb("mlflow"), workdir, env)
     stack.callback(stop_server, server)
