@@ -6,7 +6,8 @@ a free port (trust authentication, fsync off: test data only). PostgreSQL refuse
 run as root, so as root it runs as the ``postgres`` user. Where PostgreSQL or the
 ``postgres`` extra (psycopg) cannot be had, the tests skip, except under CI (CI=true),
 where ``.ci/run`` installs both and a missing one must fail the run, as the torch and
-MNIST tests do.
+MNIST tests do. Outside pytest (benchmarks/soak_engines.py), ``running()`` is the same
+cluster as a context manager.
 """
 
 import glob
@@ -16,6 +17,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,16 +34,33 @@ def unavailable(reason: str):
     pytest.skip(reason)
 
 
+class StartError(RuntimeError):
+    """The cluster could not be had or did not start (the message says why)."""
+
+
 def binary(name: str) -> str:
     """A PostgreSQL program: on PATH, else in Debian's /usr/lib/postgresql/<v>/bin."""
     found = shutil.which(name) or max(
         glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), default=None
     )
     if found is None:
-        unavailable(
+        raise StartError(
             f"PostgreSQL's {name} is not installed (apt-get install postgresql)"
         )
     return found
+
+
+def missing() -> str | None:
+    """Why no cluster can be started here, or None if one can."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        return "psycopg is not installed (pip install -e '.[postgres]')"
+    try:
+        binary("initdb"), binary("postgres")
+    except StartError as error:
+        return str(error)
+    return None
 
 
 def _as_server_user(argv):
@@ -79,56 +98,69 @@ def _wait_ready(cluster: Cluster, server: subprocess.Popen):
         except psycopg.OperationalError:
             if server.poll() is not None or time.monotonic() > deadline:
                 log = (cluster.directory / "server.log").read_text(errors="replace")
-                pytest.fail(f"PostgreSQL did not start: {log[-2000:]}")
+                raise StartError(f"PostgreSQL did not start: {log[-2000:]}") from None
             time.sleep(0.2)
+
+
+def _start_server(cluster: Cluster, data: Path) -> subprocess.Popen:
+    """``postgres`` on ``data``, on 127.0.0.1 and its port, in a session of its own (a
+    Ctrl-C meant for the caller does not stop it under its users: ``running`` does)."""
+    settings = ["-c", "fsync=off", "-c", "listen_addresses=127.0.0.1"]
+    argv = [binary("postgres"), "-D", str(data), "-p", str(cluster.port)]
+    argv += ["-k", str(cluster.directory), *settings]
+    with open(cluster.directory / "server.log", "wb") as log:
+        return subprocess.Popen(
+            _as_server_user(argv),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _stop(server: subprocess.Popen):
+    server.terminate()  # SIGTERM: PostgreSQL's "smart" shutdown
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
+@contextmanager
+def running():
+    """A private PostgreSQL cluster, stopped and its files removed on leaving, whatever
+    the way out (an exception, Ctrl-C). Raises StartError if it cannot start."""
+    reason = missing()
+    if reason:
+        raise StartError(reason)
+    # Not under pytest's tmp_path: its parents are private to root.
+    directory = Path(tempfile.mkdtemp(prefix="skmlp-pg-"))
+    server = None
+    try:
+        data = directory / "data"
+        if os.geteuid() == 0:
+            user = pwd.getpwnam("postgres")
+            os.chown(directory, user.pw_uid, user.pw_gid)
+        initdb = [binary("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"]
+        subprocess.run(_as_server_user(initdb), check=True, capture_output=True)
+        cluster = Cluster(free_port(), directory)
+        server = _start_server(cluster, data)
+        _wait_ready(cluster, server)
+        yield cluster
+    finally:
+        if server is not None:
+            _stop(server)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 def postgres():
     """A private PostgreSQL cluster, stopped and removed after the module's tests."""
+    reason = missing()
+    if reason:
+        unavailable(reason)
     try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        unavailable("psycopg is not installed (pip install -e '.[postgres]')")
-    initdb, server_bin = binary("initdb"), binary("postgres")
-    # Not under pytest's tmp_path: its parents are private to root.
-    directory = Path(tempfile.mkdtemp(prefix="skmlp-pg-"))
-    data = directory / "data"
-    if os.geteuid() == 0:
-        user = pwd.getpwnam("postgres")
-        os.chown(directory, user.pw_uid, user.pw_gid)
-    subprocess.run(
-        _as_server_user([initdb, "-D", str(data), "-A", "trust", "-U", "postgres"]),
-        check=True,
-        capture_output=True,
-    )
-    cluster = Cluster(free_port(), directory)
-    with open(directory / "server.log", "wb") as log:
-        settings = ["-c", "fsync=off", "-c", "listen_addresses=127.0.0.1"]
-        server = subprocess.Popen(
-            _as_server_user(
-                [
-                    server_bin,
-                    "-D",
-                    str(data),
-                    "-p",
-                    str(cluster.port),
-                    "-k",
-                    str(directory),
-                ]
-                + settings
-            ),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        _wait_ready(cluster, server)
-        yield cluster
-    finally:
-        server.terminate()  # SIGTERM: PostgreSQL's "smart" shutdown
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        shutil.rmtree(directory, ignore_errors=True)
+        with running() as cluster:
+            yield cluster
+    except StartError as error:
+        pytest.fail(str(error))

@@ -9,6 +9,8 @@ Every command reaches it through ``SLURM_CONF`` (``Cluster.env``). The daemons r
 root, as Slurm's do; without root, or without the packages, the tests skip, except
 under CI (CI=true), where ``.ci/run`` installs them and a missing one must fail the
 run, as the PostgreSQL and torch tests do. Everything is stopped after the module.
+Outside pytest (benchmarks/soak_engines.py), ``running()`` is the same cluster as a
+context manager.
 """
 
 import os
@@ -17,6 +19,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,11 +120,27 @@ def _start_munge(directory: Path) -> subprocess.Popen:
         f"--log-file={directory / 'munged.log'}",
         f"--seed-file={directory / 'munged.seed'}",
     ]
-    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    return _start_daemon(argv, os.environ)
+
+
+class StartError(RuntimeError):
+    """The cluster could not be had or did not start (the message says why)."""
+
+
+def missing() -> str | None:
+    """Why no cluster can be started here, or None if one can."""
+    absent = [
+        name for name in ("munged", "slurmctld", "slurmd") if not shutil.which(name)
+    ]
+    if absent:
+        return f"{', '.join(absent)} not installed (apt-get install slurm-wlm munge)"
+    if os.geteuid() != 0:
+        return "the test's Slurm daemons run as root (as Slurm's do)"
+    return None
 
 
 def _wait_ready(cluster: Cluster, daemons: list):
-    """Wait until the node is idle in ``sinfo``; fail with the logs otherwise."""
+    """Wait until the node is idle in ``sinfo``; raise with the logs otherwise."""
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         done = subprocess.run(
@@ -137,7 +156,7 @@ def _wait_ready(cluster: Cluster, daemons: list):
         for name in ("munged.log", "slurmctld.log", "slurmd.log")
         if (cluster.directory / name).exists()
     ]
-    pytest.fail("The test's Slurm cluster did not start:\n" + "\n".join(logs))
+    raise StartError("The private Slurm cluster did not start:\n" + "\n".join(logs))
 
 
 def _stop(daemons: list):
@@ -150,39 +169,42 @@ def _stop(daemons: list):
             daemon.wait()
 
 
-@pytest.fixture(scope="module")
-def slurm():
-    """A private single-node Slurm cluster, stopped and removed after the module."""
-    missing = [
-        name for name in ("munged", "slurmctld", "slurmd") if not shutil.which(name)
-    ]
-    if missing:
-        unavailable(
-            f"{', '.join(missing)} not installed (apt-get install slurm-wlm munge)"
-        )
-    if os.geteuid() != 0:
-        unavailable("the test's Slurm daemons run as root (as Slurm's do)")
+def _start_daemon(argv: list, env: dict) -> subprocess.Popen:
+    # In a session of its own: a Ctrl-C meant for the caller does not stop the cluster
+    # under its jobs; the caller stops it (``running``).
+    return subprocess.Popen(
+        argv,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+@contextmanager
+def running(cpus: int | None = None):
+    """A private single-node Slurm cluster of ``cpus`` CPUs (this machine's by
+    default), its jobs cancelled, daemons stopped and files removed on leaving,
+    whatever the way out (an exception, Ctrl-C). Raises StartError if it cannot
+    start."""
+    reason = missing()
+    if reason:
+        raise StartError(reason)
     # Not under pytest's tmp_path: munged's Unix socket path must stay short (at most
     # 107 bytes), and pytest's temporary paths can be long.
     directory = Path(tempfile.mkdtemp(prefix="skmlp-slurm-"))
-    cluster = Cluster(directory, os.cpu_count() or 1, _memory_mb())
-    for name in ("state", "spool"):
-        (directory / name).mkdir()
-    (directory / "slurm.conf").write_text(
-        _config(directory, cluster.cpus, cluster.memory_mb)
-    )
-    daemons = [_start_munge(directory)]
+    cluster = Cluster(directory, cpus or os.cpu_count() or 1, _memory_mb())
+    daemons = []
     try:
+        for name in ("state", "spool"):
+            (directory / name).mkdir()
+        (directory / "slurm.conf").write_text(
+            _config(directory, cluster.cpus, cluster.memory_mb)
+        )
+        daemons.append(_start_munge(directory))
         for argv in (["slurmctld", "-D", "-i"], ["slurmd", "-D"]):
             time.sleep(0.3)  # munged's socket, then slurmctld's port
-            daemons.append(
-                subprocess.Popen(
-                    argv,
-                    env=cluster.env,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.STDOUT,
-                )
-            )
+            daemons.append(_start_daemon(argv, cluster.env))
         _wait_ready(cluster, daemons)
         yield cluster
     finally:
@@ -190,3 +212,16 @@ def slurm():
             subprocess.run(["scancel", "--full", "-u", "root"], env=cluster.env)
         _stop(daemons)
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    """A private single-node Slurm cluster, stopped and removed after the module."""
+    reason = missing()
+    if reason:
+        unavailable(reason)
+    try:
+        with running() as cluster:
+            yield cluster
+    except StartError as error:
+        pytest.fail(str(error))
