@@ -148,11 +148,19 @@ def main():
     uri = f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     server = None
-    if args.outage:
-        (workdir / "mlruns").mkdir()
-        server = Server(uri, workdir, env)
-        server.start()
-        uri = server.base
+    try:
+        if args.outage:
+            (workdir / "mlruns").mkdir()
+            server = Server(uri, workdir, env)
+            server.start()
+            uri = server.base
+        run_and_report(args, uri, workdir, env, server)
+    finally:  # report() exits: the server (restarted or not) must not outlive us
+        if server is not None and server.process.poll() is None:
+            server.kill()
+
+
+def run_and_report(args, uri, workdir, env, server):
     env["MLFLOW_TRACKING_URI"] = uri
     start = time.perf_counter()
     processes = start_sweeps(args, workdir, env)
@@ -166,8 +174,6 @@ def main():
         log.close()
     seconds = time.perf_counter() - start
     report(args, uri, workdir, codes, seconds, down)
-    if server is not None:
-        server.kill()
 
 
 def report(args, uri, workdir, codes, seconds, down):
