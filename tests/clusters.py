@@ -21,8 +21,10 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
+import helpers
 import pytest
 from helpers import free_port
 
@@ -45,11 +47,8 @@ class Cluster:
     directory: Path
 
 
-def unavailable(reason: str):
-    """Skip (fail under CI) a test that needs what is missing."""
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI must run the Ray and Dask tests: see .ci/run)")
-    pytest.skip(reason)
+# Skip (fail under CI) a test that needs what is missing.
+unavailable = partial(helpers.unavailable, tests="Ray and Dask")
 
 
 def program(name: str, modules: tuple, extra: str) -> str:

@@ -123,3 +123,11 @@ def wait_until_healthy(base, server, timeout=90):
     from pipelines.ui_server import wait_until_answering
 
     wait_until_answering(base, server, timeout)
+
+
+def unavailable(reason: str, tests: str):
+    """Skip a test that needs what is missing; fail it under CI (CI=true), where
+    ``.ci/run`` installs what the ``tests`` (e.g. "PostgreSQL") need."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI must run the {tests} tests: see .ci/run)")
+    pytest.skip(reason)

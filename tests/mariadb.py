@@ -15,19 +15,18 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
+import helpers
 import pytest
 from helpers import free_port
 
 START_TIMEOUT_S = 60
 
 
-def unavailable(reason: str):
-    """Skip (fail under CI) a test that needs what is missing."""
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI must run the MySQL tests: see .ci/run)")
-    pytest.skip(reason)
+# Skip (fail under CI) a test that needs what is missing.
+unavailable = partial(helpers.unavailable, tests="MySQL")
 
 
 @dataclass

@@ -21,8 +21,10 @@ import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
+import helpers
 import pytest
 from helpers import free_port
 
@@ -30,11 +32,8 @@ START_TIMEOUT_S = 30
 PARTITION = "skmlp"
 
 
-def unavailable(reason: str):
-    """Skip (fail under CI) a test that needs what is missing."""
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI must run the Slurm tests: see .ci/run)")
-    pytest.skip(reason)
+# Skip (fail under CI) a test that needs what is missing.
+unavailable = partial(helpers.unavailable, tests="Slurm")
 
 
 @dataclass

@@ -1,15 +1,13 @@
 """MySQL (MariaDB) as the MLflow store (issue 18, item 4: any database store), against
 a real private server (``tests/mariadb.py``)."""
 
-import os
 import subprocess
 import sys
 
 import pytest
 from helpers import ROOT
 from mariadb import mariadb  # noqa: F401 - the fixture
-from mlflow.tracking import MlflowClient
-from test_postgres import FIRST_RUN
+from test_postgres import first_runs_from_hosts
 
 
 @pytest.mark.slow
@@ -17,26 +15,8 @@ def test_three_first_runs_from_three_hosts_on_a_fresh_database(mariadb, tmp_path
     """As for PostgreSQL: hosts share no temporary directory. With the file lock, 2 in
     3 such runs failed on the migration race (``ALTER TABLE metrics ADD COLUMN step``)."""
     uri = mariadb.createdb("fresh")
-    root = tmp_path / "shared-artifacts"
-    processes = []
-    for host in range(3):
-        (tmp_path / f"tmp{host}").mkdir()
-        env = {**os.environ, "TMPDIR": str(tmp_path / f"tmp{host}")}
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, "-c", FIRST_RUN, uri, str(root)],
-                env=env,
-                cwd=ROOT,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        )
-    errors = [process.communicate(timeout=600)[1] for process in processes]
-    codes = [process.returncode for process in processes]
-    assert codes == [0, 0, 0], [error[-1500:] for error in errors]
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("hosts")
-    assert len(client.search_runs([experiment.experiment_id])) == 3
+    experiment = first_runs_from_hosts(uri, tmp_path / "shared-artifacts", tmp_path)
+    assert experiment.artifact_location.endswith("shared-artifacts/hosts")
 
 
 def test_a_missing_mysql_driver_names_the_store_and_what_to_do():

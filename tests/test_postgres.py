@@ -26,27 +26,39 @@ FIRST_RUN = (
 )
 
 
+def first_runs_from_hosts(uri, root, tmp_path, hosts=3):
+    """Start ``FIRST_RUN`` on the fresh database ``uri`` from ``hosts`` processes at
+    once, each with a temporary directory of its own (as separate hosts have); assert
+    that all succeed and made their run; return their experiment."""
+    processes = []
+    for host in range(hosts):
+        (tmp_path / f"tmp{host}").mkdir()
+        env = {**os.environ, "TMPDIR": str(tmp_path / f"tmp{host}")}
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, "-c", FIRST_RUN, uri, str(root)],
+                env=env,
+                cwd=ROOT,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    errors = [process.communicate(timeout=600)[1] for process in processes]
+    codes = [process.returncode for process in processes]
+    assert codes == [0] * hosts, [error[-1500:] for error in errors]
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("hosts")
+    assert len(client.search_runs([experiment.experiment_id])) == hosts
+    return experiment
+
+
 @pytest.mark.slow
 def test_three_first_runs_from_three_hosts_on_a_fresh_database(postgres, tmp_path):  # noqa: F811
     """Hosts share no temporary directory (a file lock serialises one host only): with
     one, 2 in 3 such runs failed on the migration race (pg_type_typname_nsp_index)."""
     uri = postgres.createdb("fresh")
     root = tmp_path / "shared-artifacts"
-    commands, envs = [], []
-    for host in range(3):
-        (tmp_path / f"tmp{host}").mkdir()
-        envs.append({**os.environ, "TMPDIR": str(tmp_path / f"tmp{host}")})
-        commands.append([sys.executable, "-c", FIRST_RUN, uri, str(root)])
-    processes = [
-        subprocess.Popen(cmd, env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
-        for cmd, env in zip(commands, envs, strict=True)
-    ]
-    errors = [process.communicate(timeout=600)[1] for process in processes]
-    codes = [process.returncode for process in processes]
-    assert codes == [0, 0, 0], [error[-1500:] for error in errors]
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("hosts")
-    assert len(client.search_runs([experiment.experiment_id])) == 3
+    experiment = first_runs_from_hosts(uri, root, tmp_path)
     assert experiment.artifact_location == f"{root.as_uri()}/hosts"
     engine = create_engine(uri)
     with engine.connect() as db:
