@@ -269,10 +269,12 @@ class MLflowEpochLogger(_ReadsScores):
         self._gave_up = False
 
     def adopt_copy(self, copy):
-        """The points that the copy in a worker could not write (its store did not
-        answer) wait here, for whoever ends the run (``flush(store)``)."""
+        """What the copy in a worker could not write (its store did not answer within
+        ``outage_wait_s``): its points, pending or spooled, wait here for whoever
+        ends the run (``flush(store)``, ``spooled_points``)."""
         super().adopt_copy(copy)
         self.pending += copy.pending
+        self.spooled += copy.spooled
 
     def try_flush(self):
         """Write the epochs not written yet, once, if no earlier failure asks to wait;

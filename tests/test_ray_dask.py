@@ -137,17 +137,25 @@ def test_a_bad_parallel_setting_is_refused_naming_it(settings, message):
 
 @pytest.mark.slow  # worker processes that import MLflow: ~20 s on the 2-core box
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
-def test_a_joint_fit_in_workers_brings_back_what_its_callbacks_recorded(digits):
+def test_a_joint_fit_in_workers_brings_back_what_its_callbacks_recorded(
+    digits, tmp_path
+):
     """``fit_together(n_jobs=2)`` trains each network in a worker process, with copies
     of its callbacks: each network's epoch scores come back to its ``EpochScoring``,
-    and the points that its logger could not write there (no store answers) wait in
-    the caller's logger for the run's end."""
+    and the points that its logger could not write there (no store answers within
+    its wait: spooled) are known to the caller's logger, for the run's end."""
     X, y = digits
     nowhere = f"http://127.0.0.1:{free_port()}"
     networks, scorings, loggers = [], [], []
     for rate in (0.01, 0.1):
         scoring = EpochScoring({"train": (X, y)})
-        logger = MLflowEpochLogger(scoring, run_id="0" * 32, tracking_uri=nowhere)
+        logger = MLflowEpochLogger(
+            scoring,
+            run_id="0" * 32,
+            tracking_uri=nowhere,
+            outage_wait_s=0.5,
+            spool_dir=tmp_path / "spool",
+        )
         network = SGDMLPClassifier((8,), learning_rate_init=rate, max_iter=3)
         networks.append(
             network.set_params(random_state=0).set_callbacks(scoring, logger)
@@ -157,7 +165,9 @@ def test_a_joint_fit_in_workers_brings_back_what_its_callbacks_recorded(digits):
     fit_together(networks, X, y, n_jobs=2)
     for scoring, logger in zip(scorings, loggers, strict=True):
         assert [scores.epoch for scores in scoring.history] == [1, 2, 3]
-        assert sorted({point.step for point in logger.pending}) == [1, 2, 3]
+        points = [point.step for point in logger.pending]
+        points += [point[3] for point in logger.spooled_points()]
+        assert sorted(set(points)) == [1, 2, 3]
 
 
 # ----------------------------------------------------------------------------------
