@@ -248,11 +248,11 @@ def preload_package_map() -> None:
     Before it saves a model, MLflow checks the model's requirements against the
     installed packages; for that it builds, once per process, a map of every
     installed distribution's modules (``importlib_metadata.packages_distributions``,
-    reading every file list in the environment: 0.4-0.5 s of every run's, and every
-    sweep worker's, start-up). MLflow has no setting to skip it: this hands MLflow's
-    own map building the result saved by an earlier process with the same installed
-    distributions (:func:`installed_key`), and saves it where there is none. Where
-    MLflow no longer builds the map this way, it does nothing.
+    reading every file list in the environment, a large part of every run's and every
+    sweep worker's start-up: benchmarks/README.md). MLflow has no setting to skip it:
+    this hands MLflow's own map building the result saved by an earlier process with
+    the same installed distributions (:func:`installed_key`), and saves it where
+    there is none. Where MLflow no longer builds the map this way, it does nothing.
     """
     try:
         from mlflow.utils import requirements_utils as requirements

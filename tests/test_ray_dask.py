@@ -70,7 +70,7 @@ def work_done(cluster) -> int:
 # Settings that cannot work fail before any run: no cluster needed
 
 
-@pytest.mark.slow  # a subprocess that imports the pipeline: ~10 s on the 2-core box
+@pytest.mark.slow  # a subprocess that imports the pipeline (over the 9 s mark)
 @pytest.mark.parametrize("backend", ["ray", "dask"])
 def test_a_missing_extra_fails_naming_the_setting_and_the_extra(
     store, tmp_path, backend
@@ -135,7 +135,7 @@ def test_a_bad_parallel_setting_is_refused_naming_it(settings, message):
 # What callbacks record in a worker comes back (any backend: loky's processes here)
 
 
-@pytest.mark.slow  # worker processes that import MLflow: ~20 s on the 2-core box
+@pytest.mark.slow  # worker processes that import MLflow (over the 9 s mark)
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_a_joint_fit_in_workers_brings_back_what_its_callbacks_recorded(
     digits, tmp_path
