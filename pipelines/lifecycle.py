@@ -11,6 +11,8 @@ with its parent (``skmlp._workers``); runs they leave end KILLED, saying so.
 """
 
 import argparse
+import atexit
+import gc
 import os
 import signal
 import socket
@@ -44,6 +46,7 @@ DATABASE_CODE = tuple(
 _interrupted = threading.Event()
 # Run first on an interrupt, before ``before_raise`` (the Slurm launcher's scancel).
 _interrupt_hooks = []
+_exit_handlers = []  # those exit_without_collecting registered
 
 
 # Why this process's sweep failed, noted where it was seen (the Slurm launcher's dead
@@ -76,6 +79,22 @@ def on_interrupt(hook):
     (before its ``before_raise``); returns a function that removes it."""
     _interrupt_hooks.append(hook)
     return lambda: _interrupt_hooks.remove(hook) if hook in _interrupt_hooks else None
+
+
+def exit_without_collecting() -> None:
+    """Let this process end without the garbage collector's passes over everything it
+    imported (once per process).
+
+    The interpreter's finalization collects the whole heap more than once; with
+    scikit-learn, SciPy, pandas, MLflow and Matplotlib imported that took longer than
+    many a sweep job (benchmarks/README.md). :func:`gc.freeze`, run as an exit handler,
+    moves every object into the collector's permanent generation first. Every exit
+    handler still runs (in the usual order), streams and logging are flushed and
+    closed by their own handlers, and the system frees the memory.
+    """
+    if gc.freeze not in _exit_handlers:
+        _exit_handlers.append(gc.freeze)
+        atexit.register(gc.freeze)
 
 
 def handle_signals(before_raise=None) -> None:

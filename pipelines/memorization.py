@@ -18,6 +18,9 @@ from omegaconf import DictConfig
 
 from pipelines import config_dir
 from pipelines.redact import redact_printed_config
+from pipelines.warm import start_early
+
+start_early()  # a parallel sweep: its workers' fork server imports while this does
 
 # scikit-learn, MLflow and skmlp are imported where used: importing the entry point
 # (for --cfg job or --help) stays at Hydra alone.

@@ -27,6 +27,7 @@ from pipelines.lifecycle import (
     INTERRUPTED,
     blas_threads,
     end_runs,
+    exit_without_collecting,
     handle_signals,
     reap_dead_runs,
 )
@@ -236,6 +237,7 @@ def task(cfg: DictConfig):
     # First: a signal while the store is created or migrated waits for the database
     # call to return, instead of killing the process inside it.
     handle_signals()
+    exit_without_collecting()
     run = resolve_run(cfg)
     try:
         threads = blas_threads(cfg.blas_threads, first_layers(run))

@@ -16,6 +16,7 @@ from pipelines.figures import defer, settle
 from pipelines.lifecycle import (
     INTERRUPTED,
     REASON_TAG,
+    exit_without_collecting,
     handle_signals,
     interrupted,
     noted_failure,
@@ -24,7 +25,7 @@ from pipelines.lifecycle import (
 from pipelines.outage import Store, StoreUnavailable, outage_wait_s
 from pipelines.store import tracking_uri
 from pipelines.summary import SWEPT_TAG, log_sweep_summary, swept_keys
-from pipelines.sweep_check import check_sweep
+from pipelines.sweep_check import check_sweep, reuse_compositions
 from pipelines.tracking import (
     SWEEP_JOB_TAG,
     git_commit,
@@ -33,6 +34,7 @@ from pipelines.tracking import (
     start_run,
 )
 from pipelines.ui import announce
+from pipelines.warm import warm_workers
 from skmlp._workers import (
     EXIT_CODE,
     WatchedLokyBackend,
@@ -66,8 +68,10 @@ class MLflowSweepCallback(Callback):
         # KILLED; on Ctrl-C or SIGTERM the children end their runs before joblib
         # kills its workers.
         handle_signals(before_raise=self._stop_children)
+        exit_without_collecting()
         uri = tracking_uri(config.tracking.uri)
-        check_sweep(config, uri)  # a bad value, GPU or store: no parent, no job
+        checked = check_sweep(config, uri)  # a bad value, GPU or store: no parent
+        basic = config.hydra.launcher.get("_target_", "").endswith(".BasicLauncher")
         _watch_workers()
         client = MlflowClient(uri)
         experiment_id = setup_experiment(
@@ -90,7 +94,10 @@ class MLflowSweepCallback(Callback):
         self._uri, self._sweep_dir = uri, Path(sweep_dir)
         hand_over(config, uri, self._parent)
         atexit.register(self._end, "FAILED")
-        if config.hydra.launcher.get("_target_", "").endswith(".BasicLauncher"):
+        reuse_compositions(checked, keep=basic)  # jobs composed fewer times
+        if config.hydra.launcher.get("_target_", "").endswith(".JoblibLauncher"):
+            warm_workers()  # forked from a fork server that has imported a job's code
+        if basic:
             defer()  # jobs in this process: figures drawn while the next job runs
 
     def on_job_start(self, config, **kwargs):

@@ -12,6 +12,9 @@ from omegaconf import DictConfig
 
 from pipelines import config_dir
 from pipelines.redact import redact_printed_config
+from pipelines.warm import start_early
+
+start_early()  # a parallel sweep: its workers' fork server imports while this does
 
 
 def run_name(member):

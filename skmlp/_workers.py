@@ -15,9 +15,11 @@ import shutil
 import signal
 import threading
 import time
+from multiprocessing import forkserver
 from pathlib import Path
 
 from joblib._parallel_backends import LokyBackend
+from joblib.externals.loky.backend.context import get_start_method
 from joblib.parallel import get_active_backend
 
 SHARED_MEMORY = Path("/dev/shm")  # where joblib puts its memory maps (2 GB free)
@@ -83,15 +85,41 @@ def _watch(parent, grace):
     os._exit(EXIT_CODE)
 
 
+def _forked_worker(environment):
+    """(In a worker forked by multiprocessing's fork server, which loky uses once its
+    start method is ``forkserver``: ``pipelines.warm``.) This process's environment
+    as its caller's was when the workers started; the fork server watched.
+
+    A fork server ends once no process holds its "alive" pipe: its caller, and each
+    process it forked. The worker lets go of it, so that the fork server ends with
+    the caller, however the caller dies, and the worker then with the fork server.
+    SIGTERM is put back to its default (the fork server ignores it, so that it
+    outlives a signal to the sweep's process group while its workers end their runs).
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.environ.clear()
+    os.environ.update(environment)
+    server = getattr(forkserver, "_forkserver", None)
+    alive = getattr(server, "_forkserver_alive_fd", None)
+    if alive is not None:
+        os.close(alive)
+        server._forkserver_alive_fd = None
+    watch_parent()
+
+
 class WatchedLokyBackend(LokyBackend):
     """joblib's loky backend whose workers end with their parent
     (:func:`watch_parent`), and whose worker processes are remembered so that the
     cause of a worker's death can be told (:func:`worker_exit`)."""
 
     def configure(self, n_jobs=1, parallel=None, **kwargs):
-        """As ``LokyBackend.configure``, the workers watching this process."""
+        """As ``LokyBackend.configure``, the workers watching this process (or,
+        forked by the fork server, watching the fork server)."""
         if "initializer" not in {**self.backend_kwargs, **kwargs}:
-            kwargs.update(initializer=watch_parent, initargs=(os.getpid(),))
+            if get_start_method() == "forkserver":
+                kwargs.update(initializer=_forked_worker, initargs=(dict(os.environ),))
+            else:
+                kwargs.update(initializer=watch_parent, initargs=(os.getpid(),))
         return super().configure(n_jobs, parallel, **kwargs)
 
     def submit(self, func, callback=None):

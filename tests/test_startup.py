@@ -228,3 +228,165 @@ def test_an_interrupted_basic_sweep_keeps_finished_runs_figures(store, tmp_path)
     (done,) = [c for c in children if c.info.status == "FINISHED"]
     logged = {a.path for a in client.list_artifacts(done.info.run_id)}
     assert FIGURES <= logged, output[-3000:]
+
+
+# --- a job's config composed fewer times (pipelines.sweep_check.reuse_compositions) --
+
+
+@pytest.fixture
+def hydra_loader():
+    """Hydra's config loader on the project's configs, with a master sweep config
+    that has the hand-over's overrides, and a counter of real compositions."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from pipelines import config_dir
+
+    with initialize_config_dir(config_dir(), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        master = compose("train", ["data=digits"], return_hydra_config=True)
+        composed = []
+        compose_sweep = loader.load_sweep_config
+
+        def counted(master_config, sweep_overrides):
+            composed.append(tuple(sweep_overrides))
+            return compose_sweep(master_config, sweep_overrides)
+
+        loader.load_sweep_config = counted
+        yield loader, master, composed
+
+
+def _validate(loader, master, batch):
+    """Hydra's sweepers' own check of a batch."""
+    from types import SimpleNamespace
+
+    from hydra.plugins.sweeper import Sweeper
+
+    context = SimpleNamespace(config_loader=loader)
+    Sweeper.validate_batch_is_legal(
+        SimpleNamespace(hydra_context=context, config=master), batch
+    )
+
+
+def test_a_checked_job_is_not_composed_again_to_be_validated(hydra_loader):
+    from omegaconf import OmegaConf
+
+    from pipelines.sweep_check import ComposedOnce, reuse_compositions
+
+    loader, master, composed = hydra_loader
+    jobs = [["model.learning_rate_init=0.1"], ["model.learning_rate_init=0.2"]]
+    checked = {
+        ("train", tuple(job)): loader.load_sweep_config(master, job) for job in jobs
+    }
+    fresh = OmegaConf.to_container(loader.load_sweep_config(master, jobs[1]))
+    composed.clear()
+    reuse_compositions(checked, keep=False, loader=loader)
+    _validate(loader, master, jobs)
+    assert composed == []
+    assert not isinstance(loader.load_sweep_config, ComposedOnce)  # as it was
+    # The checked ones used, the launcher (elsewhere) composes as Hydra does.
+    launched = loader.load_sweep_config(master, jobs[1])
+    assert composed == [tuple(jobs[1])]
+    assert OmegaConf.to_container(launched) == fresh
+
+
+def test_a_validated_job_is_handed_to_the_basic_launcher_once(hydra_loader):
+    from omegaconf import OmegaConf, open_dict
+
+    from pipelines.sweep_check import reuse_compositions
+
+    loader, master, composed = hydra_loader
+    job = ["model.activation=tanh"]
+    fresh = OmegaConf.to_container(loader.load_sweep_config(master, job))
+    composed.clear()
+    reuse_compositions({}, keep=True, loader=loader)  # another sweeper: none checked
+    _validate(loader, master, [job, job])  # a job listed twice: two kept
+    assert composed == [tuple(job)] * 2
+    first = loader.load_sweep_config(master, job)
+    with open_dict(first):
+        first.hydra.job.num = 0  # as the launcher does
+    second = loader.load_sweep_config(master, job)
+    assert composed == [tuple(job)] * 2  # both from the validation
+    assert second is not first and OmegaConf.is_missing(second.hydra.job, "num")
+    assert OmegaConf.to_container(second) == fresh
+    loader.load_sweep_config(master, job)  # none left: composed
+    assert composed == [tuple(job)] * 3
+
+
+# --- the end of a pipeline's process (pipelines.lifecycle.exit_without_collecting) ---
+
+
+def test_a_pipeline_process_exits_with_its_objects_frozen_after_its_exit_handlers():
+    code = (
+        "import atexit, gc\n"
+        "from pipelines.lifecycle import exit_without_collecting\n"
+        "atexit.register(lambda: print('frozen', gc.get_freeze_count() > 0))\n"
+        "exit_without_collecting(); exit_without_collecting()\n"
+        "atexit.register(lambda: print('handler ran, frozen', gc.get_freeze_count() > 0))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    # Handlers run last-registered first: the later one before the freeze.
+    assert result.stdout.split("\n")[:2] == ["handler ran, frozen False", "frozen True"]
+
+
+# --- a parallel sweep's workers forked from a fork server (pipelines.warm) -----------
+
+FORKED_WORKERS = """
+import json, os, sys
+from joblib import Parallel, delayed, parallel_config, register_parallel_backend
+from pipelines.warm import warm_workers
+from skmlp._workers import WatchedLokyBackend
+
+def look():
+    return [os.getppid(), "mlflow.sklearn" in sys.modules, os.environ.get("SET_LATE")]
+
+register_parallel_backend("loky", WatchedLokyBackend)
+print(json.dumps([warm_workers(), os.getpid()]))
+os.environ["SET_LATE"] = "yes"  # after the fork server started
+with parallel_config("loky", n_jobs=2):
+    print(json.dumps(Parallel()(delayed(look)() for _ in range(2))))
+"""
+
+
+def test_parallel_sweep_workers_come_from_the_fork_server_with_the_callers_environment():
+    result = subprocess.run(
+        [sys.executable, "-c", FORKED_WORKERS],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    (started, caller), looks = json.loads(lines[0]), json.loads(lines[1])
+    assert started is True
+    for parent, imported, late in looks:
+        # Forked by the fork server, which imported a job's modules; the
+        # environment is the caller's when the workers started.
+        assert (parent != caller, imported, late) == (True, True, "yes")
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["-m", "hydra/launcher=parallel", "model.activation=relu,tanh"], True),
+        (["--multirun", "hydra/launcher=parallel"], True),
+        (["hydra/launcher=parallel"], False),  # a single run: no workers
+        (["-m", "model.activation=relu,tanh"], False),  # the basic launcher
+    ],
+)
+def test_the_fork_server_starts_early_only_for_a_parallel_sweep(argv, expected):
+    code = (
+        "import sys, json, multiprocessing.forkserver as fs\n"
+        "from pipelines.warm import start_early\n"
+        "started = start_early(sys.argv[1:])\n"
+        "print(json.dumps([started, fs._forkserver._forkserver_pid is not None]))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, *argv], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout) == [expected, expected]
