@@ -18,7 +18,6 @@ import sys
 # points: multiprocessing runs the main module again in each worker (as __mp_main__),
 # and warns where it was imported already.
 JOB_MODULES = (
-    "pipelines.forkserver_signals",  # first: the fork server ignores SIGTERM
     "pipelines.run",
     "pipelines.members",
     "pipelines.training",
@@ -29,6 +28,7 @@ JOB_MODULES = (
     "mlflow.store.tracking.sqlalchemy_store",
     "matplotlib.backends.backend_agg",
     "skmlp.plots",
+    "pipelines.forkserver_setup",  # last: signals, and what was imported frozen
 )
 PARALLEL_LAUNCHER = "hydra/launcher=parallel"
 MULTIRUN_FLAGS = {"-m", "--multirun"}
