@@ -187,10 +187,17 @@ def test_a_process_checks_and_reaps_a_store_once(store, monkeypatch):
     assert calls == [uri]
 
 
-def test_a_basic_sweep_returns_with_every_runs_figures_and_model(store, tmp_path):
+@pytest.mark.parametrize(
+    "launcher",
+    [[], pytest.param(["hydra/launcher=parallel"], marks=pytest.mark.slow)],
+    ids=["basic", "parallel"],
+)
+def test_a_sweep_returns_with_every_runs_figures_and_model(store, tmp_path, launcher):
+    """The basic launcher's figures drawn by a worker while the next job runs; the
+    parallel launcher's jobs in workers forked from the fork server."""
     uri, env = store
     args = ["-m", "data=digits", "model.max_iter=3", "model.learning_rate_init=0.1,0.2"]
-    run_entry_point("pipelines.train", args, env, tmp_path)
+    run_entry_point("pipelines.train", [*args, *launcher], env, tmp_path)
     client = MlflowClient(uri)
     _, children = parent_and_children(all_runs(uri))
     assert len(children) == 2
