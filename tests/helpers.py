@@ -31,6 +31,21 @@ def run(argv, cwd, env=None, timeout=600, check=True):
     return result
 
 
+def python_code(code, *args, env=None, timeout=120):
+    """The output of ``python -c code args`` run in the project's folder, which must
+    exit 0 (else the test fails with its error output)."""
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
 def run_entry_point(module, args, env, cwd, timeout=600, check=True):
     """``python -m <module> <args>``, as :func:`run` runs it."""
     argv = [sys.executable, "-m", module, *args]

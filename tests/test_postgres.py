@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import QUICK, ROOT, free_port, run, wait_until_healthy
+from helpers import QUICK, ROOT, free_port, python_code, run, wait_until_healthy
 from mlflow.store.db.utils import _get_latest_schema_revision
 from mlflow.tracking import MlflowClient
 from postgres import postgres  # noqa: F401 - the fixture
@@ -76,13 +76,10 @@ def test_a_missing_driver_names_the_store_and_the_extra():
         "try: check_store('postgresql://me:secret@db.example:5432/mlflow')\n"
         "except StoreError as exc: print(exc)\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr
-    assert "postgresql://me:***@db.example:5432/mlflow" in result.stdout
-    assert "pip install -e '.[postgres]'" in result.stdout
-    assert "secret" not in result.stdout
+    printed = python_code(code)
+    assert "postgresql://me:***@db.example:5432/mlflow" in printed
+    assert "pip install -e '.[postgres]'" in printed
+    assert "secret" not in printed
 
 
 def readme_recipe() -> list[str]:

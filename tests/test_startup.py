@@ -5,8 +5,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ from helpers import (
     finish,
     free_port,
     parent_and_children,
+    python_code,
     run_entry_point,
     start,
     wait_for,
@@ -26,7 +25,6 @@ from pipelines import figures
 from pipelines.outage import Store, replay
 from pipelines.store import open_store
 
-ROOT = Path(__file__).resolve().parents[1]
 FIGURES = {"learning_curves.png", "confusion_matrix.png", "first_layer_weights.png"}
 
 
@@ -39,11 +37,7 @@ def test_a_runs_library_imports_no_pyplot_skops_or_torch():
         "mlflow.sklearn; "
         "print(sorted({'matplotlib.pyplot', 'skops', 'torch'} & set(sys.modules)))"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip() == "[]"
+    assert python_code(code).strip() == "[]"
 
 
 # MLflow's map of installed modules to packages (checked before each model is saved):
@@ -62,15 +56,7 @@ print(json.dumps(requirements_utils._MODULES_TO_PACKAGES))
 
 
 def package_map(how, env):
-    result = subprocess.run(
-        [sys.executable, "-c", PACKAGE_MAP, how],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout)
+    return json.loads(python_code(PACKAGE_MAP, how, env=env))
 
 
 def test_mlflows_package_map_is_built_once_per_set_of_installed_packages(tmp_path):
@@ -331,12 +317,9 @@ def test_a_pipeline_process_exits_with_its_objects_frozen_after_its_exit_handler
         "exit_without_collecting(); exit_without_collecting()\n"
         "atexit.register(lambda: print('handler ran, frozen', gc.get_freeze_count() > 0))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    lines = python_code(code).split("\n")
     # Handlers run last-registered first: the later one before the freeze.
-    assert result.stdout.split("\n")[:2] == ["handler ran, frozen False", "frozen True"]
+    assert lines[:2] == ["handler ran, frozen False", "frozen True"]
 
 
 # --- a parallel sweep's workers forked from a fork server (pipelines.warm) -----------
@@ -359,15 +342,7 @@ with parallel_config("loky", n_jobs=2):
 
 
 def test_parallel_sweep_workers_come_from_the_fork_server_with_the_callers_environment():
-    result = subprocess.run(
-        [sys.executable, "-c", FORKED_WORKERS],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = result.stdout.splitlines()
+    lines = python_code(FORKED_WORKERS).splitlines()
     (started, caller), looks = json.loads(lines[0]), json.loads(lines[1])
     assert started is True
     for parent, imported, late in looks:
@@ -392,8 +367,4 @@ def test_the_fork_server_starts_early_only_for_a_parallel_sweep(argv, expected):
         "started = start_early(sys.argv[1:])\n"
         "print(json.dumps([started, fs._forkserver._forkserver_pid is not None]))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code, *argv], cwd=ROOT, capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads(result.stdout) == [expected, expected]
+    assert json.loads(python_code(code, *argv)) == [expected, expected]
