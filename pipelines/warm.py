@@ -7,12 +7,15 @@ multiprocessing's fork server, which imports those modules once
 (:data:`JOB_MODULES`). An entry point started as a parallel sweep starts the fork
 server first thing (:func:`start_early`), so that it imports while the sweep's own
 process does, on another core; the sweep's callback makes loky use it
-(:func:`warm_workers`). Only the standard library is imported here, so that the
-fork server starts before anything heavy.
+(:func:`warm_workers`). Nothing heavy is imported here (the standard library, and
+``pipelines.redact`` for the flags that only print, which an entry point has imported
+already with Hydra), so that the fork server starts before anything heavy.
 """
 
 import multiprocessing
 import sys
+
+from pipelines.redact import PRINTING_FLAGS
 
 # What a job imports, the project's modules with their libraries. Not the entry
 # points: multiprocessing runs the main module again in each worker (as __mp_main__),
@@ -55,6 +58,9 @@ def start_early(argv=None) -> bool:
     """
     argv = sys.argv[1:] if argv is None else argv
     if MULTIRUN_FLAGS.isdisjoint(argv) or PARALLEL_LAUNCHER not in argv:
+        return False
+    flags = {arg.split("=", 1)[0] for arg in argv}
+    if not flags.isdisjoint(PRINTING_FLAGS):  # --cfg, --help, --info: no job runs
         return False
     if _a_worker():  # which runs the entry point's module again (and its argv)
         return False

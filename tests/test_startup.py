@@ -358,6 +358,7 @@ def test_parallel_sweep_workers_come_from_the_fork_server_with_the_callers_envir
         (["--multirun", "hydra/launcher=parallel"], True),
         (["hydra/launcher=parallel"], False),  # a single run: no workers
         (["-m", "model.activation=relu,tanh"], False),  # the basic launcher
+        (["-m", "hydra/launcher=parallel", "--cfg", "job"], False),  # prints only
     ],
 )
 def test_the_fork_server_starts_early_only_for_a_parallel_sweep(argv, expected):
