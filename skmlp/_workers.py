@@ -13,9 +13,9 @@ import os
 import re
 import shutil
 import signal
+import sys
 import threading
 import time
-from multiprocessing import forkserver
 from pathlib import Path
 
 from joblib._parallel_backends import LokyBackend
@@ -99,7 +99,7 @@ def _forked_worker(environment):
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.environ.clear()
     os.environ.update(environment)
-    server = getattr(forkserver, "_forkserver", None)
+    server = getattr(sys.modules.get("multiprocessing.forkserver"), "_forkserver", None)
     alive = getattr(server, "_forkserver_alive_fd", None)
     if alive is not None:
         os.close(alive)
