@@ -53,7 +53,7 @@ DAMAGES = {
 def mnist_dir(mnist):  # noqa: ARG001 - the fixture skips when the data is absent
     """The directory the session's MNIST was read from."""
     directory = os.environ.get("SKMLP_MNIST_DIR")
-    return Path(directory) if directory else cache_dir("mnist")
+    return Path(directory).resolve() if directory else cache_dir("mnist")
 
 
 @pytest.fixture
