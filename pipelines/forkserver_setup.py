@@ -10,7 +10,7 @@ forked from.
 - Everything imported is moved to the garbage collector's permanent generation
   (:func:`gc.freeze`): a forked worker shares those pages with the fork server, and
   the collector's first pass over them would otherwise copy most of them into the
-  worker, which made its first job's start several times slower.
+  worker and slow its first job's start (benchmarks/README.md).
 """
 
 import gc

@@ -12,6 +12,7 @@ with its parent (``skmlp._workers``); runs they leave end KILLED, saying so.
 
 import argparse
 import atexit
+import functools
 import gc
 import os
 import signal
@@ -46,7 +47,6 @@ DATABASE_CODE = tuple(
 _interrupted = threading.Event()
 # Run first on an interrupt, before ``before_raise`` (the Slurm launcher's scancel).
 _interrupt_hooks = []
-_exit_handlers = []  # those exit_without_collecting registered
 
 
 # Why this process's sweep failed, noted where it was seen (the Slurm launcher's dead
@@ -81,9 +81,10 @@ def on_interrupt(hook):
     return lambda: _interrupt_hooks.remove(hook) if hook in _interrupt_hooks else None
 
 
+@functools.cache  # once per process
 def exit_without_collecting() -> None:
     """Let this process end without the garbage collector's passes over everything it
-    imported (once per process).
+    imported.
 
     The interpreter's finalization collects the whole heap more than once; with
     scikit-learn, SciPy, pandas, MLflow and Matplotlib imported that took longer than
@@ -92,9 +93,7 @@ def exit_without_collecting() -> None:
     handler still runs (in the usual order), streams and logging are flushed and
     closed by their own handlers, and the system frees the memory.
     """
-    if gc.freeze not in _exit_handlers:
-        _exit_handlers.append(gc.freeze)
-        atexit.register(gc.freeze)
+    atexit.register(gc.freeze)
 
 
 def handle_signals(before_raise=None) -> None:

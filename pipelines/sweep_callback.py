@@ -71,7 +71,7 @@ class MLflowSweepCallback(Callback):
         exit_without_collecting()
         uri = tracking_uri(config.tracking.uri)
         checked = check_sweep(config, uri)  # a bad value, GPU or store: no parent
-        basic = config.hydra.launcher.get("_target_", "").endswith(".BasicLauncher")
+        launcher = config.hydra.launcher.get("_target_", "")
         _watch_workers()
         client = MlflowClient(uri)
         experiment_id = setup_experiment(
@@ -94,8 +94,9 @@ class MLflowSweepCallback(Callback):
         self._uri, self._sweep_dir = uri, Path(sweep_dir)
         hand_over(config, uri, self._parent)
         atexit.register(self._end, "FAILED")
+        basic = launcher.endswith(".BasicLauncher")
         reuse_compositions(checked, keep=basic)  # jobs composed fewer times
-        if config.hydra.launcher.get("_target_", "").endswith(".JoblibLauncher"):
+        if launcher.endswith(".JoblibLauncher"):
             warm_workers()  # forked from a fork server that has imported a job's code
         if basic:
             defer()  # jobs in this process: figures drawn while the next job runs

@@ -30,8 +30,8 @@ def plot_learning_curves(history, metrics=("train_accuracy", "test_accuracy")):
     -------
     fig : matplotlib.figure.Figure
     """
-    # Fixed margins, not a layout engine: its pass was 40 % of the drawing (a sweep
-    # draws a run's figures while its next job runs).
+    # Fixed margins, not a layout engine, which took a large share of the drawing
+    # (benchmarks/README.md: a sweep draws a run's figures while its next job runs).
     fig = Figure(figsize=(9, 3.5))
     fig.subplots_adjust(left=0.07, right=0.98, bottom=0.14, top=0.9, wspace=0.22)
     loss_ax, score_ax = fig.subplots(1, 2)
@@ -79,7 +79,7 @@ def plot_first_layer_weights(coef, image_shape=(28, 28), n_units=16):
     n_units = min(n_units, coef.shape[1])
     n_cols = int(np.ceil(np.sqrt(n_units)))
     n_rows = int(np.ceil(n_units / n_cols))
-    # One image on one axes: sixteen axes of their own cost five times as much to draw.
+    # One image on one axes: an axes per unit costs far more to draw (benchmarks/).
     height = 1.6 * n_rows + 0.4
     fig = Figure(figsize=(1.6 * n_cols, height))
     ax = fig.add_axes((0.02, 0.02, 0.96, 0.96 - 0.4 / height))
